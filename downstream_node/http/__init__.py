@@ -1,0 +1,1 @@
+"""The farmers' HTTP API on aiohttp: app factory, routes and marshmallow schemas."""

@@ -1,0 +1,83 @@
+"""Database engines for the ledger: one URL picks MySQL/MariaDB (PyMySQL) or SQLite.
+
+The engines are synchronous SQLAlchemy Core engines; async callers run them in threads.
+SQLite write transactions start with ``BEGIN IMMEDIATE`` so that writers serialise up front.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+DEFAULT_SQLITE_FILE = "downstream.db"
+
+
+def default_url() -> str:
+    """``DOWNSTREAM_DB`` if set, else an SQLite file in the working directory."""
+    return os.environ.get("DOWNSTREAM_DB") or f"sqlite:///{Path.cwd() / DEFAULT_SQLITE_FILE}"
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+    if is_sqlite(url):
+        return _sqlite_engine(url)
+    if url.startswith("mysql://"):
+        url = "mysql+pymysql://" + url[len("mysql://") :]
+    sep = "&" if "?" in url else "?"
+    if "charset=" not in url:
+        url += f"{sep}charset=utf8mb4"
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        # Locking reads under the ledger head see the latest commits; plain reads after them
+        # must too, which REPEATABLE READ's snapshot would not guarantee.
+        isolation_level="READ COMMITTED",
+    )
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if ":memory:" not in url:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+    return engine
+
+
+def write_transaction(engine: Engine) -> sa.engine.Connection:
+    """A connection whose next ``begin()`` takes the write lock at once on SQLite.
+
+    Use as ``with write_transaction(engine) as conn, conn.begin(): ...``.
+    """
+    conn = engine.connect()
+    conn.info["write"] = True
+    return conn
+
+
+def read_transaction(engine: Engine) -> sa.engine.Connection:
+    conn = engine.connect()
+    conn.info["write"] = False
+    return conn

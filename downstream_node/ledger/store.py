@@ -1,0 +1,360 @@
+"""The event store: atomic, optimistically concurrent, idempotent appends and ordered reads.
+
+Every append runs in one transaction that locks the single ``ledger_head`` row, checks the
+expected stream versions, draws gap-free positions, extends the hash chain, inserts the rows,
+lets in-transaction listeners (the projections) fold them, and moves the head. The lock ends
+with the commit, so positions become visible strictly in order, across processes too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .canonical import canonical_json, chain_hash
+from .clock import from_micros, to_micros
+from .db import read_transaction, write_transaction
+from .schema import GENESIS_HASH, HEAD_ID, events, ledger_head, metadata
+
+
+class LedgerError(Exception):
+    """Base class of the ledger's own errors."""
+
+
+class ConcurrencyConflict(LedgerError):
+    """The stream moved on since the caller read it; nothing was written."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} is at version {actual}, the append expected {expected}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class AppendFailed(LedgerError):
+    """The database failed during an append; ``before_commit`` says nothing was written."""
+
+    def __init__(self, cause: BaseException, *, before_commit: bool) -> None:
+        super().__init__(
+            f"append failed ({'before' if before_commit else 'during'} commit): {cause!r}"
+        )
+        self.cause = cause
+        self.before_commit = before_commit
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append: its type, schema version, JSON payload and when it happened."""
+
+    event_type: str
+    schema_version: int
+    payload: Mapping[str, Any]
+    occurred_at: dt.datetime
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event as the ledger holds it."""
+
+    position: int
+    stream_id: str
+    version: int
+    event_type: str
+    schema_version: int
+    payload: dict[str, Any]
+    meta: dict[str, Any]
+    request_id: str | None
+    occurred_at: dt.datetime
+    hash: str
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    """Append ``events`` to ``stream_id`` if it is at ``expected_version`` (None: any)."""
+
+    stream_id: str
+    expected_version: int | None
+    events: Sequence[NewEvent]
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.events:
+            raise ValueError("an append needs at least one event")
+        if not self.stream_id or len(self.stream_id) > 160:
+            raise ValueError("stream id must be 1..160 characters")
+        if self.request_id is not None and not 0 < len(self.request_id) <= 128:
+            raise ValueError("request id must be 1..128 characters")
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """Where an append landed. ``duplicate`` means an earlier append had the same request id."""
+
+    stream_id: str
+    positions: tuple[int, ...]
+    stream_version: int
+    duplicate: bool = False
+    events: tuple[RecordedEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class Head:
+    position: int
+    hash: str
+    projection_generation: int
+
+
+class Listener(Protocol):
+    """Folds freshly appended events inside the append's transaction (a projection)."""
+
+    def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None: ...
+
+
+BatchOutcome = AppendResult | LedgerError
+
+
+class EventStore:
+    """Synchronous event store over one SQLAlchemy engine; safe to call from many threads."""
+
+    def __init__(self, engine: Engine, listeners: Sequence[Listener] = ()) -> None:
+        self.engine = engine
+        self.listeners: list[Listener] = list(listeners)
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the ledger tables and the head row; idempotent."""
+        metadata.create_all(self.engine)
+        with write_transaction(self.engine) as conn, conn.begin():
+            exists = conn.execute(
+                sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID)
+            ).first()
+            if exists is None:
+                conn.execute(
+                    ledger_head.insert().values(
+                        id=HEAD_ID, position=0, hash=GENESIS_HASH, projection_generation=1
+                    )
+                )
+
+    # -- appending ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int | None,
+        new_events: Sequence[NewEvent],
+        *,
+        request_id: str | None = None,
+    ) -> AppendResult:
+        """Append atomically; raise ``ConcurrencyConflict`` when the stream has moved on."""
+        outcome = self.append_batch(
+            [AppendRequest(stream_id, expected_version, new_events, request_id)]
+        )[0]
+        if isinstance(outcome, LedgerError):
+            raise outcome
+        return outcome
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[BatchOutcome]:
+        """Append many independent requests in one transaction (group commit).
+
+        Each request succeeds or fails on its own stream version; a database error fails the
+        whole batch with ``AppendFailed`` (raised), telling whether the commit was reached.
+        """
+        committing = False
+        try:
+            with write_transaction(self.engine) as conn:
+                with conn.begin():
+                    outcomes = self._append_locked(conn, requests)
+                    committing = True
+                return outcomes
+        except LedgerError:
+            raise
+        except Exception as exc:
+            raise AppendFailed(exc, before_commit=not committing) from exc
+
+    def _append_locked(
+        self, conn: Connection, requests: Sequence[AppendRequest]
+    ) -> list[BatchOutcome]:
+        row = conn.execute(
+            sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
+        ).one()
+        head = Head(row.position, row.hash, row.projection_generation)
+        position, last_hash = head.position, head.hash
+        versions: dict[str, int] = {}
+        seen_requests: dict[str, AppendResult] = {}
+        outcomes: list[BatchOutcome] = []
+        rows: list[dict[str, Any]] = []
+        recorded_all: list[RecordedEvent] = []
+
+        for req in requests:
+            if req.request_id is not None:
+                earlier = seen_requests.get(req.request_id) or self._find_request(
+                    conn, req.request_id
+                )
+                if earlier is not None:
+                    outcomes.append(
+                        AppendResult(
+                            earlier.stream_id,
+                            earlier.positions,
+                            earlier.stream_version,
+                            duplicate=True,
+                        )
+                    )
+                    continue
+            current = versions.get(req.stream_id)
+            if current is None:
+                current = self._stream_version(conn, req.stream_id)
+            # Checked before any position is drawn, so a losing writer leaves no hole.
+            if req.expected_version is not None and req.expected_version != current:
+                outcomes.append(ConcurrencyConflict(req.stream_id, req.expected_version, current))
+                continue
+            recorded: list[RecordedEvent] = []
+            for new in req.events:
+                position += 1
+                current += 1
+                payload_text = canonical_json(dict(new.payload))
+                meta_text = canonical_json(dict(new.meta))
+                micros = to_micros(new.occurred_at)
+                last_hash = chain_hash(
+                    last_hash,
+                    position=position,
+                    stream_id=req.stream_id,
+                    version=current,
+                    event_type=new.event_type,
+                    schema_version=new.schema_version,
+                    payload=payload_text,
+                    meta=meta_text,
+                    request_id=req.request_id,
+                    occurred_at=micros,
+                )
+                rows.append(
+                    {
+                        "position": position,
+                        "stream_id": req.stream_id,
+                        "version": current,
+                        "event_type": new.event_type,
+                        "schema_version": new.schema_version,
+                        "payload": payload_text,
+                        "meta": meta_text,
+                        "request_id": req.request_id,
+                        "occurred_at": micros,
+                        "hash": last_hash,
+                    }
+                )
+                recorded.append(
+                    RecordedEvent(
+                        position,
+                        req.stream_id,
+                        current,
+                        new.event_type,
+                        new.schema_version,
+                        json.loads(payload_text),
+                        json.loads(meta_text),
+                        req.request_id,
+                        from_micros(micros),
+                        last_hash,
+                    )
+                )
+            versions[req.stream_id] = current
+            result = AppendResult(
+                req.stream_id, tuple(e.position for e in recorded), current, events=tuple(recorded)
+            )
+            if req.request_id is not None:
+                seen_requests[req.request_id] = result
+            recorded_all.extend(recorded)
+            outcomes.append(result)
+
+        if rows:
+            conn.execute(events.insert(), rows)
+            for listener in self.listeners:
+                listener(conn, head, recorded_all)
+            conn.execute(
+                ledger_head.update()
+                .where(ledger_head.c.id == HEAD_ID)
+                .values(position=position, hash=last_hash)
+            )
+        return outcomes
+
+    @staticmethod
+    def _stream_version(conn: Connection, stream_id: str) -> int:
+        value = conn.execute(
+            sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream_id)
+        ).scalar()
+        return int(value or 0)
+
+    @staticmethod
+    def _find_request(conn: Connection, request_id: str) -> AppendResult | None:
+        found = conn.execute(
+            sa.select(events.c.position, events.c.stream_id, events.c.version)
+            .where(events.c.request_id == request_id)
+            .order_by(events.c.position)
+        ).all()
+        if not found:
+            return None
+        return AppendResult(found[0].stream_id, tuple(r.position for r in found), found[-1].version)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def head(self, conn: Connection | None = None) -> Head:
+        if conn is None:
+            with read_transaction(self.engine) as own:
+                return self.head(own)
+        row = conn.execute(sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID)).one()
+        return Head(row.position, row.hash, row.projection_generation)
+
+    def stream_version(self, stream_id: str) -> int:
+        with read_transaction(self.engine) as conn:
+            return self._stream_version(conn, stream_id)
+
+    def read_all(
+        self, after: int = 0, *, until: int | None = None, page: int = 2000
+    ) -> Iterator[RecordedEvent]:
+        """Every event after ``after`` (up to ``until``) in position order, in pages.
+
+        Paging by position keeps memory constant however long the ledger is.
+        """
+        while True:
+            query = sa.select(events).where(events.c.position > after)
+            if until is not None:
+                query = query.where(events.c.position <= until)
+            query = query.order_by(events.c.position).limit(page)
+            with read_transaction(self.engine) as conn:
+                batch = conn.execute(query).all()
+            if not batch:
+                return
+            for row in batch:
+                yield row_to_event(row)
+            after = batch[-1].position
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(
+                sa.select(events)
+                .where(events.c.stream_id == stream_id, events.c.version > after_version)
+                .order_by(events.c.version)
+            ).all()
+        return [row_to_event(r) for r in rows]
+
+
+def row_to_event(row: Any, decode: Callable[[str], Any] = json.loads) -> RecordedEvent:
+    return RecordedEvent(
+        position=row.position,
+        stream_id=row.stream_id,
+        version=row.version,
+        event_type=row.event_type,
+        schema_version=row.schema_version,
+        payload=decode(row.payload),
+        meta=decode(row.meta),
+        request_id=row.request_id,
+        occurred_at=from_micros(row.occurred_at),
+        hash=row.hash,
+    )

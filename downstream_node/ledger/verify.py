@@ -1,0 +1,150 @@
+"""Walks the hash chain from position 1 and reports the first row that does not hold.
+
+An auditor runs this to prove that no event was altered, removed, inserted or reordered.
+It streams the events, so memory stays constant on any ledger size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .canonical import chain_hash
+from .db import read_transaction
+from .schema import GENESIS_HASH, HEAD_ID, events, ledger_head
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    checked: int
+    last_position: int
+    last_hash: str
+    first_broken: int | None = None
+    reason: str = ""
+
+    def todict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "last_position": self.last_position,
+            "last_hash": self.last_hash,
+            "first_broken": self.first_broken,
+            "reason": self.reason,
+        }
+
+
+def verify_chain(
+    engine: Engine,
+    *,
+    until: int | None = None,
+    page: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check positions are 1, 2, 3, ... and each row's hash chains from the previous one."""
+    with read_transaction(engine) as conn:
+        head = conn.execute(sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID)).first()
+    if head is None:
+        return VerifyReport(False, 0, 0, GENESIS_HASH, 0, "ledger head row is missing")
+    stop = head.position if until is None else min(until, head.position)
+
+    expected_pos, prev_hash, checked = 1, GENESIS_HASH, 0
+    columns = [
+        events.c[name]
+        for name in (
+            "position",
+            "stream_id",
+            "version",
+            "event_type",
+            "schema_version",
+            "payload",
+            "meta",
+            "request_id",
+            "occurred_at",
+            "hash",
+        )
+    ]
+    while expected_pos <= stop:
+        with read_transaction(engine) as conn:
+            rows = conn.execute(
+                sa.select(*columns)
+                .where(events.c.position >= expected_pos, events.c.position <= stop)
+                .order_by(events.c.position)
+                .limit(page)
+            ).all()
+        if not rows:
+            break
+        for row in rows:
+            if row.position != expected_pos:
+                return VerifyReport(
+                    False,
+                    checked,
+                    expected_pos - 1,
+                    prev_hash,
+                    expected_pos,
+                    f"position {expected_pos} is missing",
+                )
+            computed = chain_hash(
+                prev_hash,
+                position=row.position,
+                stream_id=row.stream_id,
+                version=row.version,
+                event_type=row.event_type,
+                schema_version=row.schema_version,
+                payload=row.payload,
+                meta=row.meta,
+                request_id=row.request_id,
+                occurred_at=row.occurred_at,
+            )
+            if computed != row.hash:
+                return VerifyReport(
+                    False,
+                    checked,
+                    expected_pos - 1,
+                    prev_hash,
+                    row.position,
+                    f"hash mismatch at position {row.position}: the row or "
+                    "its stored hash was altered",
+                )
+            prev_hash = computed
+            expected_pos += 1
+            checked += 1
+        if progress is not None:
+            progress(len(rows))
+
+    last = expected_pos - 1
+    if last < stop:
+        return VerifyReport(
+            False,
+            checked,
+            last,
+            prev_hash,
+            last + 1,
+            f"position {last + 1} is missing (head says {head.position})",
+        )
+    with read_transaction(engine) as conn:
+        beyond = conn.execute(
+            sa.select(sa.func.count()).select_from(events).where(events.c.position > head.position)
+        ).scalar()
+    if until is None and beyond:
+        return VerifyReport(
+            False,
+            checked,
+            last,
+            prev_hash,
+            head.position + 1,
+            "events exist beyond the ledger head",
+        )
+    if until is None and prev_hash != head.hash:
+        return VerifyReport(
+            False,
+            checked,
+            last,
+            prev_hash,
+            last,
+            "the ledger head's hash does not match the last event",
+        )
+    return VerifyReport(True, checked, last, prev_hash)

@@ -1,0 +1,1 @@
+"""Read models folded from the ledger's events, and the projector that keeps them current."""
