@@ -93,6 +93,20 @@ class AppendRequest:
             raise ValueError("stream id must be 1..160 characters")
         if self.request_id is not None and not 0 < len(self.request_id) <= 128:
             raise ValueError("request id must be 1..128 characters")
+        for name, value in (("stream id", self.stream_id), ("request id", self.request_id)):
+            # MySQL compares VARCHARs ignoring trailing spaces: "s " would share stream "s".
+            if value is not None and value.endswith(" "):
+                raise ValueError(f"{name} must not end with a space")
+        for new in self.events:
+            # Refused here, before the request can join a batch or take the ledger lock, so a
+            # float or a naive time raises its own TypeError/ValueError and fails no neighbour.
+            if not 0 < len(new.event_type) <= 64:
+                raise ValueError("event type must be 1..64 characters")
+            if not 0 <= new.schema_version <= 32767:
+                raise ValueError("schema version must be 0..32767")
+            canonical_json(dict(new.payload))
+            canonical_json(dict(new.meta))
+            to_micros(new.occurred_at)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,408 @@
+"""The event store as a caller sees it: appends, conflicts, idempotency, listeners, validation.
+
+Every test runs on SQLite and, when ``DOWNSTREAM_TEST_MYSQL_URL`` is set, on MySQL/MariaDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator, Sequence
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from downstream_node.ledger.db import make_engine
+from downstream_node.ledger.group_commit import GroupCommitter
+from downstream_node.ledger.schema import GENESIS_HASH, events
+from downstream_node.ledger.store import (
+    AppendFailed,
+    AppendRequest,
+    AppendResult,
+    ConcurrencyConflict,
+    EventStore,
+    Head,
+    NewEvent,
+    RecordedEvent,
+)
+from downstream_node.ledger.verify import verify_chain
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def ev(n: int = 0, **payload: object) -> NewEvent:
+    return NewEvent("test.happened", 1, {"n": n, **payload}, T0 + dt.timedelta(seconds=n))
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> EventStore:
+    store = EventStore(engine)
+    store.create_schema()
+    return store
+
+
+def count_events(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()
+
+
+def positions(store: EventStore) -> list[int]:
+    return [e.position for e in store.read_all()]
+
+
+# -- appending and reading ---------------------------------------------------------------------
+
+
+def test_append_assigns_positions_versions_and_round_trips(store: EventStore) -> None:
+    first = store.append("contract:a", 0, [ev(1, text="héllo ✓"), ev(2, nested={"k": [1, "x"]})])
+    second = store.append("contract:b", 0, [ev(3)])
+    third = store.append("contract:a", 2, [ev(4, big=2**62)])
+
+    assert first.positions == (1, 2) and first.stream_version == 2 and not first.duplicate
+    assert second.positions == (3,) and second.stream_version == 1
+    assert third.positions == (4,) and third.stream_version == 3
+    assert store.stream_version("contract:a") == 3
+    assert store.stream_version("nobody") == 0
+
+    stored = list(store.read_all())
+    assert [e.position for e in stored] == [1, 2, 3, 4]
+    assert stored[0].payload == {"n": 1, "text": "héllo ✓"}
+    assert stored[1].payload == {"n": 2, "nested": {"k": [1, "x"]}}
+    assert stored[3].payload == {"n": 4, "big": 2**62}
+    assert stored[0].occurred_at == T0 + dt.timedelta(seconds=1)
+    assert stored[0].occurred_at.tzinfo is not None
+    # What append returned is what the ledger holds.
+    assert list(first.events) + list(second.events) + list(third.events) == stored
+
+    assert [(e.version, e.payload["n"]) for e in store.read_stream("contract:a")] == [
+        (1, 1),
+        (2, 2),
+        (3, 4),
+    ]
+    assert [e.version for e in store.read_stream("contract:a", after_version=2)] == [3]
+
+    head = store.head()
+    assert head.position == 4 and head.hash == stored[-1].hash
+    assert [e.position for e in store.read_all(after=1, until=3, page=1)] == [2, 3]
+
+
+def test_empty_ledger(store: EventStore) -> None:
+    assert store.head() == Head(0, GENESIS_HASH, 1)
+    assert list(store.read_all()) == []
+    report = verify_chain(store.engine)
+    assert report.ok and report.checked == 0 and report.last_hash == GENESIS_HASH
+    store.create_schema()  # idempotent
+    assert store.head().position == 0
+
+
+# -- optimistic concurrency --------------------------------------------------------------------
+
+
+def test_stale_expected_version_raises_and_writes_nothing(store: EventStore) -> None:
+    store.append("s", 0, [ev(1), ev(2)])
+    store.append("other", None, [ev(3)])
+    before = store.head()
+
+    with pytest.raises(ConcurrencyConflict) as caught:
+        store.append("s", 1, [ev(4), ev(5)])
+    assert caught.value.stream_id == "s"
+    assert caught.value.expected == 1 and caught.value.actual == 2
+    assert "'s'" in str(caught.value) and "version 2" in str(caught.value)
+
+    with pytest.raises(ConcurrencyConflict) as caught:
+        store.append("brand-new", 3, [ev(6)])
+    assert caught.value.actual == 0
+
+    assert count_events(store.engine) == 3
+    assert store.head() == before
+    assert store.stream_version("s") == 2 and store.stream_version("brand-new") == 0
+
+    # No hole: the next successful append takes the very next position.
+    assert store.append("s", 2, [ev(7)]).positions == (4,)
+    assert positions(store) == [1, 2, 3, 4]
+    assert verify_chain(store.engine).ok
+
+
+def test_conflict_inside_a_batch_fails_only_that_request(store: EventStore) -> None:
+    store.append("s1", 0, [ev(0)])
+    outcomes = store.append_batch(
+        [
+            AppendRequest("s1", 1, [ev(1), ev(2)]),
+            AppendRequest("s2", 0, [ev(3)]),
+            AppendRequest("s1", 1, [ev(4)]),  # s1 moved to 3 earlier in this very batch
+            AppendRequest("s3", 7, [ev(5)]),  # never was at 7
+            AppendRequest("s3", None, [ev(6), ev(7)]),
+            AppendRequest("s1", 3, [ev(8)]),  # builds on the first request of the batch
+        ]
+    )
+    ok, s2, lost, never, anyv, chained = outcomes
+    assert isinstance(ok, AppendResult) and ok.positions == (2, 3)
+    assert isinstance(s2, AppendResult) and s2.positions == (4,)
+    assert isinstance(lost, ConcurrencyConflict) and (lost.expected, lost.actual) == (1, 3)
+    assert isinstance(never, ConcurrencyConflict) and (never.expected, never.actual) == (7, 0)
+    assert isinstance(anyv, AppendResult) and anyv.positions == (5, 6)
+    assert isinstance(chained, AppendResult) and chained.positions == (7,)
+    assert chained.stream_version == 4
+
+    assert positions(store) == [1, 2, 3, 4, 5, 6, 7]
+    assert [e.payload["n"] for e in store.read_stream("s1")] == [0, 1, 2, 8]
+    assert [e.version for e in store.read_stream("s3")] == [1, 2]
+    assert verify_chain(store.engine).ok
+
+
+async def test_conflict_through_group_committer(store: EventStore) -> None:
+    committer = GroupCommitter(store)
+    try:
+        await committer.append("s", 0, [ev(1)])
+        with pytest.raises(ConcurrencyConflict):
+            await committer.append("s", 0, [ev(2)])
+        assert (await committer.append("s", 1, [ev(3)])).positions == (2,)
+    finally:
+        await committer.close()
+    assert positions(store) == [1, 2]
+
+
+# -- idempotency -------------------------------------------------------------------------------
+
+
+def test_retried_request_id_returns_original_positions(store: EventStore) -> None:
+    store.append("x", None, [ev(0)])
+    original = store.append("s", 0, [ev(1), ev(2)], request_id="req-1")
+    store.append("x", None, [ev(3)])
+    head = store.head()
+
+    # The retry still carries expected version 0, now stale: a retry, not a conflict.
+    again = store.append("s", 0, [ev(1), ev(2)], request_id="req-1")
+    assert again.duplicate and not original.duplicate
+    assert again.positions == original.positions == (2, 3)
+    assert again.stream_version == original.stream_version == 2
+    assert again.stream_id == "s"
+    assert store.head() == head and count_events(store.engine) == 4
+
+    # Request ids are exact: another id (even differing only in case) is a new append.
+    assert not store.append("s", 2, [ev(4)], request_id="REQ-1").duplicate
+    assert count_events(store.engine) == 5
+
+
+def test_duplicate_request_ids_inside_one_batch(store: EventStore) -> None:
+    first, second, third = store.append_batch(
+        [
+            AppendRequest("s", 0, [ev(1)], request_id="r"),
+            AppendRequest("s", 0, [ev(1)], request_id="r"),
+            AppendRequest("t", 0, [ev(2)], request_id="r2"),
+        ]
+    )
+    assert isinstance(first, AppendResult) and isinstance(second, AppendResult)
+    assert isinstance(third, AppendResult)
+    assert not first.duplicate and second.duplicate
+    assert first.positions == second.positions == (1,)
+    assert third.positions == (2,)
+    assert count_events(store.engine) == 2
+
+
+async def test_same_request_id_submitted_concurrently(store: EventStore) -> None:
+    committer = GroupCommitter(store)
+    try:
+        # Same batch: both submitted before the committer runs.
+        together = await asyncio.gather(
+            *(committer.append("s", 0, [ev(1), ev(2)], request_id="twice") for _ in range(2))
+        )
+        # Different batches: one lands while the other is queued behind it.
+        first = asyncio.create_task(committer.append("t", 0, [ev(3)], request_id="again"))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(committer.append("t", 0, [ev(3)], request_id="again"))
+        apart = await asyncio.gather(first, second)
+    finally:
+        await committer.close()
+
+    for pair in (together, apart):
+        assert sorted(r.duplicate for r in pair) == [False, True]
+        assert pair[0].positions == pair[1].positions
+    assert together[0].positions == (1, 2) and apart[0].positions == (3,)
+    assert count_events(store.engine) == 3
+    assert committer.appended == 3
+
+
+# -- listeners (projections folded inside the append's transaction) ----------------------------
+
+side = sa.Table(
+    "listener_side",
+    sa.MetaData(),
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("head_before", sa.BigInteger, nullable=False),
+)
+
+
+class Recorder:
+    """Writes a row per event it folds, with the connection of the append's transaction."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, list[int]]] = []
+
+    def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None:
+        self.calls.append((head.position, [e.position for e in recorded]))
+        conn.execute(
+            side.insert(),
+            [{"position": e.position, "head_before": head.position} for e in recorded],
+        )
+
+
+class Exploding:
+    def __init__(self, when: str = "always") -> None:
+        self.when = when
+
+    def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None:
+        if self.when == "always" or any(e.payload.get("bad") for e in recorded):
+            raise RuntimeError("projection bug")
+
+
+def side_rows(engine: Engine) -> list[tuple[int, int]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(side).order_by(side.c.position))]
+
+
+@pytest.fixture
+def recorder(store: EventStore) -> Recorder:
+    side.metadata.create_all(store.engine)
+    recorder = Recorder()
+    store.listeners.append(recorder)
+    return recorder
+
+
+def test_listener_sees_events_in_position_order_and_commits_with_them(
+    store: EventStore, recorder: Recorder
+) -> None:
+    store.append("a", 0, [ev(1), ev(2)])
+    store.append_batch([AppendRequest("b", 0, [ev(3)]), AppendRequest("a", 2, [ev(4), ev(5)])])
+    store.append_batch([AppendRequest("a", 0, [ev(6)])])  # only a conflict: nothing to fold
+
+    assert recorder.calls == [(0, [1, 2]), (2, [3, 4, 5])]
+    assert side_rows(store.engine) == [(1, 0), (2, 0), (3, 2), (4, 2), (5, 2)]
+
+
+def test_failing_listener_fails_the_append_and_writes_nothing(
+    store: EventStore, recorder: Recorder
+) -> None:
+    store.append("a", 0, [ev(1)])
+    head = store.head()
+    store.listeners.append(Exploding())
+
+    with pytest.raises(AppendFailed) as caught:
+        store.append("a", 1, [ev(2)], request_id="will-fail")
+    assert caught.value.before_commit
+    assert isinstance(caught.value.cause, RuntimeError)
+
+    assert store.head() == head and count_events(store.engine) == 1
+    assert side_rows(store.engine) == [(1, 0)]  # the first listener's rows rolled back too
+    store.listeners.pop()
+    # Nothing of the failed append remains: its request id is free, its position unused.
+    result = store.append("a", 1, [ev(2)], request_id="will-fail")
+    assert result.positions == (2,) and not result.duplicate
+    assert side_rows(store.engine) == [(1, 0), (2, 1)]
+    assert verify_chain(store.engine).ok
+
+
+async def test_failing_listener_fails_only_its_own_caller_in_a_batch(store: EventStore) -> None:
+    store.listeners.append(Exploding(when="bad"))
+    committer = GroupCommitter(store)
+    try:
+        results = await asyncio.gather(
+            *(
+                committer.append(f"s{i}", 0, [ev(i, bad=(i == 3))], request_id=f"r{i}")
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.close()
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [3]
+    assert isinstance(results[3], AppendFailed) and results[3].before_commit
+    assert positions(store) == list(range(1, 8))
+    assert sorted(e.stream_id for e in store.read_all()) == [f"s{i}" for i in range(8) if i != 3]
+    assert verify_chain(store.engine).ok
+
+
+# -- what is refused before anything is written -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "meta"),
+    [
+        ({"amount": 1.5}, {}),
+        ({"deep": [{"x": 0.0}]}, {}),
+        ({"n": 1}, {"took": 2.5}),
+    ],
+)
+async def test_floats_are_refused_before_anything_is_written(
+    store: EventStore, payload: dict, meta: dict
+) -> None:
+    bad = NewEvent("test.happened", 1, payload, T0, meta)
+    with pytest.raises(TypeError, match="float"):
+        store.append("s", 0, [ev(1), bad])
+    committer = GroupCommitter(store)
+    try:
+        good = asyncio.create_task(committer.append("t", 0, [ev(2)]))
+        with pytest.raises(TypeError, match="float"):
+            await committer.append("s", 0, [bad])
+        assert (await good).positions == (1,)  # a neighbour is not failed by the bad one
+    finally:
+        await committer.close()
+    assert positions(store) == [1]
+    assert store.stream_version("s") == 0
+
+
+def test_naive_datetime_is_refused(store: EventStore) -> None:
+    naive = NewEvent("test.happened", 1, {"n": 1}, dt.datetime(2026, 1, 1, 12, 0))
+    with pytest.raises(ValueError, match="naive"):
+        store.append("s", 0, [naive])
+    assert count_events(store.engine) == 0 and store.head().position == 0
+
+
+def test_non_utc_times_are_stored_as_the_same_instant(store: EventStore) -> None:
+    cet = dt.timezone(dt.timedelta(hours=1))
+    store.append("s", 0, [NewEvent("t", 1, {}, dt.datetime(2026, 1, 1, 13, 0, 0, 7, cet))])
+    (stored,) = store.read_all()
+    assert stored.occurred_at == dt.datetime(2026, 1, 1, 12, 0, 0, 7, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AppendRequest("s", 0, []),
+        lambda: AppendRequest("", 0, [ev()]),
+        lambda: AppendRequest("x" * 161, 0, [ev()]),
+        lambda: AppendRequest("s", 0, [ev()], request_id=""),
+        lambda: AppendRequest("s", 0, [ev()], request_id="r" * 129),
+        lambda: AppendRequest("s", 0, [NewEvent("", 1, {}, T0)]),
+        lambda: AppendRequest("s", 0, [NewEvent("e" * 65, 1, {}, T0)]),
+        lambda: AppendRequest("s", 0, [NewEvent("t", 1, {1: "x"}, T0)]),  # type: ignore[dict-item]
+        # MySQL compares VARCHARs ignoring trailing spaces: "s " would share stream "s".
+        lambda: AppendRequest("s ", 0, [ev()]),
+        lambda: AppendRequest("s", 0, [ev()], request_id="r "),
+    ],
+)
+def test_malformed_requests_are_refused(store: EventStore, make) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises((ValueError, TypeError)):
+        make()
+    assert count_events(store.engine) == 0
+
+
+def test_identifiers_are_exact_on_every_database(store: EventStore) -> None:
+    store.append("Stream", 0, [ev(1)])
+    store.append("stream", 0, [ev(2)])
+    store.append("strëam", 0, [ev(3)])
+    assert [store.stream_version(s) for s in ("Stream", "stream", "strëam", "STREAM")] == [
+        1,
+        1,
+        1,
+        0,
+    ]
