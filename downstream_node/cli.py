@@ -1,0 +1,265 @@
+"""The ``downstream-node`` command line: operator functions, projections, ledger checks, serve.
+
+Every command takes the global ``--db URL`` (default ``DOWNSTREAM_DB``, else ``downstream.db``
+in the working directory). Commands that change state go through the same node service as
+the HTTP API, so they append events exactly as a farmer's request would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .config import Settings
+from .ledger.clock import SystemClock
+from .ledger.db import default_url, make_engine
+from .ledger.errors import Refused
+from .ledger.store import EventStore
+from .ledger.verify import verify_chain
+from .node import Node
+
+T = TypeVar("T")
+
+
+class Obj:
+    def __init__(self, db: str, secret: Path | None, heartbeat: str) -> None:
+        self.settings = Settings(db_url=db, secret_file=secret, heartbeat=heartbeat)
+
+
+def run_node(obj: Obj, work: Callable[[Node], Awaitable[T]]) -> T:
+    """Open a node on the configured database, run ``work``, close it; refusals exit 1."""
+
+    async def main() -> T:
+        node = await Node(obj.settings, clock=SystemClock()).start()
+        try:
+            return await work(node)
+        finally:
+            await node.close()
+
+    try:
+        return asyncio.run(main())
+    except Refused as refused:
+        click.echo(f"error: {refused.status}: {refused.message}", err=True)
+        sys.exit(1)
+
+
+@click.group()
+@click.option(
+    "--db",
+    default=default_url,
+    show_default="$DOWNSTREAM_DB or ./downstream.db",
+    help="Database URL (mysql+pymysql://... or sqlite:///file).",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the node's secret heartbeat is kept (created if missing).",
+)
+@click.option(
+    "--heartbeat",
+    type=click.Choice(["Merkle", "Swizzle"]),
+    default="Merkle",
+    show_default=True,
+    help="Proof scheme for a new node secret.",
+)
+@click.pass_context
+def main(ctx: click.Context, db: str, secret_file: Path | None, heartbeat: str) -> None:
+    """downstream-node: an event-sourced contract ledger for proof-of-storage farming."""
+    ctx.obj = Obj(db, secret_file, heartbeat)
+
+
+@main.command()
+@click.pass_obj
+def initdb(obj: Obj) -> None:
+    """Create the ledger and projection tables and the node secret (idempotent)."""
+    run_node(obj, lambda node: asyncio.sleep(0))
+    click.echo(f"initialised {obj.settings.db_url}")
+
+
+# -- whitelist ----------------------------------------------------------------------------------
+
+
+@main.group()
+def whitelist() -> None:
+    """The crowdsale address whitelist."""
+
+
+@whitelist.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def whitelist_import(obj: Obj, file: Path) -> None:
+    """Import FILE: CSV lines ``address,balance`` or JSON (a list or an object)."""
+    entries = read_whitelist(file)
+    count = run_node(obj, lambda node: node.whitelist(entries))
+    click.echo(f"whitelisted {count} addresses")
+
+
+def read_whitelist(file: Path) -> list[tuple[str, str]]:
+    text = file.read_text()
+    if file.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
+        data: Any = json.loads(text)
+        if isinstance(data, dict):
+            return [(str(a), str(b)) for a, b in data.items()]
+        out = []
+        for item in data:
+            if isinstance(item, dict):
+                out.append((str(item["address"]), str(item.get("balance", 0))))
+            else:
+                out.append((str(item[0]), str(item[1])))
+        return out
+    rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
+    if rows and rows[0][0].strip().lower() == "address":
+        rows = rows[1:]
+    return [(r[0].strip(), (r[1].strip() if len(r) > 1 else "0")) for r in rows]
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Farmer tokens."""
+
+
+@token.command("create")
+@click.argument("address")
+@click.pass_obj
+def token_create(obj: Obj, address: str) -> None:
+    """Create a token for ADDRESS and print it (it is shown only this once)."""
+    created, _ = run_node(obj, lambda node: node.create_token(address))
+    click.echo(created)
+
+
+@token.command("delete")
+@click.argument("token_value", metavar="TOKEN")
+@click.pass_obj
+def token_delete(obj: Obj, token_value: str) -> None:
+    """Delete TOKEN; its chunks return to the pool for other farmers."""
+    run_node(obj, lambda node: node.delete_token(token_value))
+    click.echo("deleted")
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+@main.group("file")
+def file_group() -> None:
+    """Chunks the node monitors."""
+
+
+@file_group.command("add")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--redundancy", type=click.IntRange(1), default=None)
+@click.option("--interval", type=click.IntRange(1), default=None, help="Seconds per challenge.")
+@click.pass_obj
+def file_add(obj: Obj, path: Path, redundancy: int | None, interval: int | None) -> None:
+    """Monitor the file at PATH; prints its hash."""
+    click.echo(
+        run_node(obj, lambda node: node.add_file(path, redundancy=redundancy, interval=interval))
+    )
+
+
+@file_group.command("add-seeded")
+@click.option("--size", type=click.IntRange(1), required=True, help="Bytes per chunk.")
+@click.option("--count", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--redundancy", type=click.IntRange(1), default=None)
+@click.option("--interval", type=click.IntRange(1), default=None, help="Seconds per challenge.")
+@click.pass_obj
+def file_add_seeded(
+    obj: Obj, size: int, count: int, redundancy: int | None, interval: int | None
+) -> None:
+    """Add COUNT seeded test chunks of SIZE bytes; prints their hashes."""
+
+    async def work(node: Node) -> list[str]:
+        return [
+            await node.add_seeded(size, redundancy=redundancy, interval=interval)
+            for _ in range(count)
+        ]
+
+    for file_hash in run_node(obj, work):
+        click.echo(file_hash)
+
+
+@file_group.command("remove")
+@click.argument("file_hash", metavar="HASH")
+@click.pass_obj
+def file_remove(obj: Obj, file_hash: str) -> None:
+    """Stop monitoring HASH; its contracts end."""
+    run_node(obj, lambda node: node.remove_file(file_hash))
+    click.echo("removed")
+
+
+# -- projections and ledger ---------------------------------------------------------------------
+
+
+@main.group()
+def projections() -> None:
+    """The read models."""
+
+
+@projections.command("rebuild")
+@click.option("--batch", type=click.IntRange(1), default=5000, show_default=True)
+@click.pass_obj
+def projections_rebuild(obj: Obj, batch: int) -> None:
+    """Rebuild every projection from position 0 and swap it in, without stopping the node."""
+    from tqdm import tqdm
+
+    from .projections.projector import Projector
+    from .projections.rebuild import compare_generations, ensure_projections, rebuild
+
+    store = EventStore(make_engine(obj.settings.db_url), [Projector()])
+    store.create_schema()
+    ensure_projections(store)
+    with tqdm(
+        total=store.head().position, unit="ev", disable=not sys.stderr.isatty(), desc="rebuild"
+    ) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = rebuild(store, batch=batch, progress=progress)
+    differences = compare_generations(store.engine, report.old_generation, report.new_generation)
+    click.echo(
+        json.dumps(
+            {
+                "old_generation": report.old_generation,
+                "new_generation": report.new_generation,
+                "position": report.position,
+                "events": report.events,
+                "identical_to_previous": not differences,
+                "differences": differences,
+            }
+        )
+    )
+
+
+@main.group()
+def ledger() -> None:
+    """The event history."""
+
+
+@ledger.command("verify")
+@click.pass_obj
+def ledger_verify(obj: Obj) -> None:
+    """Walk the hash chain; report the first broken position (exit 1 if any)."""
+    from tqdm import tqdm
+
+    engine = make_engine(obj.settings.db_url)
+    with tqdm(unit="ev", disable=not sys.stderr.isatty(), desc="verify") as bar:
+        report = verify_chain(engine, progress=bar.update)
+    click.echo(json.dumps(report.todict()))
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

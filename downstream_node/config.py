@@ -1,0 +1,44 @@
+"""Settings of a node: where its ledger and secret live and the protocol's limits.
+
+Every value has the original server's default; the CLI and the environment override them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ledger.db import default_url, is_sqlite
+from .ledger.tokens import TokenPolicy
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str = field(default_factory=default_url)
+    secret_file: Path | None = None  # default: beside the SQLite file, else the working dir
+    heartbeat: str = "Merkle"
+    check_fraction: float = 0.01
+    challenges: int = 256
+    interval: int = 300  # seconds between challenges
+    redundancy: int = 3
+    chunk_size: int = 32 * MiB
+    max_bytes_per_address: int = 1024 * MiB
+    max_chunks_per_request: int = 10
+    token_policy: TokenPolicy = field(default_factory=TokenPolicy)
+    max_body: int = 256 * 1024  # bytes of a request body; a Merkle proof is about 1 KiB
+    requests_per_token_per_minute: int = 600
+    sweep_seconds: float = 30.0
+
+    def secret_path(self) -> Path:
+        if self.secret_file is not None:
+            return self.secret_file
+        env = os.environ.get("DOWNSTREAM_SECRET_FILE")
+        if env:
+            return Path(env)
+        if is_sqlite(self.db_url) and ":memory:" not in self.db_url:
+            db_file = Path(self.db_url.split("///", 1)[1])
+            return db_file.with_name(db_file.stem + "-secret.json")
+        return Path.cwd() / "node-secret.json"

@@ -1,0 +1,173 @@
+"""Contract decisions: what events a farmer's request produces, given the contract as it is.
+
+Pure functions of a ``ContractView`` and the time, following the protocol's lifecycle: a
+contract is online while ``expiration > now``; after ``due`` the next challenge is issued;
+an answer before expiration is verified once; a late answer is refused as expired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import events as ev
+from .errors import Refused
+from .uptime import expiration as expiration_for
+
+MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class ContractView:
+    """A live contract as the read model holds it (times in UTC microseconds)."""
+
+    contract_id: str
+    token_hash: str
+    file_hash: str
+    heartbeat: str
+    seed: str
+    tag: dict[str, Any]
+    state: dict[str, Any]
+    challenge: dict[str, Any]
+    challenge_index: int
+    interval: int
+    started_at: int
+    due: int
+    answered: bool
+    expiration: int
+    version: int
+    size: int = 0
+
+    def online(self, now: int) -> bool:
+        return self.expiration > now
+
+
+@dataclass(frozen=True)
+class FileView:
+    file_hash: str
+    size: int
+    redundancy: int
+    interval: int
+    seed: str | None
+    path: str | None
+    version: int
+    live_contracts: int = 0
+
+
+def is_expired(contract: ContractView, now: int) -> bool:
+    return now >= contract.expiration
+
+
+def is_due(contract: ContractView, now: int) -> bool:
+    """Past ``due`` but still online: time for the next challenge."""
+    return contract.due <= now < contract.expiration
+
+
+def decide_expire(contract: ContractView) -> list[ev.DomainEvent]:
+    return [ev.ContractExpired(contract_id=contract.contract_id, expired_at=contract.expiration)]
+
+
+def decide_next_challenge(
+    contract: ContractView, challenge: dict[str, Any], index: int, state: dict[str, Any]
+) -> list[ev.DomainEvent]:
+    """The next challenge: ``due`` moves on one interval from the previous due."""
+    return [
+        ev.ChallengeIssued(
+            contract_id=contract.contract_id,
+            challenge=challenge,
+            challenge_index=index,
+            state=state,
+            due=contract.due + contract.interval * MICROS,
+        )
+    ]
+
+
+def decide_out_of_challenges(contract: ContractView) -> list[ev.DomainEvent]:
+    return [ev.ContractEnded(contract_id=contract.contract_id, reason="out_of_challenges")]
+
+
+def check_answerable(contract: ContractView, now: int) -> list[ev.DomainEvent]:
+    """Before verifying: the events of a refused answer, or ``[]`` if it may be verified.
+
+    A late answer is recorded (an auditor sees it) and ends the contract as expired; the
+    caller appends those events and then refuses with ``expired``. A second answer to an
+    answered challenge is refused without an event: it is a farmer's harmless retry.
+    """
+    if is_expired(contract, now):
+        return [
+            ev.AnswerRejected(
+                contract_id=contract.contract_id,
+                challenge_index=contract.challenge_index,
+                reason="expired",
+            ),
+            *decide_expire(contract),
+        ]
+    if contract.answered:
+        raise Refused("already_answered", "this challenge was already answered")
+    return []
+
+
+def decide_answer(
+    contract: ContractView, proof: dict[str, Any], valid: bool
+) -> list[ev.DomainEvent]:
+    if valid:
+        return [
+            ev.AnswerPassed(
+                contract_id=contract.contract_id,
+                challenge_index=contract.challenge_index,
+                proof=proof,
+                expiration=expiration_for(contract.due, contract.interval, True),
+            )
+        ]
+    return [
+        ev.AnswerFailed(
+            contract_id=contract.contract_id, challenge_index=contract.challenge_index, proof=proof
+        )
+    ]
+
+
+def decide_remove(contract: ContractView | None) -> list[ev.DomainEvent]:
+    if contract is None:
+        raise Refused("no_hash", "this token holds no contract for that file hash")
+    return [ev.ContractEnded(contract_id=contract.contract_id, reason="removed")]
+
+
+def decide_assign(
+    file: FileView,
+    *,
+    contract_id: str,
+    token_hash: str,
+    heartbeat: str,
+    tag: dict[str, Any],
+    initial_state: dict[str, Any],
+    challenge: dict[str, Any],
+    challenge_index: int,
+    state: dict[str, Any],
+    already_held: bool,
+    now: int,
+) -> list[ev.DomainEvent]:
+    """A new replica of ``file`` for a token: its encoding and its first challenge."""
+    if file.live_contracts >= file.redundancy:
+        raise Refused("no_chunks", "every replica of this file is taken")
+    if already_held:
+        raise Refused("no_chunks", "this token already holds this file")
+    return [
+        ev.ChunkEncoded(
+            contract_id=contract_id,
+            file_hash=file.file_hash,
+            heartbeat=heartbeat,
+            seed=file.seed or file.file_hash,
+            tag=tag,
+            state=initial_state,
+        ),
+        ev.ContractAssigned(
+            contract_id=contract_id,
+            token_hash=token_hash,
+            file_hash=file.file_hash,
+            challenge=challenge,
+            challenge_index=challenge_index,
+            state=state,
+            interval=file.interval,
+            due=now + file.interval * MICROS,
+        ),
+    ]

@@ -1,0 +1,483 @@
+"""The node's application service: the private functions and the farmer commands.
+
+Each command reads the projections, lets a pure decision in the ledger say which events to
+write, and appends them with optimistic concurrency (retrying on a conflict with fresh
+state). Database calls and proof work run in threads: the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import structlog
+
+from .config import Settings
+from .ledger import contracts as cn
+from .ledger import events as ev
+from .ledger import tokens as tk
+from .ledger.clock import Clock, SystemClock, from_micros, iso, to_micros
+from .ledger.db import make_engine
+from .ledger.errors import Refused
+from .ledger.group_commit import GroupCommitter
+from .ledger.proofs import HeartbeatError, OutOfChallenges, ProofScheme, SeededChunk
+from .ledger.store import AppendResult, ConcurrencyConflict, EventStore
+from .projections.projector import Projector
+from .projections.queries import Reader, ReadModel
+from .projections.rebuild import ensure_projections
+
+log = structlog.get_logger("downstream.node")
+
+T = TypeVar("T")
+RETRIES = 8
+HASH_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who asked: recorded in each event's metadata (never a token)."""
+
+    request_id: str | None = None
+    actor: str = "operator"
+    remote: str | None = None
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in (
+                ("request_id", self.request_id),
+                ("actor", self.actor),
+                ("remote", self.remote),
+            )
+            if v is not None
+        }
+
+
+OPERATOR = Context(actor="operator")
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        scheme: ProofScheme | None = None,
+        workers: int = 8,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.engine = make_engine(settings.db_url)
+        self.store = EventStore(self.engine, [Projector()])
+        self.read_model = ReadModel(self.engine)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-db")
+        self.committer = GroupCommitter(self.store, executor=self.executor)
+        self.scheme = scheme
+        self.on_answer: Callable[[str], None] | None = None  # metrics hook: "pass"/"fail"
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> Node:
+        """Create the schema and projections if needed and load (or create) the secret."""
+        await self._run(self.store.create_schema)
+        await self._run(ensure_projections, self.store)
+        if self.scheme is None:
+            self.scheme, _ = await self._run(
+                ProofScheme.load_or_create,
+                self.settings.secret_path(),
+                self.settings.heartbeat,
+                check_fraction=self.settings.check_fraction,
+                challenges=self.settings.challenges,
+            )
+        await self._record_heartbeat()
+        return self
+
+    async def close(self) -> None:
+        await self.committer.close()
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()
+
+    async def _record_heartbeat(self) -> None:
+        assert self.scheme is not None
+        fingerprint = self.scheme.fingerprint()
+        history = await self._run(self.store.read_stream, ev.NODE_STREAM)
+        configured = [e for e in history if e.event_type == "HeartbeatConfigured"]
+        if configured and configured[-1].payload["key_fingerprint"] == fingerprint:
+            return
+        event = ev.HeartbeatConfigured(
+            kind=self.scheme.kind,
+            public=json.dumps(self.scheme.public(), sort_keys=True),
+            key_fingerprint=fingerprint,
+        )
+        await self._append(ev.NODE_STREAM, None, [event], OPERATOR)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def _read(self, fn: Callable[[Reader], T]) -> T:
+        def work() -> T:
+            with self.read_model.reader() as reader:
+                return fn(reader)
+
+        return await self._run(work)
+
+    async def _append(
+        self,
+        stream: str,
+        expected: int | None,
+        events: Sequence[ev.DomainEvent],
+        ctx: Context,
+        request_id: str | None = None,
+    ) -> AppendResult:
+        at = self.clock.now()
+        meta = ctx.meta()
+        return await self.committer.append(
+            stream, expected, [e.to_new(at, meta) for e in events], request_id=request_id
+        )
+
+    def _now(self) -> int:
+        return to_micros(self.clock.now())
+
+    async def _token(self, token: str) -> tk.TokenView:  # type: ignore[name-defined]
+        if not isinstance(token, str) or not tk.TOKEN_RE.match(token):
+            raise Refused("no_token", "no such token")
+        hashed = tk.token_hash(token)
+        found = await self._read(lambda r: r.token(hashed))
+        if (
+            found is None
+            or found.deleted_at is not None
+            or not tk.same_token(token, found.token_hash)
+        ):
+            raise Refused("no_token", "no such token")
+        return found
+
+    # -- operator functions ---------------------------------------------------------------------
+
+    async def whitelist(self, entries: Sequence[tuple[str, str]], ctx: Context = OPERATOR) -> int:
+        """Record (address, balance) pairs; invalid addresses are refused before any write."""
+        bad = [a for a, _ in entries if not tk.is_valid_address(a)]
+        if bad:
+            raise Refused("invalid_address", f"not Base58Check addresses: {', '.join(bad[:5])}")
+        events = [ev.AddressWhitelisted(address=a, balance=str(b)) for a, b in entries]
+        for start in range(0, len(events), 1000):
+            await self._append(ev.WHITELIST_STREAM, None, events[start : start + 1000], ctx)
+        return len(events)
+
+    async def create_token(
+        self, address: str, ctx: Context = OPERATOR
+    ) -> tuple[str, dict[str, Any]]:
+        assert self.scheme is not None
+        token = tk.new_token()
+        ip = ctx.remote if ctx.actor == "farmer" else None
+
+        def state(r: Reader) -> tuple[Any, int]:
+            return r.balance(address), (r.tokens_for_ip(ip) if ip else 0)
+
+        balance, per_ip = await self._read(state)
+        events = tk.decide_create_token(
+            address,
+            token=token,
+            ip=ip,
+            balance=balance,
+            tokens_for_ip=per_ip,
+            policy=self.settings.token_policy,
+        )
+        await self._append(ev.token_stream(tk.token_hash(token)), 0, events, ctx)
+        log.info("token_created", token=tk.redact(token), address=address)
+        return token, self.scheme.public()
+
+    async def delete_token(self, token: str, ctx: Context = OPERATOR) -> None:
+        found = await self._token(token)
+        events = tk.decide_delete_token(True, False, found.token_hash)
+        try:
+            await self._append(ev.token_stream(found.token_hash), found.version, events, ctx)
+        except ConcurrencyConflict as exc:
+            raise Refused("no_token", "the token changed meanwhile; try again") from exc
+        log.info("token_deleted", token=tk.redact(token))
+
+    async def add_file(
+        self,
+        path: str | Path,
+        *,
+        redundancy: int | None = None,
+        interval: int | None = None,
+        ctx: Context = OPERATOR,
+    ) -> str:
+        """Monitor a real file on disk; returns its SHA-256 (the file hash)."""
+        source = Path(path).resolve()
+        if not source.is_file():
+            raise Refused("no_file", f"{source} is not a readable file")
+        size = source.stat().st_size
+        if size == 0:
+            raise Refused("no_file", "cannot monitor an empty file")
+        file_hash = await self._run(_sha256_file, source)
+        return await self._add(file_hash, size, None, str(source), redundancy, interval, ctx)
+
+    async def add_seeded(
+        self,
+        size: int | None = None,
+        *,
+        seed: str | None = None,
+        redundancy: int | None = None,
+        interval: int | None = None,
+        ctx: Context = OPERATOR,
+    ) -> str:
+        """Monitor a seeded test chunk whose bytes farmers regenerate from its seed."""
+        size = size or self.settings.chunk_size
+        if size <= 0:
+            raise Refused("error", "size must be positive")
+        seed = seed or secrets.token_hex(20)
+        file_hash = await self._run(_sha256_stream, SeededChunk(seed, size))
+        return await self._add(file_hash, size, seed, None, redundancy, interval, ctx)
+
+    async def _add(
+        self,
+        file_hash: str,
+        size: int,
+        seed: str | None,
+        path: str | None,
+        redundancy: int | None,
+        interval: int | None,
+        ctx: Context,
+    ) -> str:
+        redundancy = self.settings.redundancy if redundancy is None else redundancy
+        interval = self.settings.interval if interval is None else interval
+        if redundancy < 1 or interval < 1:
+            raise Refused("error", "redundancy and interval must be at least 1")
+        if await self._read(lambda r: r.file(file_hash)) is not None:
+            raise Refused("file_exists", f"file {file_hash} is already monitored")
+        version = await self._run(self.store.stream_version, ev.file_stream(file_hash))
+        event = ev.FileAdded(
+            file_hash=file_hash,
+            size=size,
+            redundancy=redundancy,
+            interval=interval,
+            seed=seed,
+            path=path,
+        )
+        try:
+            await self._append(ev.file_stream(file_hash), version, [event], ctx)
+        except ConcurrencyConflict as exc:
+            raise Refused("file_exists", f"file {file_hash} is already monitored") from exc
+        log.info("file_added", file_hash=file_hash, size=size, seeded=seed is not None)
+        return file_hash
+
+    async def remove_file(self, file_hash: str, ctx: Context = OPERATOR) -> None:
+        found = await self._read(lambda r: r.file(file_hash))
+        if found is None:
+            raise Refused("no_hash", f"no monitored file {file_hash}")
+        await self._append(ev.file_stream(file_hash), None, [ev.FileRemoved(file_hash)], ctx)
+        log.info("file_removed", file_hash=file_hash)
+
+    # -- farmer commands ------------------------------------------------------------------------
+
+    async def chunk(self, token: str, ctx: Context = OPERATOR) -> dict[str, Any]:
+        """Give the token a new contract on the least-replicated file it does not hold."""
+        assert self.scheme is not None
+        owner = await self._token(token)
+        for _ in range(RETRIES):
+            now = self._now()
+
+            def state(r: Reader, now: int = now) -> tuple[list[cn.FileView], int]:
+                return (
+                    r.candidate_files(owner.token_hash, now),
+                    r.bytes_held_by_address(owner.address, now),
+                )
+
+            candidates, held = await self._read(state)
+            candidates = [
+                f for f in candidates if held + f.size <= self.settings.max_bytes_per_address
+            ]
+            if not candidates:
+                raise Refused("no_chunks", "no chunk is available for this token right now")
+            chosen = candidates[0]
+            contract_id = secrets.token_hex(16)
+            tag, initial, challenge, state_after = await self._run(self._encode, chosen, now)
+            events = cn.decide_assign(
+                chosen,
+                contract_id=contract_id,
+                token_hash=owner.token_hash,
+                heartbeat=self.scheme.kind,
+                tag=tag,
+                initial_state=initial,
+                challenge=challenge,
+                challenge_index=0,
+                state=state_after,
+                already_held=False,
+                now=now,
+            )
+            try:
+                await self._append(ev.file_stream(chosen.file_hash), chosen.version, events, ctx)
+            except ConcurrencyConflict:
+                continue  # another farmer took a replica meanwhile: look again
+            assigned = events[1]
+            assert isinstance(assigned, ev.ContractAssigned)
+            return {
+                "seed": events[0].seed,
+                "file_hash": chosen.file_hash,  # type: ignore[attr-defined]
+                "size": chosen.size,
+                "challenge": challenge,
+                "tag": tag,
+                "due": iso(from_micros(assigned.due)),
+                "expiration": iso(from_micros(assigned.due)),
+            }
+        raise Refused("busy", "too much contention for chunks; try again")
+
+    def _encode(self, file: cn.FileView, now: int) -> tuple[dict, dict, dict, dict]:
+        assert self.scheme is not None
+        with self._open(file) as handle:
+            tag, state = self.scheme.encode(handle, file.size, timestamp=now // 1_000_000)
+        challenge, after = self.scheme.next_challenge(state)
+        return tag, state, challenge, after
+
+    @staticmethod
+    def _open(file: cn.FileView) -> BinaryIO:
+        if file.seed is not None:
+            return SeededChunk(file.seed, file.size)  # type: ignore[return-value]
+        assert file.path is not None
+        return open(file.path, "rb")
+
+    async def due(self, token: str, ctx: Context = OPERATOR) -> dict[str, Any]:
+        """Bring every contract of the token up to date, then list them."""
+        owner = await self._token(token)
+        contracts = await self._read(lambda r: r.contracts_for_token(owner.token_hash))
+        refreshed = await asyncio.gather(*(self._refresh(c, ctx) for c in contracts))
+        live = [c for c in refreshed if c is not None]
+        return {
+            "all_contracts": [{"hash": c.file_hash} for c in live],
+            "due_contracts": [
+                {
+                    "hash": c.file_hash,
+                    "challenge": c.challenge,
+                    "due": iso(from_micros(c.due)),
+                    "expiration": iso(from_micros(c.expiration)),
+                }
+                for c in live
+                if not c.answered
+            ],
+        }
+
+    async def _refresh(self, contract: cn.ContractView, ctx: Context) -> cn.ContractView | None:
+        """Expire or advance one contract; None once it has ended."""
+        assert self.scheme is not None
+        for _ in range(RETRIES):
+            now = self._now()
+            if cn.is_expired(contract, now):
+                events = cn.decide_expire(contract)
+            elif cn.is_due(contract, now):
+                try:
+                    challenge, state = await self._run(self.scheme.next_challenge, contract.state)
+                    events = cn.decide_next_challenge(
+                        contract, challenge, contract.challenge_index + 1, state
+                    )
+                except OutOfChallenges:
+                    events = cn.decide_out_of_challenges(contract)
+            else:
+                return contract
+            # On a conflict someone else moved the contract: re-read below and decide again.
+            with contextlib.suppress(ConcurrencyConflict):
+                await self._append(
+                    ev.contract_stream(contract.contract_id), contract.version, events, ctx
+                )
+            fresh = await self._read(
+                lambda r, c=contract: r.contract_for(c.token_hash, c.file_hash)
+            )
+            if fresh is None or fresh.contract_id != contract.contract_id:
+                return None
+            contract = fresh
+        return contract
+
+    async def answer(self, token: str, file_hash: str, proof: Any, ctx: Context = OPERATOR) -> str:
+        """Verify a proof for the token's current challenge on ``file_hash``: pass or fail."""
+        assert self.scheme is not None
+        owner = await self._token(token)
+        try:
+            proof = self.scheme.check_proof(proof)
+        except HeartbeatError as exc:
+            raise Refused("bad_proof_format", f"the proof is malformed: {exc}") from exc
+        for _ in range(RETRIES):
+            contract = await self._read(lambda r: r.contract_for(owner.token_hash, file_hash))
+            if contract is None:
+                raise Refused("no_hash", "this token holds no contract for that file hash")
+            refused = cn.check_answerable(contract, self._now())
+            if refused:
+                stream = ev.contract_stream(contract.contract_id)
+                try:
+                    await self._append(stream, contract.version, refused, ctx)
+                except ConcurrencyConflict:
+                    continue
+                raise Refused("expired", "the challenge expired before this answer arrived")
+            valid = await self._run(self.scheme.verify, proof, contract.challenge, contract.state)
+            events = cn.decide_answer(contract, proof, valid)
+            try:
+                await self._append(
+                    ev.contract_stream(contract.contract_id), contract.version, events, ctx
+                )
+            except ConcurrencyConflict:
+                continue  # answered or advanced meanwhile: the re-check decides
+            verdict = "pass" if valid else "fail"
+            if self.on_answer is not None:
+                self.on_answer(verdict)
+            return verdict
+        raise Refused("busy", "too much contention on this contract; try again")
+
+    async def remove(self, token: str, file_hash: str, ctx: Context = OPERATOR) -> None:
+        owner = await self._token(token)
+        for _ in range(RETRIES):
+            contract = await self._read(lambda r: r.contract_for(owner.token_hash, file_hash))
+            events = cn.decide_remove(contract)
+            assert contract is not None
+            try:
+                await self._append(
+                    ev.contract_stream(contract.contract_id), contract.version, events, ctx
+                )
+                return
+            except ConcurrencyConflict:
+                continue
+        raise Refused("busy", "too much contention on this contract; try again")
+
+    async def sweep_expired(self, ctx: Context = OPERATOR) -> int:
+        """Mark contracts whose expiration passed, so their replicas return to the pool."""
+        now = self._now()
+        expired = await self._read(lambda r: r.expired_contracts(now))
+        results = await asyncio.gather(
+            *(
+                self._append(ev.contract_stream(c.contract_id), c.version, cn.decide_expire(c), ctx)
+                for c in expired
+            ),
+            return_exceptions=True,
+        )
+        return sum(1 for r in results if isinstance(r, AppendResult))
+
+    async def health(self) -> dict[str, Any]:
+        def probe(r: Reader) -> dict[str, Any]:
+            return {
+                "position": r.head_position,
+                "projection_lag": r.lag(),
+                "generation": r.t.generation,
+            }
+
+        return await self._read(probe)
+
+
+def _sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return _sha256_stream(handle)
+
+
+def _sha256_stream(handle: Any) -> str:
+    digest = hashlib.sha256()
+    while block := handle.read(HASH_BLOCK):
+        digest.update(block)
+    return digest.hexdigest()

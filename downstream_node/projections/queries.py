@@ -1,0 +1,273 @@
+"""Read-side queries over the live projection generation, for the node and the API.
+
+A ``Reader`` is opened per request: it reads the head row once (generation and position) and
+answers every question from that generation, returning the ledger's own view types.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ..ledger.contracts import ContractView, FileView
+from ..ledger.db import read_transaction
+from ..ledger.schema import HEAD_ID, ledger_head
+from ..ledger.uptime import Coverage
+from .projector import checkpoint
+from .tables import ProjectionTables, tables_for
+
+
+@dataclass(frozen=True)
+class TokenView:
+    token_hash: str
+    address: str
+    ip: str | None
+    created_at: int
+    deleted_at: int | None
+    version: int
+
+
+@dataclass(frozen=True)
+class UptimeView:
+    token_hash: str
+    coverage: Coverage
+    contracts: int
+    challenges: int
+    passed: int
+    failed: int
+    expired: int
+
+    def online(self, now: int) -> int:
+        return self.coverage.online(now)
+
+    def total(self, now: int) -> int:
+        return self.coverage.total(now)
+
+
+class Reader:
+    def __init__(self, conn: Connection, tables: ProjectionTables, head_position: int) -> None:
+        self.conn = conn
+        self.t = tables
+        self.head_position = head_position
+
+    # -- tokens and whitelist -------------------------------------------------------------------
+
+    def token(self, token_hash: str) -> TokenView | None:
+        row = self.conn.execute(
+            sa.select(self.t.tokens).where(self.t.tokens.c.token_hash == token_hash)
+        ).first()
+        return TokenView(**row._mapping) if row is not None else None
+
+    def balance(self, address: str) -> Decimal | None:
+        value = self.conn.execute(
+            sa.select(self.t.whitelist.c.balance).where(self.t.whitelist.c.address == address)
+        ).scalar()
+        if value is None:
+            return None
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            return None
+
+    def tokens_for_ip(self, ip: str) -> int:
+        c = self.t.tokens.c
+        return int(
+            self.conn.execute(
+                sa.select(sa.func.count())
+                .select_from(self.t.tokens)
+                .where(c.ip == ip, c.deleted_at.is_(None))
+            ).scalar()
+            or 0
+        )
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def file(self, file_hash: str, now: int = 0) -> FileView | None:
+        row = self.conn.execute(
+            sa.select(self.t.files).where(self.t.files.c.file_hash == file_hash)
+        ).first()
+        if row is None or row.removed_at is not None:
+            return None
+        return self._file_view(row, self._live_count(file_hash, now))
+
+    def files(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(sa.select(self.t.files).order_by(self.t.files.c.added_at))
+        return [dict(r._mapping) for r in rows]
+
+    def candidate_files(self, token_hash: str, now: int, limit: int = 8) -> list[FileView]:
+        """Live files with a free replica that this token does not hold, least held first."""
+        f, c = self.t.files.c, self.t.contracts.c
+        live = sa.and_(c.started_at.is_not(None), c.ended_at.is_(None), c.expiration > now)
+        counts = (
+            sa.select(c.file_hash, sa.func.count().label("n"))
+            .where(live)
+            .group_by(c.file_hash)
+            .subquery()
+        )
+        held = sa.select(c.file_hash).where(live, c.token_hash == token_hash)
+        n = sa.func.coalesce(counts.c.n, 0)
+        rows = self.conn.execute(
+            sa.select(self.t.files, n.label("live"))
+            .outerjoin(counts, counts.c.file_hash == f.file_hash)
+            .where(f.removed_at.is_(None), n < f.redundancy, f.file_hash.not_in(held))
+            .order_by(n, f.added_at, f.file_hash)
+            .limit(limit)
+        ).all()
+        return [self._file_view(r, int(r.live)) for r in rows]
+
+    def _live_count(self, file_hash: str, now: int) -> int:
+        c = self.t.contracts.c
+        return int(
+            self.conn.execute(
+                sa.select(sa.func.count())
+                .select_from(self.t.contracts)
+                .where(
+                    c.file_hash == file_hash,
+                    c.started_at.is_not(None),
+                    c.ended_at.is_(None),
+                    c.expiration > now,
+                )
+            ).scalar()
+            or 0
+        )
+
+    @staticmethod
+    def _file_view(row: Any, live: int) -> FileView:
+        return FileView(
+            row.file_hash,
+            row.size,
+            row.redundancy,
+            row.interval,
+            row.seed,
+            row.path,
+            row.version,
+            live,
+        )
+
+    # -- contracts ------------------------------------------------------------------------------
+
+    def contracts_for_token(self, token_hash: str) -> list[ContractView]:
+        """Contracts not yet ended (some may have expired without being marked yet)."""
+        c = self.t.contracts.c
+        return self._contracts(
+            sa.and_(c.token_hash == token_hash, c.ended_at.is_(None), c.started_at.is_not(None))
+        )
+
+    def contract_for(self, token_hash: str, file_hash: str) -> ContractView | None:
+        c = self.t.contracts.c
+        found = self._contracts(
+            sa.and_(
+                c.token_hash == token_hash,
+                c.file_hash == file_hash,
+                c.ended_at.is_(None),
+                c.started_at.is_not(None),
+            )
+        )
+        return found[0] if found else None
+
+    def expired_contracts(self, now: int, limit: int = 500) -> list[ContractView]:
+        c = self.t.contracts.c
+        return self._contracts(
+            sa.and_(c.ended_at.is_(None), c.started_at.is_not(None), c.expiration <= now),
+            limit=limit,
+        )
+
+    def _contracts(self, where: Any, limit: int | None = None) -> list[ContractView]:
+        c, f = self.t.contracts.c, self.t.files.c
+        query = (
+            sa.select(self.t.contracts, f.size)
+            .join(self.t.files, f.file_hash == c.file_hash)
+            .where(where)
+            .order_by(c.started_at, c.contract_id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        return [
+            ContractView(
+                contract_id=r.contract_id,
+                token_hash=r.token_hash,
+                file_hash=r.file_hash,
+                heartbeat=r.heartbeat,
+                seed=r.seed,
+                tag=json.loads(r.tag),
+                state=json.loads(r.state),
+                challenge=json.loads(r.challenge),
+                challenge_index=r.challenge_index,
+                interval=r.interval,
+                started_at=r.started_at,
+                due=r.due,
+                answered=bool(r.answered),
+                expiration=r.expiration,
+                version=r.version,
+                size=r.size,
+            )
+            for r in self.conn.execute(query)
+        ]
+
+    def bytes_held_by_address(self, address: str, now: int) -> int:
+        c, f, tk = self.t.contracts.c, self.t.files.c, self.t.tokens.c
+        value = self.conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(f.size), 0))
+            .select_from(
+                self.t.contracts.join(self.t.files, f.file_hash == c.file_hash).join(
+                    self.t.tokens, tk.token_hash == c.token_hash
+                )
+            )
+            .where(
+                tk.address == address,
+                c.ended_at.is_(None),
+                c.started_at.is_not(None),
+                c.expiration > now,
+            )
+        ).scalar()
+        return int(value or 0)
+
+    # -- uptime and health ----------------------------------------------------------------------
+
+    def uptime(self, token_hash: str) -> UptimeView | None:
+        row = self.conn.execute(
+            sa.select(self.t.uptime).where(self.t.uptime.c.token_hash == token_hash)
+        ).first()
+        return _uptime_view(row) if row is not None else None
+
+    def all_uptime(self) -> list[UptimeView]:
+        rows = self.conn.execute(sa.select(self.t.uptime).order_by(self.t.uptime.c.token_hash))
+        return [_uptime_view(r) for r in rows]
+
+    def lag(self) -> int:
+        """Events appended but not yet folded into this generation."""
+        return max(0, self.head_position - checkpoint(self.conn, self.t))
+
+
+def _uptime_view(row: Any) -> UptimeView:
+    return UptimeView(
+        row.token_hash,
+        Coverage(row.first_start, row.closed, row.seg_start, row.seg_end),
+        row.contracts,
+        row.challenges,
+        row.passed,
+        row.failed,
+        row.expired,
+    )
+
+
+class ReadModel:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def reader(self) -> Iterator[Reader]:
+        with read_transaction(self.engine) as conn, conn.begin():
+            head = conn.execute(
+                sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
+                    ledger_head.c.id == HEAD_ID
+                )
+            ).one()
+            yield Reader(conn, tables_for(head.projection_generation), head.position)
