@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .canonical import canonical_json, chain_hash
 from .clock import from_micros, to_micros
-from .db import read_transaction, write_transaction
+from .db import is_sqlite, read_transaction, write_transaction
 from .schema import GENESIS_HASH, HEAD_ID, events, ledger_head, metadata
 
 
@@ -135,6 +135,10 @@ class Listener(Protocol):
 
 BatchOutcome = AppendResult | LedgerError
 
+# MySQL named lock (server-wide) under which nodes starting together create the schema.
+SCHEMA_LOCK = "downstream_node.ledger.schema"
+SCHEMA_LOCK_WAIT = 60
+
 
 class EventStore:
     """Synchronous event store over one SQLAlchemy engine; safe to call from many threads."""
@@ -146,18 +150,36 @@ class EventStore:
     # -- schema -------------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create the ledger tables and the head row; idempotent."""
-        metadata.create_all(self.engine)
-        with write_transaction(self.engine) as conn, conn.begin():
-            exists = conn.execute(
-                sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID)
-            ).first()
-            if exists is None:
-                conn.execute(
-                    ledger_head.insert().values(
-                        id=HEAD_ID, position=0, hash=GENESIS_HASH, projection_generation=1
-                    )
-                )
+        """Create the ledger tables and the head row; idempotent.
+
+        Safe when several nodes start at once on a fresh database: SQLite runs it all under
+        the write lock, MySQL (whose DDL is not transactional) under a named server lock.
+        """
+        with write_transaction(self.engine) as conn:
+            mysql = not is_sqlite(self.engine)
+            if mysql:
+                locked = conn.execute(
+                    sa.select(sa.func.get_lock(SCHEMA_LOCK, SCHEMA_LOCK_WAIT))
+                ).scalar()
+                conn.commit()
+                if locked != 1:
+                    raise LedgerError("timed out waiting for another node to create the schema")
+            try:
+                with conn.begin():
+                    metadata.create_all(conn)
+                    exists = conn.execute(
+                        sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID)
+                    ).first()
+                    if exists is None:
+                        conn.execute(
+                            ledger_head.insert().values(
+                                id=HEAD_ID, position=0, hash=GENESIS_HASH, projection_generation=1
+                            )
+                        )
+            finally:
+                if mysql:
+                    conn.execute(sa.select(sa.func.release_lock(SCHEMA_LOCK)))
+                    conn.commit()
 
     # -- appending ----------------------------------------------------------------------------
 
