@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
+from . import logs  # noqa: F401 - logs go to stderr even when used as a library
 from .config import Settings
 from .ledger import contracts as cn
 from .ledger import events as ev
