@@ -1,0 +1,216 @@
+"""The aiohttp application: factory, node life cycle, middlewares.
+
+``create_app(node)`` returns an app that starts the node when the app starts and closes it
+when the app stops (``cleanup_ctx``), optionally sweeping expired contracts in the
+background. Two middlewares wrap every handler:
+
+- ``observe``: takes the ``X-Request-Id`` header (or makes one), echoes it on the response,
+  binds it to the log context, and writes one access-log line per request (request id,
+  method, route template, path with tokens redacted, status, latency) and the metrics.
+- ``errors``: refuses oversized bodies before they are read (413), maps a ``Refused`` to
+  ``{"status": word, "message": sentence}`` with the word's HTTP code, answers unknown
+  routes and methods with JSON 404/405, and turns anything unexpected into a logged
+  ``500 {"status": "error"}`` (``503`` when the database is unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import sqlalchemy.exc
+import structlog
+from aiohttp import web
+
+from ..ledger import tokens as tk
+from ..ledger.errors import Refused
+from ..node import Node
+from . import schemas as sc
+from .metrics import METRICS, Metrics, metrics_handler
+from .openapi import add_doc_routes
+from .routes import LIMITER, NODE, REQUEST_ID, RateLimited, RateLimiter, add_routes
+
+log = structlog.get_logger("downstream.http")
+access_log = structlog.get_logger("downstream.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}$")
+TOKEN_SEGMENT = re.compile(r"(?<=/)[0-9a-fA-F]{32}(?=/|$)")
+HTTP_WORDS = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def error_response(status: str, message: str, code: int | None = None) -> web.Response:
+    code = code or sc.STATUS_WORDS.get(status, (400, ""))[0]
+    return web.json_response(
+        sc.error_schema.dump({"status": status, "message": message}), status=code
+    )
+
+
+def route_name(request: web.Request) -> str:
+    """The route template, e.g. ``/api/downstream/chunk/{token}``; ``unmatched`` if none."""
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    if resource is None or isinstance(request.match_info.http_exception, web.HTTPException):
+        return "unmatched"
+    return resource.canonical
+
+
+def redacted_path(request: web.Request) -> str:
+    """The path as logs may show it: the token parameter and any 32-hex segment cut short."""
+    path = request.path
+    token = request.match_info.get("token")
+    if token:
+        path = path.replace(f"/{token}", f"/{tk.redact(token)}", 1)
+    return TOKEN_SEGMENT.sub(lambda m: tk.redact(m.group(0)), path)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 499  # the client went away before an answer
+    try:
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        route = route_name(request)
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.observe(route, request.method, status, elapsed)
+        access_log.info(
+            "request",
+            request_id=request_id,
+            method=request.method,
+            route=route,
+            path=redacted_path(request),
+            status=status,
+            latency_ms=round(elapsed * 1000, 2),
+            remote=request.remote,
+        )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    max_body = request.app[NODE].settings.max_body
+    try:
+        length = request.content_length
+        if length is not None and length > max_body:
+            raise Refused("too_large", f"the body has {length} bytes; at most {max_body} allowed")
+        return await handler(request)
+    except RateLimited as refused:
+        response = error_response(refused.status, refused.message)
+        response.headers["Retry-After"] = str(refused.retry_after)
+        return response
+    except Refused as refused:
+        response = error_response(refused.status, refused.message)
+        if refused.status == "busy":
+            response.headers["Retry-After"] = "1"
+        elif refused.status not in sc.STATUS_WORDS:
+            log.warning("unmapped_status_word", status=refused.status)
+        return response
+    except web.HTTPException as exc:
+        return _http_error(exc, max_body)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except sqlalchemy.exc.OperationalError:
+        log.exception("database_unavailable", route=route_name(request))
+        response = error_response("error", "the database is unavailable; retry later", 503)
+        response.headers["Retry-After"] = "5"
+        return response
+    except Exception:
+        log.exception("unhandled_error", route=route_name(request))
+        return error_response(
+            "error",
+            f"internal error; quote request id {request.get(REQUEST_ID)} when reporting it",
+            500,
+        )
+
+
+def _http_error(exc: web.HTTPException, max_body: int) -> web.Response:
+    code = exc.status
+    if code < 400:  # a redirect or a deliberate success: pass it on as it is
+        return web.Response(status=code, headers=exc.headers, text=exc.text)
+    word = HTTP_WORDS.get(code, "bad_request" if code < 500 else "error")
+    if code == 404:
+        message = "no such route; the API lives under /api/downstream (see /api/docs)"
+    elif code == 405:
+        allowed = exc.headers.get("Allow", "")
+        message = f"this route does not accept this method (allowed: {allowed})"
+    elif code == 413:
+        message = f"the body is larger than {max_body} bytes"
+    else:
+        message = exc.reason
+    response = error_response(word, message, code)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def _node_life(
+    node: Node, manage_node: bool, sweep_seconds: float | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def life(app: web.Application) -> AsyncIterator[None]:
+        if manage_node:
+            await node.start()
+        sweeper = None
+        if sweep_seconds and sweep_seconds > 0:
+            sweeper = asyncio.create_task(_sweep(node, sweep_seconds), name="sweep-expired")
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            if manage_node:
+                await node.close()
+
+    return life
+
+
+async def _sweep(node: Node, every: float) -> None:
+    """Mark lapsed contracts expired so their replicas return to the pool."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            swept = await node.sweep_expired()
+        except Exception:
+            log.exception("sweep_failed")
+            continue
+        if swept:
+            log.info("contracts_expired", count=swept)
+
+
+def create_app(
+    node: Node,
+    *,
+    manage_node: bool = True,
+    sweep_seconds: float | None = None,
+) -> web.Application:
+    """The farmers' API for ``node``.
+
+    ``manage_node``: start the node with the app and close it when the app stops (set it
+    to False when the caller owns the node). ``sweep_seconds``: if set, run
+    ``node.sweep_expired()`` that often in the background.
+    """
+    app = web.Application(client_max_size=node.settings.max_body, middlewares=[observe, errors])
+    app[NODE] = node
+    app[METRICS] = Metrics(node)
+    app[LIMITER] = RateLimiter(node, node.settings.requests_per_token_per_minute)
+    app.cleanup_ctx.append(_node_life(node, manage_node, sweep_seconds))
+    add_routes(app)
+    add_doc_routes(app)
+    app.router.add_get("/metrics", metrics_handler, name="metrics")
+    return app

@@ -1,0 +1,69 @@
+"""Logging for the server and the farmer: structlog, one event per line, console or JSON.
+
+``configure_logging("json")`` writes one JSON object per line (``timestamp`` ISO 8601 UTC,
+``level``, ``event``, then the event's keys); ``"console"`` writes the same keys as aligned,
+human-readable text. Records of the standard ``logging`` module (aiohttp's own errors, for
+instance) go through the same renderer, so a log never mixes formats.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+FORMATS = ("console", "json")
+
+
+def configure_logging(
+    fmt: str = "console", *, level: str | int = "INFO", stream: TextIO | None = None
+) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}: one of {', '.join(FORMATS)}")
+    stream = stream or sys.stderr
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False, ensure_ascii=False)
+        tail: list[Any] = [structlog.processors.format_exc_info]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        tail = []
+
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tail,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_downstream", False):
+            root.removeHandler(old)
+    handler._downstream = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    # aiohttp's own access log would print raw paths, tokens included: ours replaces it.
+    logging.getLogger("aiohttp.access").disabled = True

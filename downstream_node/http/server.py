@@ -1,0 +1,120 @@
+"""Running the API: ``downstream-node serve``.
+
+Starts the node on the configured database, optionally stocks a demo (a whitelisted demo
+address and a few seeded chunks), listens, sweeps expired contracts in the background, and
+stops cleanly on SIGINT/SIGTERM. Database and proof work run in the node's threads, so the
+event loop keeps answering while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import structlog
+from aiohttp import web
+
+from ..config import MiB, Settings
+from ..ledger.clock import Clock
+from ..ledger.tokens import make_address
+from ..node import Node
+from .app import create_app
+
+log = structlog.get_logger("downstream.serve")
+
+DEMO_ADDRESS = make_address(hashlib.sha256(b"downstream-node demo farmer").digest()[:20])
+DEMO_BALANCE = Decimal(1_000_000)
+DEMO_CHUNKS = 3
+DEMO_CHUNK_SIZE = 1 * MiB
+DEMO_INTERVAL = 60
+DEMO_SEED = "downstream-node-demo-{}"
+
+
+@dataclass
+class Demo:
+    address: str
+    files: list[str] = field(default_factory=list)
+    added: int = 0
+
+
+async def ensure_demo(node: Node) -> Demo:
+    """Whitelist the demo address and add the demo chunks, unless they are there already.
+
+    Idempotent: a restart finds them (by address balance and by seed) and adds nothing.
+    """
+
+    def state() -> tuple[Decimal | None, dict[str, str]]:
+        with node.read_model.reader() as reader:
+            live = {
+                row["seed"]: row["file_hash"]
+                for row in reader.files()
+                if row["removed_at"] is None and row["seed"]
+            }
+            return reader.balance(DEMO_ADDRESS), live
+
+    balance, live = await asyncio.to_thread(state)
+    if balance is None or balance < node.settings.token_policy.min_balance:
+        await node.whitelist([(DEMO_ADDRESS, str(DEMO_BALANCE))])
+    demo = Demo(DEMO_ADDRESS)
+    for i in range(DEMO_CHUNKS):
+        seed = DEMO_SEED.format(i + 1)
+        if seed in live:
+            demo.files.append(live[seed])
+            continue
+        demo.files.append(await node.add_seeded(DEMO_CHUNK_SIZE, seed=seed, interval=DEMO_INTERVAL))
+        demo.added += 1
+    return demo
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    demo: bool = False,
+    clock: Clock | None = None,
+    on_ready: Callable[[str, Demo | None], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set (SIGINT and SIGTERM set it)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            loop.add_signal_handler(signum, stop.set)
+    node = Node(settings, clock=clock)
+    app = create_app(node, sweep_seconds=settings.sweep_seconds)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()  # starts the node
+    try:
+        stocked = await ensure_demo(node) if demo else None
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        url = f"http://{shown}:{bound_port}"
+        log.info("listening", url=url, db=_safe_url(settings.db_url), demo=demo)
+        if on_ready is not None:
+            on_ready(url, stocked)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+        await runner.cleanup()  # closes the node
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for the log."""
+    try:
+        import sqlalchemy as sa
+
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
