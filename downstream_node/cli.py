@@ -261,5 +261,137 @@ def ledger_verify(obj: Obj) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+# -- serve and farm -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    default="console",
+    show_default=True,
+    help="One event per line: aligned text, or one JSON object.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--demo/--no-demo",
+    default=None,
+    help="Whitelist a demo address and add 3 seeded 1 MiB chunks (interval 60 s) if missing. "
+    "Default: on for an SQLite database, off for MySQL/MariaDB.",
+)
+@click.pass_obj
+def serve(
+    obj: Obj, host: str, port: int, log_format: str, log_level: str, demo: bool | None
+) -> None:
+    """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
+    from .http.logs import configure_logging
+    from .http.server import Demo
+    from .http.server import serve as serve_api
+    from .ledger.db import is_sqlite
+
+    configure_logging(log_format, level=log_level)
+    if demo is None:
+        demo = is_sqlite(obj.settings.db_url)
+
+    def ready(url: str, stocked: Demo | None) -> None:
+        click.echo(f"downstream-node listening on {url}")
+        click.echo(f"  API docs: {url}/api/docs   health: {url}/health   metrics: {url}/metrics")
+        if stocked is not None:
+            click.echo(
+                f"  demo address {stocked.address} (whitelisted), "
+                f"{len(stocked.files)} seeded chunks ({stocked.added} added now)"
+            )
+            click.echo("  point a farmer at it:")
+            click.echo(f"    downstream-node farm --url {url} --address {stocked.address}")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve_api(obj.settings, host=host, port=port, demo=demo, on_ready=ready))
+    except Refused as refused:
+        click.echo(f"error: {refused.status}: {refused.message}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--url", required=True, help="The node, e.g. http://127.0.0.1:8000")
+@click.option("--address", required=True, help="The SJCX address to farm for.")
+@click.option("--farmers", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds to farm. Default: until Ctrl-C.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("farm-data"),
+    show_default=True,
+    help="Where chunks are written (one subdirectory per farmer).",
+)
+@click.option("--max-contracts", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--poll", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option("--wrong-proofs", is_flag=True, help="Send corrupted proofs (to test a node).")
+def farm(
+    url: str,
+    address: str,
+    farmers: int,
+    duration: float | None,
+    directory: Path,
+    max_contracts: int,
+    poll: float,
+    wrong_proofs: bool,
+) -> None:
+    """Run reference farmers against a node: take contracts, store chunks, answer challenges."""
+    import signal
+
+    from .farmer import Swarm, run_farmers
+    from .farmer_display import Display
+
+    swarm = Swarm()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        display = Display(swarm)
+        try:
+            await run_farmers(
+                url,
+                address,
+                farmers=farmers,
+                directory=directory,
+                duration=duration,
+                max_contracts=max_contracts,
+                poll_seconds=poll,
+                wrong_proofs=wrong_proofs,
+                on_event=display,
+                stop=stop,
+                swarm=swarm,
+            )
+        finally:
+            display.close()
+
+    asyncio.run(go())
+    totals = swarm.totals()
+    click.echo(json.dumps({"farmers": len(swarm.farmers), **totals.todict()}))
+    if not any(f.token for f in swarm.farmers):
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
