@@ -1,0 +1,126 @@
+"""End to end: the real server on a TCP port, the reference farmer, a FakeClock moved by hand.
+
+Token, several contracts, several challenge rounds, pass, a deliberately wrong proof (fail),
+already answered, a late answer (expired), remove, token deletion and reassignment of its
+chunks to another farmer; then the projections rebuild to identical tables and the ledger's
+hash chain verifies.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+from http_support import ADDRESS, INTERVAL, head, new_node, real_server, stock
+
+from downstream_node.cli import main
+from downstream_node.farmer import Farmer, FarmerError
+from downstream_node.http.app import create_app
+
+
+def cli(db_url: str, *args: str) -> dict:
+    result = CliRunner().invoke(main, ["--db", db_url, *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+async def test_farmers_against_a_real_server(db_url: str, tmp_path: Path) -> None:
+    node, clock = new_node(db_url, tmp_path)
+    app = create_app(node)
+    async with real_server(app) as server:
+        files = await stock(node, files=3, redundancy=1)
+        async with (
+            Farmer(server.url, ADDRESS, directory=tmp_path / "one", name="one") as one,
+            Farmer(server.url, ADDRESS, directory=tmp_path / "two", name="two") as two,
+        ):
+            # -- a token and several contracts, until the node has none left ---------------
+            token = await one.register()
+            assert len(token) == 32
+            taken = await one.take_contracts(10)
+            assert sorted(c.file_hash for c in taken) == sorted(files)
+            for contract in taken:  # regenerated from the seed, on disk, full size
+                assert contract.path.stat().st_size == contract.size
+            await two.register()
+            assert await two.take_contract() is None  # no_chunks: every replica is held
+
+            # -- several rounds: answer, move the clock one interval, next challenge -------
+            seen_indexes = []
+            for _ in range(4):
+                verdicts = await one.poll_and_answer()
+                assert verdicts == dict.fromkeys(files, "pass")
+                seen_indexes.append({c.challenge["index"] for c in one.contracts.values()})
+                clock.advance(INTERVAL)
+            assert seen_indexes == [{0}, {1}, {2}, {3}]
+
+            # -- a deliberately wrong proof fails; the challenge stays open ----------------
+            due = await one.due()
+            assert sorted(d["hash"] for d in due["due_contracts"]) == sorted(files)
+            for item in due["due_contracts"]:
+                one.contracts[item["hash"]].challenge = item["challenge"]
+            first, second, third = files
+            assert await one.answer(first, wrong=True) == "fail"
+            assert await one.answer(first) == "pass"
+            with pytest.raises(FarmerError) as refused:
+                await one.answer(first)
+            assert (refused.value.status, refused.value.http_status) == ("already_answered", 409)
+            assert await one.answer(second) == "pass"
+
+            # -- a late answer: the third contract's challenge expires unanswered ----------
+            clock.advance(INTERVAL + 1)
+            with pytest.raises(FarmerError) as late:
+                await one.answer(third)
+            assert (late.value.status, late.value.http_status) == ("expired", 410)
+            assert third not in one.contracts
+
+            # -- remove: the farmer ends a contract; the hash is then unknown to it --------
+            assert await one.poll_and_answer() == {first: "pass", second: "pass"}
+            proof = await one.prove(second)
+            await one.remove(second)
+            assert not (tmp_path / "one" / second).exists()
+            with pytest.raises(FarmerError) as gone:
+                await one.answer(second, proof=proof)
+            assert (gone.value.status, gone.value.http_status) == ("no_hash", 404)
+            with pytest.raises(FarmerError) as gone:
+                await one.remove(second)
+            assert (gone.value.status, gone.value.http_status) == ("no_hash", 404)
+            assert [c["hash"] for c in (await one.due())["all_contracts"]] == [first]
+
+            # -- the second farmer picks up the expired and the removed chunk --------------
+            picked = await two.take_contracts(10)
+            assert sorted(c.file_hash for c in picked) == sorted([second, third])
+            assert set((await two.poll_and_answer()).values()) == {"pass"}
+
+            # -- token deletion: its chunk returns to the pool, the other farmer takes it --
+            await node.delete_token(token)
+            with pytest.raises(FarmerError) as deleted:
+                await one.due()
+            assert (deleted.value.status, deleted.value.http_status) == ("no_token", 404)
+            reassigned = await two.take_contracts(10)
+            assert [c.file_hash for c in reassigned] == [first]
+            assert await two.poll_and_answer() == {first: "pass"}
+            clock.advance(INTERVAL)
+            assert await two.poll_and_answer() == dict.fromkeys(files, "pass")
+
+            # -- the node's own view: metrics and health -----------------------------------
+            async with aiohttp.ClientSession() as http:
+                async with http.get(server.url + "/metrics") as response:
+                    metrics = await response.text()
+                async with http.get(server.url + "/health") as response:
+                    assert response.status == 200
+                    health = await response.json()
+            assert 'downstream_answers_total{verdict="fail"} 1.0' in metrics
+            assert 'downstream_answers_total{verdict="pass"}' in metrics
+            assert health["database"] is True and health["projection_lag"] == 0
+            assert health["position"] == head(node)
+        assert one.stats.failed == 1 and one.stats.passed >= 14
+        final = head(node)
+
+    # -- afterwards: the projections rebuild to the same tables, the chain verifies ----------
+    rebuilt = cli(db_url, "projections", "rebuild")
+    assert rebuilt["identical_to_previous"] is True, rebuilt["differences"]
+    assert rebuilt["position"] == final
+    verified = cli(db_url, "ledger", "verify")
+    assert verified["ok"] is True and verified["checked"] == final

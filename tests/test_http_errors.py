@@ -1,0 +1,327 @@
+"""Every error of the API: its status word, HTTP code and JSON body; and that refused or
+malformed requests append nothing to the ledger."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy.exc
+from aiohttp.test_utils import TestClient
+from http_support import ADDRESS, INTERVAL, POOR, STRANGER, head, new_node, prove, stock
+from structlog.testing import capture_logs
+
+from downstream_node.http.app import create_app
+from downstream_node.http.schemas import STATUS_WORDS
+from downstream_node.ledger.clock import FakeClock
+from downstream_node.ledger.errors import Refused
+from downstream_node.ledger.tokens import TokenPolicy
+from downstream_node.node import Node
+
+API = "/api/downstream"
+UNKNOWN_TOKEN = "0" * 32
+UNKNOWN_HASH = "ab" * 32
+
+
+@dataclass
+class Api:
+    client: TestClient
+    node: Node
+    clock: FakeClock
+    files: list[str]
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.client.get(path, **kwargs) as response:
+            return response.status, await response.json()
+
+    async def post(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.client.post(path, **kwargs) as response:
+            return response.status, await response.json()
+
+    async def token(self) -> tuple[str, dict]:
+        status, body = await self.get(f"{API}/new/{ADDRESS}")
+        assert status == 200, body
+        return body["token"], body["heartbeat"]
+
+
+async def make_api(db_url: str, tmp_path: Path, aiohttp_client: Any, **overrides: Any) -> Api:
+    node, clock = new_node(db_url, tmp_path, **overrides)
+    client = await aiohttp_client(create_app(node))
+    files = await stock(node)
+    return Api(client, node, clock, files)
+
+
+@pytest.fixture
+async def api(db_url: str, tmp_path: Path, aiohttp_client: Any) -> Api:
+    return await make_api(db_url, tmp_path, aiohttp_client)
+
+
+def assert_error(status: int, body: Any, word: str, code: int) -> None:
+    assert (status, body.get("status")) == (code, word), body
+    assert set(body) == {"status", "message"}
+    assert isinstance(body["message"], str) and body["message"]
+    assert STATUS_WORDS[word][0] == code or word == "error"
+
+
+# -- the seed README's words ----------------------------------------------------------------------
+
+
+async def test_invalid_address(api: Api) -> None:
+    before = head(api.node)
+    bad = {
+        "short": "1abc",
+        "too long": "1" * 36,
+        "not base58": "0OIl" + ADDRESS[4:],
+        "bad checksum": ADDRESS[:-1] + ("2" if ADDRESS[-1] != "2" else "3"),
+        "not whitelisted": STRANGER,
+        "below the minimum balance": POOR,
+    }
+    for why, address in bad.items():
+        status, body = await api.get(f"{API}/new/{address}")
+        assert_error(status, body, "invalid_address", 400)
+        assert why and body["message"]
+    assert head(api.node) == before
+
+
+async def test_no_token(api: Api) -> None:
+    _, heartbeat = await api.token()
+    before = head(api.node)
+    for token in (UNKNOWN_TOKEN, "abc", "g" * 32, "0" * 33, "%20" * 11):
+        for path in (f"/chunk/{token}", f"/due/{token}", f"/remove/{token}/{api.files[0]}"):
+            status, body = await api.get(API + path)
+            assert_error(status, body, "no_token", 404)
+        status, body = await api.post(
+            f"{API}/answer/{token}/{api.files[0]}", json={"proof": {"leaf": {}}}
+        )
+        assert_error(status, body, "no_token", 404)
+    assert head(api.node) == before
+
+
+async def test_no_hash(api: Api) -> None:
+    token, heartbeat = await api.token()
+    status, contract = await api.get(f"{API}/chunk/{token}")
+    assert status == 200
+    proof = prove(heartbeat, contract)
+    before = head(api.node)
+    not_held = [f for f in api.files if f != contract["file_hash"]][0]
+    for file_hash in (UNKNOWN_HASH, not_held, "ab" * 31, "zz" * 32, "ab" * 33):
+        status, body = await api.get(f"{API}/remove/{token}/{file_hash}")
+        assert_error(status, body, "no_hash", 404)
+        status, body = await api.post(f"{API}/answer/{token}/{file_hash}", json={"proof": proof})
+        assert_error(status, body, "no_hash", 404)
+    assert head(api.node) == before
+
+
+async def test_no_chunks(api: Api) -> None:
+    token, _ = await api.token()
+    other, _ = await api.token()
+    for _ in api.files:  # redundancy 1: this token takes every replica
+        status, _body = await api.get(f"{API}/chunk/{token}")
+        assert status == 200
+    before = head(api.node)
+    status, body = await api.get(f"{API}/chunk/{token}")
+    assert_error(status, body, "no_chunks", 404)
+    status, body = await api.get(f"{API}/chunk/{other}")
+    assert_error(status, body, "no_chunks", 404)
+    assert head(api.node) == before
+
+
+async def test_error_is_a_logged_500_for_a_real_bug(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, _ = await api.token()
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(api.node, "due", broken)
+    with capture_logs() as logs:
+        status, body = await api.get(f"{API}/due/{token}", headers={"X-Request-Id": "bug-1"})
+    assert_error(status, body, "error", 500)
+    assert "bug-1" in body["message"] and "ZeroDivision" not in body["message"]
+    crash = [e for e in logs if e["event"] == "unhandled_error"]
+    assert crash and crash[0]["route"] == "/api/downstream/due/{token}"
+    assert crash[0]["log_level"] == "error" and crash[0].get("exc_info")
+
+
+async def test_error_is_503_when_the_database_fails(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, _ = await api.token()
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("gone away"))
+
+    monkeypatch.setattr(api.node, "chunk", down)
+    with capture_logs():
+        async with api.client.get(f"{API}/chunk/{token}") as response:
+            body = await response.json()
+            assert response.headers["Retry-After"]
+    assert_error(response.status, body, "error", 503)
+
+
+# -- our words ------------------------------------------------------------------------------------
+
+
+async def test_answer_words_already_answered_and_expired(api: Api) -> None:
+    token, heartbeat = await api.token()
+    _, contract = await api.get(f"{API}/chunk/{token}")
+    url = f"{API}/answer/{token}/{contract['file_hash']}"
+    proof = prove(heartbeat, contract)
+    assert await api.post(url, json={"proof": proof}) == (200, {"status": "pass"})
+    before = head(api.node)
+    status, body = await api.post(url, json={"proof": proof})
+    assert_error(status, body, "already_answered", 409)
+    assert head(api.node) == before  # a harmless retry: nothing recorded
+
+    _, other = await api.get(f"{API}/chunk/{token}")
+    api.clock.advance(INTERVAL)  # the second contract's first challenge lapses unanswered
+    late = f"{API}/answer/{token}/{other['file_hash']}"
+    status, body = await api.post(late, json={"proof": prove(heartbeat, other)})
+    assert_error(status, body, "expired", 410)
+    # the late answer is recorded for auditors (rejected, contract expired), then it is gone
+    assert head(api.node) > before
+    status, body = await api.post(late, json={"proof": prove(heartbeat, other)})
+    assert_error(status, body, "no_hash", 404)
+
+
+async def test_bad_proof_format(api: Api) -> None:
+    token, heartbeat = await api.token()
+    _, contract = await api.get(f"{API}/chunk/{token}")
+    url = f"{API}/answer/{token}/{contract['file_hash']}"
+    good = prove(heartbeat, contract)
+    before = head(api.node)
+    shapes = [
+        "a string",
+        [1, 2],
+        7,
+        None,
+        {},
+        {"leaf": {}, "branch": {}},
+        {"leaf": {"index": 0, "blob": "not base64!"}, "branch": good["branch"]},
+        {"leaf": {"index": -1, "blob": good["leaf"]["blob"]}, "branch": good["branch"]},
+        {"leaf": good["leaf"], "branch": {"rows": "nope"}},
+        {"leaf": good["leaf"], "branch": {"rows": [["a"]]}},
+    ]
+    for proof in shapes:
+        status, body = await api.post(url, json={"proof": proof})
+        assert_error(status, body, "bad_proof_format", 400)
+    assert head(api.node) == before
+    assert await api.post(url, json={"proof": good}) == (200, {"status": "pass"})
+
+
+async def test_bad_request_bodies(api: Api) -> None:
+    token, heartbeat = await api.token()
+    _, contract = await api.get(f"{API}/chunk/{token}")
+    url = f"{API}/answer/{token}/{contract['file_hash']}"
+    before = head(api.node)
+    bodies = [
+        b"",
+        b"   ",
+        b"not json",
+        b'{"proof": ',
+        b"[]",
+        b'"proof"',
+        b"null",
+        b"42",
+        b'{"proof": NaN}',
+        b'{"prof": {}}',
+        b"\xff\xfe\x00garbage",
+        b"[" * 100_000,
+    ]
+    for raw in bodies:
+        status, body = await api.post(
+            url, data=raw, headers={"Content-Type": "application/json"}
+        )
+        assert_error(status, body, "bad_request", 400)
+    assert head(api.node) == before
+
+
+async def test_too_large(api: Api) -> None:
+    token, heartbeat = await api.token()
+    _, contract = await api.get(f"{API}/chunk/{token}")
+    url = f"{API}/answer/{token}/{contract['file_hash']}"
+    before = head(api.node)
+    huge = json.dumps({"proof": {"pad": "x" * api.node.settings.max_body}}).encode()
+    status, body = await api.post(url, data=huge)  # with a Content-Length
+    assert_error(status, body, "too_large", 413)
+
+    async def chunked() -> Any:  # no Content-Length: the limit applies while reading
+        for _ in range(api.node.settings.max_body // 65536 + 2):
+            yield b" " * 65536
+
+    status, body = await api.post(url, data=chunked())
+    assert_error(status, body, "too_large", 413)
+    # a body just under the limit is read and judged on its content
+    padded = json.dumps({"proof": prove(heartbeat, contract)}).encode()
+    padded += b" " * (api.node.settings.max_body - len(padded))
+    assert await api.post(url, data=padded) == (200, {"status": "pass"})
+    assert head(api.node) == before + 1
+
+
+async def test_too_many_tokens(db_url: str, tmp_path: Path, aiohttp_client: Any) -> None:
+    api = await make_api(
+        db_url, tmp_path, aiohttp_client, token_policy=replace(TokenPolicy(), max_tokens_per_ip=2)
+    )
+    await api.token()
+    token, _ = await api.token()
+    before = head(api.node)
+    status, body = await api.get(f"{API}/new/{ADDRESS}")
+    assert_error(status, body, "too_many_tokens", 429)
+    assert head(api.node) == before
+    await api.node.delete_token(token)  # a deleted token frees its slot
+    await api.token()
+
+
+async def test_too_many_requests(db_url: str, tmp_path: Path, aiohttp_client: Any) -> None:
+    api = await make_api(db_url, tmp_path, aiohttp_client, requests_per_token_per_minute=3)
+    token, _ = await api.token()
+    for _ in range(3):
+        assert (await api.get(f"{API}/due/{token}"))[0] == 200
+    async with api.client.get(f"{API}/due/{token}") as response:
+        body = await response.json()
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert_error(response.status, body, "too_many_requests", 429)
+    other, _ = await api.token()  # counted per token
+    assert (await api.get(f"{API}/due/{other}"))[0] == 200
+    api.clock.advance(60)
+    assert (await api.get(f"{API}/due/{token}"))[0] == 200
+
+
+async def test_busy_is_503_with_retry_after(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    token, _ = await api.token()
+
+    async def contended(*args: Any, **kwargs: Any) -> None:
+        raise Refused("busy", "too much contention for chunks; try again")
+
+    monkeypatch.setattr(api.node, "chunk", contended)
+    async with api.client.get(f"{API}/chunk/{token}") as response:
+        body = await response.json()
+        assert response.headers["Retry-After"] == "1"
+    assert_error(response.status, body, "busy", 503)
+
+
+async def test_unknown_routes_and_methods_are_json(api: Api) -> None:
+    token, _ = await api.token()
+    before = head(api.node)
+    for path in ("/", "/api/downstream", "/api/downstream/nope", f"{API}/chunk/{token}/extra"):
+        status, body = await api.get(path)
+        assert_error(status, body, "not_found", 404)
+    async with api.client.get(f"{API}/answer/{token}/{api.files[0]}") as response:
+        body = await response.json()
+        assert "POST" in response.headers["Allow"]
+    assert_error(response.status, body, "method_not_allowed", 405)
+    for path in (f"{API}/chunk/{token}", f"{API}/new/{ADDRESS}", f"{API}/due/{token}"):
+        status, body = await api.post(path, json={})
+        assert_error(status, body, "method_not_allowed", 405)
+    assert head(api.node) == before
+
+
+async def test_every_documented_word_is_produced_somewhere() -> None:
+    """The words this module asserts on cover the whole table (a guard for new words)."""
+    source = Path(__file__).read_text()
+    missing = [w for w in STATUS_WORDS if f'"{w}"' not in source]
+    assert not missing
