@@ -498,8 +498,11 @@ class Merkle:
         """Whether ``proof`` answers ``challenge`` for the file ``state`` was made from.
 
         Dicts are parsed first (``HeartbeatError`` if malformed). Beyond the original's
-        checks, the branch must have exactly the tree's height and the running hash must
-        sit on the side the leaf index dictates, as it does in every honest proof.
+        checks, the branch must have exactly the tree's height, the running hash must sit
+        on the side the leaf index dictates (as in every honest proof), and when ``state``
+        is the one that issued ``challenge`` (``challenge.index == state.index - 1``) the
+        challenge's seed must be the state's. In every case the committed leaf binds the
+        proof to the window the right seed selects.
         """
         if not self._key:
             raise HeartbeatError("a public heartbeat cannot verify")
@@ -517,6 +520,8 @@ class Merkle:
         rows = pr.rows
         if pr.index != index or index >= st.n or len(rows) != _tree_order(st.n):
             return False
+        if index == st.index - 1 and not hmac.compare_digest(chal.seed, st.seed):
+            return False  # not the challenge this state issued
         running = _leaf_hash(pr.blob, index)
         bits = index  # bit k of the leaf index says on which side level k's node sits
         for left, right in rows:

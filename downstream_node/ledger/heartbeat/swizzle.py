@@ -424,14 +424,18 @@ class Swizzle:
     ) -> SwizzleProof:
         """Answer ``challenge`` from ``file`` and ``tag``, reading only challenged chunks.
 
-        Raises ``HeartbeatError`` if the file is shorter than the tag describes or the tag
-        holds values outside the prime's range.
+        Raises ``HeartbeatError`` if the file is shorter than the tag describes, the tag
+        holds values outside the prime's range or the challenge samples more chunks than
+        the tag has.
         """
         chal = coerce(challenge, SwizzleChallenge, "challenge")
         tg = coerce(tag, SwizzleTag, "tag")
         p, size, sectors = self.prime, self.chunk_size, self.sectors
         if max(tg.sigma) >= p:
             raise HeartbeatError("tag value not below this heartbeat's prime")
+        if chal.chunks > len(tg.sigma):
+            # never issued by a node (it samples at most every chunk); bounds the work
+            raise HeartbeatError("challenge samples more chunks than the tag has")
         last = len(tg.sigma) - 1
         mu = [mpz(0)] * sectors
         sigma = mpz(0)
