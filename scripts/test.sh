@@ -86,9 +86,12 @@ find_server() {
     return 1
 }
 
+# Answers at all (mysqladmin ping succeeds even when the login is refused). Over the socket
+# first: a fresh server may refuse 127.0.0.1 with an error that ping counts as "down".
 server_alive() {
-    mysqladmin --protocol=tcp -h127.0.0.1 -P3306 -uroot --connect-timeout=2 ping \
-        >/dev/null 2>&1
+    mysqladmin -uroot --connect-timeout=2 ping >/dev/null 2>&1 ||
+        mysqladmin --protocol=tcp -h127.0.0.1 -P3306 -uroot --connect-timeout=2 ping \
+            >/dev/null 2>&1
 }
 
 ensure_mariadb() {
