@@ -8,7 +8,11 @@ hash chain verifies.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -124,3 +128,69 @@ async def test_farmers_against_a_real_server(db_url: str, tmp_path: Path) -> Non
     assert rebuilt["position"] == final
     verified = cli(db_url, "ledger", "verify")
     assert verified["ok"] is True and verified["checked"] == final
+
+
+async def _start_serve(db: Path, *extra: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "downstream_node.cli",
+        "--db",
+        f"sqlite:///{db}",
+        "serve",
+        "--port",
+        "0",
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or "farm --url" not in lines[-1]:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert line, f"serve exited early: {lines}"
+        lines.append(line.decode().strip())
+    return process, lines
+
+
+async def _stop(process: asyncio.subprocess.Process) -> str:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    except TimeoutError:
+        process.kill()
+        _, err = await process.communicate()
+    return err.decode()
+
+
+async def test_serve_demo_answers_health(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    process, lines = await _start_serve(db, "--demo", "--log-format", "json")
+    try:
+        url = re.search(r"listening on (http://\S+)", lines[0])[1]  # type: ignore[index]
+        address = re.search(r"--address (\S+)", lines[-1])[1]  # type: ignore[index]
+        assert any("3 seeded chunks (3 added now)" in line for line in lines)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/health") as response:
+                assert response.status == 200
+                health = await response.json()
+            async with http.get(f"{url}/api/downstream/new/{address}") as response:
+                assert response.status == 200
+                token = (await response.json())["token"]
+            async with http.get(f"{url}/api/downstream/chunk/{token}") as response:
+                contract = await response.json()
+        assert health["status"] == "ok" and health["position"] >= 5
+        assert contract["size"] == 1024 * 1024
+    finally:
+        err = await _stop(process)
+    assert process.returncode == 0, err
+    logged = [json.loads(line) for line in err.splitlines() if line.strip()]  # one per line
+    assert {"listening", "request", "stopping"} <= {e["event"] for e in logged}
+    assert all("timestamp" in e and "level" in e for e in logged)
+    assert token not in err
+
+    # a restart finds the demo stock and adds nothing
+    process, lines = await _start_serve(db)  # SQLite: --demo is the default
+    await _stop(process)
+    assert any("3 seeded chunks (0 added now)" in line for line in lines)

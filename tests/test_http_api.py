@@ -1,0 +1,269 @@
+"""The API's happy paths and its furniture: response bodies match their schemas, request
+ids, the access log (tokens redacted), /health, /metrics, the OpenAPI document, /api/docs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from http_support import ADDRESS, INTERVAL, head, new_node, prove, stock
+from structlog.testing import capture_logs
+
+from downstream_node.http import schemas as sc
+from downstream_node.http.app import create_app
+from downstream_node.http.openapi import build_spec, render_html
+from downstream_node.ledger.clock import parse_time
+from downstream_node.node import Node
+
+API = "/api/downstream"
+ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+@pytest.fixture
+async def served(db_url: str, tmp_path: Path, aiohttp_client: Any) -> tuple[TestClient, Node]:
+    node, clock = new_node(db_url, tmp_path)
+    node.test_clock = clock  # type: ignore[attr-defined]
+    client = await aiohttp_client(create_app(node))
+    await stock(node, files=2)
+    return client, node
+
+
+async def get_json(client: TestClient, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with client.get(path, **kwargs) as response:
+        return response.status, await response.json()
+
+
+async def test_the_farmer_routes(served: tuple[TestClient, Node]) -> None:
+    client, node = served
+    status, created = await get_json(client, f"{API}/new/{ADDRESS}")
+    assert status == 200 and sc.new_token_schema.validate(created) == {}
+    assert set(created) == {"token", "heartbeat"}
+    token, heartbeat = created["token"], created["heartbeat"]
+    assert heartbeat == {"key": "", "check_fraction": 0.01}  # public: no secret key
+
+    status, contract = await get_json(client, f"{API}/chunk/{token.upper()}")  # hex any case
+    assert status == 200 and sc.chunk_schema.validate(contract) == {}
+    assert set(contract) == {"seed", "file_hash", "size", "challenge", "tag", "due", "expiration"}
+    assert ISO_Z.match(contract["expiration"]) and ISO_Z.match(contract["due"])
+    issued = parse_time(contract["due"]) - node.clock.now()
+    assert issued.total_seconds() == INTERVAL
+
+    status, due = await get_json(client, f"{API}/due/{token}")
+    assert status == 200 and sc.due_schema.validate(due) == {}
+    assert due["all_contracts"] == [{"hash": contract["file_hash"]}]
+    [open_challenge] = due["due_contracts"]
+    assert open_challenge["challenge"] == contract["challenge"]
+
+    async with client.post(
+        f"{API}/answer/{token}/{contract['file_hash'].upper()}",
+        json={"proof": prove(heartbeat, contract), "extra": "ignored"},
+    ) as response:
+        assert response.status == 200
+        assert await response.json() == {"status": "pass"}
+    status, due = await get_json(client, f"{API}/due/{token}")
+    assert due["due_contracts"] == [] and len(due["all_contracts"]) == 1
+
+    status, removed = await get_json(client, f"{API}/remove/{token}/{contract['file_hash']}")
+    assert (status, removed) == (200, {"status": "ok"})
+    assert await get_json(client, f"{API}/due/{token}") == (
+        200,
+        {"all_contracts": [], "due_contracts": []},
+    )
+
+
+async def test_request_ids_and_the_access_log(served: tuple[TestClient, Node]) -> None:
+    client, node = served
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with client.get(f"{API}/new/{ADDRESS}", headers={"X-Request-Id": "abc-123"}) as r:
+            assert r.headers["X-Request-Id"] == "abc-123"
+            token = (await r.json())["token"]
+        async with client.get(f"{API}/chunk/{token}") as r:
+            generated = r.headers["X-Request-Id"]
+            assert re.fullmatch(r"[0-9a-f]{32}", generated)
+        async with client.get(f"{API}/due/{token}", headers={"X-Request-Id": "bad id <x>"}) as r:
+            assert r.headers["X-Request-Id"] != "bad id <x>"  # not echoed: replaced
+        async with client.get("/nowhere/" + token) as r:
+            assert r.status == 404 and r.headers["X-Request-Id"]
+    access = [e for e in logs if e["event"] == "request"]
+    assert [e["status"] for e in access] == [200, 200, 200, 404]
+    first = access[0]
+    assert first["request_id"] == "abc-123"
+    assert first["route"] == "/api/downstream/new/{sjcx_address}"
+    assert first["method"] == "GET" and first["latency_ms"] >= 0
+    assert access[1]["route"] == "/api/downstream/chunk/{token}"
+    assert access[1]["request_id"] == generated
+    assert access[3]["route"] == "unmatched"
+    # node events carry the request id too, and no log line holds the token
+    created = [e for e in logs if e["event"] == "token_created"]
+    assert created and created[0]["request_id"] == "abc-123"
+    assert token not in repr(logs)
+    # the request id lands in the ledger's metadata of the events it caused
+    events = list(node.store.read_all())
+    assert any(e.meta.get("request_id") == "abc-123" for e in events)
+
+
+async def test_health(served: tuple[TestClient, Node]) -> None:
+    client, node = served
+    status, body = await get_json(client, "/health")
+    assert status == 200 and sc.health_schema.validate(body) == {}
+    assert body == {
+        "status": "ok",
+        "database": True,
+        "position": head(node),
+        "projection_lag": 0,
+        "generation": 1,
+    }
+
+
+async def test_health_is_503_when_the_database_is_unreachable(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    # nothing listens on port 1: the node was never started, every connection fails
+    node, _ = new_node("mysql+pymysql://root@127.0.0.1:1/none", tmp_path)
+    client = await aiohttp_client(create_app(node, manage_node=False))
+    try:
+        status, body = await get_json(client, "/health")
+        assert status == 503 and body["status"] == "unavailable" and body["database"] is False
+        async with client.get("/metrics") as response:
+            assert response.status == 200
+            assert "downstream_database_up 0.0" in await response.text()
+    finally:
+        await node.close()
+
+
+async def test_metrics(served: tuple[TestClient, Node]) -> None:
+    client, node = served
+    _, created = await get_json(client, f"{API}/new/{ADDRESS}")
+    token, heartbeat = created["token"], created["heartbeat"]
+    _, contract = await get_json(client, f"{API}/chunk/{token}")
+    url = f"{API}/answer/{token}/{contract['file_hash']}"
+    bad = prove(heartbeat, contract)
+    bad["leaf"]["index"] = 1  # well formed, wrong
+    async with client.post(url, json={"proof": bad}) as r:
+        assert await r.json() == {"status": "fail"}
+    async with client.post(url, json={"proof": prove(heartbeat, contract)}) as r:
+        assert await r.json() == {"status": "pass"}
+    await get_json(client, f"{API}/chunk/{'0' * 32}")
+    async with client.get("/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    assert 'downstream_answers_total{verdict="pass"} 1.0' in text
+    assert 'downstream_answers_total{verdict="fail"} 1.0' in text
+    assert (
+        'downstream_http_requests_total{method="GET",route="/api/downstream/chunk/{token}",'
+        'status="404"} 1.0' in text
+    )
+    assert 'downstream_http_request_duration_seconds_bucket{le="0.005",route=' in text
+    appended = float(re.search(r"^downstream_events_appended_total (\S+)$", text, re.M)[1])
+    assert appended == node.committer.appended > 0
+    assert f"downstream_ledger_position {float(head(node))}" in text
+    assert "downstream_projection_lag 0.0" in text
+    assert "downstream_database_up 1.0" in text
+    assert token not in text
+
+
+async def test_each_app_has_its_own_registry(db_url: str, tmp_path: Path) -> None:
+    first, _ = new_node(db_url, tmp_path / "a")
+    second, _ = new_node(db_url, tmp_path / "b")
+    a, b = create_app(first, manage_node=False), create_app(second, manage_node=False)
+    from downstream_node.http.metrics import METRICS
+
+    a[METRICS].on_answer("pass")
+    assert a[METRICS].answers.labels(verdict="pass")._value.get() == 1
+    assert b[METRICS].answers.labels(verdict="pass")._value.get() == 0
+    for node in (first, second):
+        await node.close()
+
+
+# -- the OpenAPI document and the docs page -------------------------------------------------------
+
+
+async def test_openapi_document(served: tuple[TestClient, Node]) -> None:
+    client, _ = served
+    status, doc = await get_json(client, "/api/openapi.json")
+    assert status == 200
+    try:
+        from openapi_spec_validator import validate
+    except ImportError:  # pragma: no cover - the test extra installs it
+        validate = None
+    if validate is not None:
+        validate(doc)
+    assert doc["openapi"].startswith("3.")
+    # every route of the app is documented, with its methods
+    app: web.Application = client.app
+    documented = {
+        (p, m.upper()) for p, item in doc["paths"].items() for m in item if m != "parameters"
+    }
+    served_routes = {
+        (r.resource.canonical, r.method)
+        for r in app.router.routes()
+        if r.method != "HEAD"
+        and not r.resource.canonical.startswith("/api/docs")
+        and r.resource.canonical != "/api/openapi.json"
+    }
+    assert served_routes == documented
+    # the schemas come from the marshmallow classes; errors reference the Error schema
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["Chunk"]["required"]) == {
+        "seed",
+        "file_hash",
+        "size",
+        "challenge",
+        "tag",
+        "due",
+        "expiration",
+    }
+    assert set(schemas["Error"]["properties"]["status"]["enum"]) == set(sc.STATUS_WORDS)
+    answer = doc["paths"]["/api/downstream/answer/{token}/{file_hash}"]["post"]
+    assert answer["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnswerRequest"
+    }
+    assert {"200", "400", "404", "409", "410", "413", "429", "500", "503"} <= set(
+        answer["responses"]
+    )
+    # the description documents every status word with its code
+    for word, (code, _) in sc.STATUS_WORDS.items():
+        assert f"| `{word}` | {code} |" in doc["info"]["description"]
+
+
+async def test_docs_page(served: tuple[TestClient, Node]) -> None:
+    client, _ = served
+    async with client.get("/api/docs") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        page = await response.text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for path in (
+        "/api/downstream/new/{sjcx_address}",
+        "/api/downstream/answer/{token}/{file_hash}",
+    ):
+        assert path in page
+    for word in sc.STATUS_WORDS:
+        assert f"<code>{word}</code>" in page
+    assert "<script" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
+
+
+def test_docs_page_escapes_everything() -> None:
+    from downstream_node.config import Settings
+
+    doc = build_spec(Settings())
+    doc["info"]["title"] = "<script>alert(1)</script>"
+    doc["paths"]["/x/<img src=x>"] = {
+        "get": {
+            "summary": '"><b>',
+            "description": "`<i>` & <u>",
+            "responses": {"200": {"description": "<svg onload=1>"}},
+        }
+    }
+    page = render_html(doc)
+    for raw in ("<script>", "<img src=x>", '"><b>', "<i>", "<u>", "<svg"):
+        assert raw not in page
+    assert "&lt;script&gt;" in page and "<code>&lt;i&gt;</code>" in page
