@@ -3,6 +3,7 @@ ids, the access log (tokens redacted), /health, /metrics, the OpenAPI document, 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,29 @@ async def test_metrics(served: tuple[TestClient, Node]) -> None:
     assert "downstream_projection_lag 0.0" in text
     assert "downstream_database_up 1.0" in text
     assert token not in text
+
+
+async def test_background_sweep_frees_lapsed_replicas(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    node, clock = new_node(db_url, tmp_path)
+    client = await aiohttp_client(create_app(node, sweep_seconds=0.02))
+    [file_hash] = await stock(node, files=1)
+    _, first = await get_json(client, f"{API}/new/{ADDRESS}")
+    _, second = await get_json(client, f"{API}/new/{ADDRESS}")
+    status, _ = await get_json(client, f"{API}/chunk/{first['token']}")
+    assert status == 200
+    assert (await get_json(client, f"{API}/chunk/{second['token']}"))[0] == 404  # no_chunks
+    before = head(node)
+    clock.advance(INTERVAL)  # the first challenge lapses unanswered; nobody asks
+    for _ in range(250):
+        if head(node) > before:
+            break
+        await asyncio.sleep(0.02)
+    events = list(node.store.read_all(after=before))
+    assert [e.event_type for e in events] == ["ContractExpired"]
+    status, contract = await get_json(client, f"{API}/chunk/{second['token']}")
+    assert (status, contract["file_hash"]) == (200, file_hash)
 
 
 async def test_each_app_has_its_own_registry(db_url: str, tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ async def test_invalid_address(api: Api) -> None:
 
 
 async def test_no_token(api: Api) -> None:
-    _, heartbeat = await api.token()
+    await api.token()
     before = head(api.node)
     for token in (UNKNOWN_TOKEN, "abc", "g" * 32, "0" * 33, "%20" * 11):
         for path in (f"/chunk/{token}", f"/due/{token}", f"/remove/{token}/{api.files[0]}"):
@@ -106,7 +106,7 @@ async def test_no_hash(api: Api) -> None:
     assert status == 200
     proof = prove(heartbeat, contract)
     before = head(api.node)
-    not_held = [f for f in api.files if f != contract["file_hash"]][0]
+    not_held = next(f for f in api.files if f != contract["file_hash"])
     for file_hash in (UNKNOWN_HASH, not_held, "ab" * 31, "zz" * 32, "ab" * 33):
         status, body = await api.get(f"{API}/remove/{token}/{file_hash}")
         assert_error(status, body, "no_hash", 404)
@@ -214,7 +214,7 @@ async def test_bad_proof_format(api: Api) -> None:
 
 
 async def test_bad_request_bodies(api: Api) -> None:
-    token, heartbeat = await api.token()
+    token, _ = await api.token()
     _, contract = await api.get(f"{API}/chunk/{token}")
     url = f"{API}/answer/{token}/{contract['file_hash']}"
     before = head(api.node)
@@ -233,9 +233,7 @@ async def test_bad_request_bodies(api: Api) -> None:
         b"[" * 100_000,
     ]
     for raw in bodies:
-        status, body = await api.post(
-            url, data=raw, headers={"Content-Type": "application/json"}
-        )
+        status, body = await api.post(url, data=raw, headers={"Content-Type": "application/json"})
         assert_error(status, body, "bad_request", 400)
     assert head(api.node) == before
 
@@ -317,6 +315,8 @@ async def test_unknown_routes_and_methods_are_json(api: Api) -> None:
     for path in (f"{API}/chunk/{token}", f"{API}/new/{ADDRESS}", f"{API}/due/{token}"):
         status, body = await api.post(path, json={})
         assert_error(status, body, "method_not_allowed", 405)
+        async with api.client.head(path) as response:  # HEAD must not change state
+            assert response.status == 405
     assert head(api.node) == before
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
 
 from ..config import Settings
 from . import schemas as sc
@@ -89,18 +90,21 @@ def _description(settings: Settings) -> str:
     )
 
 
-def _json(schema: str) -> dict[str, Any]:
+def _json(schema: type[Schema]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _responses(ok: str, ok_schema: type, *words: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"200": {"description": ok, **_json(ok_schema)}}  # type: ignore[arg-type]
+def _responses(ok: str, ok_schema: type[Schema], *words: str) -> dict[str, Any]:
+    """The success response and one error response per HTTP code, listing its words."""
+    out: dict[str, Any] = {"200": {"description": ok, **_json(ok_schema)}}
     by_code: dict[int, list[str]] = {}
     for word in (*words, "error"):
-        by_code.setdefault(sc.STATUS_WORDS[word][0], []).append(word)
-    for code, group in sorted(by_code.items()):
-        text = "; ".join(f"`{w}`: {sc.STATUS_WORDS[w][1]}" for w in group)
-        out[str(code)] = {"description": text, **_json(sc.ErrorSchema)}  # type: ignore[arg-type]
+        by_code.setdefault(sc.STATUS_WORDS[word][0], []).append(
+            f"`{word}`: {sc.STATUS_WORDS[word][1]}"
+        )
+    by_code.setdefault(503, []).append("`error`: the database is unreachable (see Retry-After).")
+    for code, lines in sorted(by_code.items()):
+        out[str(code)] = {"description": "\n\n".join(lines), **_json(sc.ErrorSchema)}
     return out
 
 
@@ -187,7 +191,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "proof is `fail` (the challenge stays open until it expires); a second "
                 "answer after a pass is `already_answered`; an answer after the expiration "
                 "is `expired` and ends the contract.",
-                "requestBody": {"required": True, **_json(sc.AnswerRequestSchema)},  # type: ignore[arg-type]
+                "requestBody": {"required": True, **_json(sc.AnswerRequestSchema)},
                 "responses": _responses(
                     "The verdict.",
                     sc.AnswerResultSchema,
@@ -213,10 +217,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "description": "Whether the database answers, the ledger position and the "
                 "projection lag.",
                 "responses": {
-                    "200": {"description": "Healthy.", **_json(sc.HealthSchema)},  # type: ignore[arg-type]
+                    "200": {"description": "Healthy.", **_json(sc.HealthSchema)},
                     "503": {
                         "description": "The database is unreachable.",
-                        **_json(sc.HealthSchema),  # type: ignore[arg-type]
+                        **_json(sc.HealthSchema),
                     },
                 },
             }

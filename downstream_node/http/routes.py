@@ -212,9 +212,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get(PREFIX + "/new/{sjcx_address}", new_token, name="new_token")
-    app.router.add_get(PREFIX + "/chunk/{token}", chunk, name="chunk")
-    app.router.add_get(PREFIX + "/remove/{token}/{file_hash}", remove, name="remove")
-    app.router.add_get(PREFIX + "/due/{token}", due, name="due")
+    # The seed's GET routes change state (a token, a contract, the next challenge): HEAD,
+    # which aiohttp would route to them, must not, so it is not allowed there.
+    get = {"allow_head": False}
+    app.router.add_get(PREFIX + "/new/{sjcx_address}", new_token, name="new_token", **get)
+    app.router.add_get(PREFIX + "/chunk/{token}", chunk, name="chunk", **get)
+    app.router.add_get(PREFIX + "/remove/{token}/{file_hash}", remove, name="remove", **get)
+    app.router.add_get(PREFIX + "/due/{token}", due, name="due", **get)
     app.router.add_post(PREFIX + "/answer/{token}/{file_hash}", answer, name="answer")
     app.router.add_get("/health", health, name="health")
