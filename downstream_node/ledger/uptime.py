@@ -56,3 +56,54 @@ class Coverage:
 def expiration(due: int, interval_s: int, answered: bool) -> int:
     """When a contract goes offline unless answered: the protocol's rule."""
     return due + interval_s * 1_000_000 if answered else due
+
+
+# -- windows (used by the auditors) ----------------------------------------------------------------
+
+
+def overlap(start: int, end: int, since: int | None, until: int | None) -> int:
+    """Measure of ``[start, end)`` inside ``[since, until)``; ``None`` leaves that side open."""
+    if since is not None and start < since:
+        start = since
+    if until is not None and end > until:
+        end = until
+    return max(0, end - start)
+
+
+@dataclass
+class WindowedCoverage(Coverage):
+    """``Coverage`` that also measures its union inside the window ``[since, until)``.
+
+    Only segments that have closed are final (``cut`` moves the open one), so each is clipped
+    to the window as it closes; the open segment is clipped when measured. Without a window
+    ``online_in_window(now)`` equals ``online(now)``. The projection keeps plain ``Coverage``.
+    """
+
+    since: int | None = None
+    until: int | None = None
+    closed_in_window: int = 0
+
+    def cover(self, start: int, end: int) -> None:
+        # The same test as Coverage.cover uses to close its open segment.
+        if end > start and (self.seg_start or self.seg_end) and start > self.seg_end:
+            self.segment_closed(self.seg_start, self.seg_end)
+        super().cover(start, end)
+
+    def segment_closed(self, start: int, end: int) -> None:
+        """A segment became final; subclasses may also record it (e.g. per time bucket)."""
+        self.closed_in_window += overlap(start, end, self.since, self.until)
+
+    def open_segment(self, now: int) -> tuple[int, int]:
+        """The open segment as measured at ``now`` (empty if there is none)."""
+        if not self.seg_end:
+            return (0, 0)
+        return (self.seg_start, max(self.seg_start, min(self.seg_end, now)))
+
+    def online_in_window(self, now: int) -> int:
+        start, end = self.open_segment(now)
+        return self.closed_in_window + overlap(start, end, self.since, self.until)
+
+    def total_in_window(self, now: int) -> int:
+        if not self.first_start:
+            return 0
+        return overlap(self.first_start, now, self.since, self.until)
