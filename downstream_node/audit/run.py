@@ -1,0 +1,116 @@
+"""One audit run: fix the audited position, verify the hash chain up to it, replay up to it.
+
+Only SELECTs are issued (a read-only database user suffices), and the report depends only on
+the events up to that position and the options, so two auditors can compare reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..ledger.db import read_transaction
+from ..ledger.schema import HEAD_ID, ledger_head
+from ..ledger.schema import events as events_table
+from ..ledger.verify import VerifyReport, verify_chain
+from .replay import Replay, choose_buckets, stream_events
+from .report import build_report
+from .reputation import ScoringParams
+
+
+class AuditError(Exception):
+    """The audit cannot run as asked (no ledger, a position beyond the head, ...)."""
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    since: int | None = None  # window start, UTC microseconds
+    until: int | None = None  # window end (exclusive); also "now" unless ``now`` is given
+    now: int | None = None  # when time is measured; default: until, else the last event's time
+    at_position: int | None = None  # audit the ledger as it was at this position
+    tokens: frozenset[str] | None = None  # token hashes to audit (None: all)
+    params: ScoringParams = field(default_factory=ScoringParams)
+    series: bool = False  # per-bucket series for the charts
+    page: int = 5000
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    report: dict
+    verified: VerifyReport
+
+    @property
+    def ok(self) -> bool:
+        return self.verified.ok
+
+
+def audited_position(engine: Engine, at_position: int | None) -> int:
+    with read_transaction(engine) as conn:
+        head = conn.execute(
+            sa.select(ledger_head.c.position).where(ledger_head.c.id == HEAD_ID)
+        ).scalar()
+    if head is None:
+        raise AuditError("this database holds no ledger (no ledger_head row)")
+    if at_position is None:
+        return int(head)
+    if at_position < 0 or at_position > head:
+        raise AuditError(f"position {at_position} is outside the ledger (head is {head})")
+    return at_position
+
+
+def event_time(engine: Engine, position: int) -> int | None:
+    e = events_table.c
+    with read_transaction(engine) as conn:
+        value = conn.execute(sa.select(e.occurred_at).where(e.position == position)).scalar()
+    return int(value) if value is not None else None
+
+
+def run_audit(
+    engine: Engine,
+    options: AuditOptions,
+    *,
+    on_verify: Callable[[int], None] | None = None,
+    on_replay: Callable[[int], None] | None = None,
+) -> AuditRun:
+    position = audited_position(engine, options.at_position)
+    if options.since is not None and options.until is not None and options.until <= options.since:
+        raise AuditError("--until must be after --since")
+    # Fixed before reading, so verification and replay cover the same events even while the
+    # node keeps appending.
+    verified = verify_chain(engine, until=position, progress=on_verify)
+
+    first = event_time(engine, 1) if position else None
+    last = event_time(engine, position) if position else None
+    if options.now is not None:
+        now, now_source = options.now, "--now"
+        if last is not None and now < last and options.until is None:
+            raise AuditError(
+                "--now is before the last audited event; use --until for an earlier window "
+                "or --at-position for an earlier state"
+            )
+    elif options.until is not None:
+        now, now_source = options.until, "--until"
+    else:
+        now, now_source = (last or 0), "last event"
+
+    buckets = None
+    if options.series and first is not None:
+        start = options.since if options.since is not None else first
+        end = min(now, options.until) if options.until is not None else now
+        buckets = choose_buckets(start, max(end, start + 1), options.since, options.until)
+
+    replay = Replay(
+        since=options.since,
+        until=options.until,
+        tokens=options.tokens,
+        params=options.params,
+        buckets=buckets,
+    )
+    replay.run(stream_events(engine, until=position, page=options.page), progress=on_replay)
+    report = build_report(
+        replay, now=now, now_source=now_source, position=position, verified=verified
+    )
+    return AuditRun(report, verified)
