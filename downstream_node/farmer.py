@@ -217,7 +217,17 @@ class Farmer:
                 return None
             raise
         path = self.directory / data["file_hash"]
-        await asyncio.to_thread(write_chunk, data["seed"], data["size"], data["file_hash"], path)
+        try:
+            await asyncio.to_thread(
+                write_chunk, data["seed"], data["size"], data["file_hash"], path
+            )
+        except FarmerError:
+            # Not a seeded chunk we can regenerate (an operator's real file): hand it back
+            # at once rather than hold a contract we cannot prove.
+            with contextlib.suppress(FarmerError, aiohttp.ClientError):
+                await self.request("GET", f"{PREFIX}/remove/{token}/{data['file_hash']}")
+            self._emit("error", file_hash=data["file_hash"], error="cannot regenerate chunk")
+            raise
         contract = Contract(
             file_hash=data["file_hash"],
             seed=data["seed"],

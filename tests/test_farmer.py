@@ -168,3 +168,26 @@ async def test_farm_command(db_url: str, tmp_path: Path) -> None:
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["farmers"] == 2 and summary["passed"] == 4 and summary["errors"] == 0
     assert "farmer-1: registered" in err.decode()
+
+
+async def test_a_chunk_that_cannot_be_regenerated_is_handed_back(
+    db_url: str, tmp_path: Path
+) -> None:
+    node, _ = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        await stock(node, files=0)
+        real = tmp_path / "real-file"
+        real.write_bytes(b"operator data " * 5000)
+        file_hash = await node.add_file(real)  # a real file: its bytes are not derivable
+        async with Farmer(server.url, ADDRESS, directory=tmp_path / "farm") as farmer:
+            await farmer.register()
+            with pytest.raises(FarmerError, match="does not hash"):
+                await farmer.take_contract()
+            assert farmer.contracts == {}
+            assert (await farmer.due())["all_contracts"] == []  # handed back to the node
+            other = Farmer(server.url, ADDRESS, directory=tmp_path / "other")
+            async with other:
+                await other.register()
+                with pytest.raises(FarmerError):
+                    await other.take_contract()  # the replica was free again
+        assert not list((tmp_path / "farm").glob(f"{file_hash}*"))
