@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import add, itemgetter, mul
@@ -57,6 +57,7 @@ KEY_SIZE = 32
 _PRF_KEY_SIZES = (32,)
 _IV_SIZES = (0, 16)  # the original leaves iv empty until a state is first encrypted
 _READ_BLOCK = 1 << 20
+_SPAN_GAP = 8
 
 
 def _read_full(file: BinaryIO, size: int) -> bytes:
@@ -75,6 +76,24 @@ def _read_full(file: BinaryIO, size: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def _spans(chunks: Sequence[int], size: int) -> Iterator[tuple[int, list[int]]]:
+    """Group sorted chunk indices into runs read with one seek each: neighbours up to
+    ``_SPAN_GAP`` chunks apart share a read (cheaper than a seek, and on a seeded chunk
+    than a new keystream), and no read exceeds ``_READ_BLOCK`` bytes."""
+    i = 0
+    while i < len(chunks):
+        first = chunks[i]
+        j = i
+        while (
+            j + 1 < len(chunks)
+            and chunks[j + 1] - chunks[j] <= _SPAN_GAP
+            and (chunks[j + 1] - first + 1) * size <= _READ_BLOCK
+        ):
+            j += 1
+        yield first, list(chunks[i : j + 1])
+        i = j + 1
 
 
 def _check_big_ints(values: Sequence[object], name: str) -> tuple[int, ...]:
@@ -437,21 +456,24 @@ class Swizzle:
             # never issued by a node (it samples at most every chunk); bounds the work
             raise HeartbeatError("challenge samples more chunks than the tag has")
         last = len(tg.sigma) - 1
+        weights = self._sample(chal, len(tg.sigma))
         mu = [mpz(0)] * sectors
         sigma = mpz(0)
         from_bytes, split = mpz.from_bytes, self._split
-        for c, weight in sorted(self._sample(chal, len(tg.sigma)).items()):
-            w = mpz(weight % p)
-            file.seek(c * size)
-            chunk = _read_full(file, size)
-            if len(chunk) == size:
-                mu = list(map(add, mu, map(mul, repeat(w), map(from_bytes, split(chunk)))))
-            elif c < last:
-                raise HeartbeatError(f"file ends inside chunk {c} of {len(tg.sigma)}")
-            else:
-                for j, product in enumerate(self._tail_products(chunk, [w] * sectors)):
-                    mu[j] += product
-            sigma += w * tg.sigma[c]
+        for first, span in _spans(sorted(weights), size):
+            file.seek(first * size)
+            data = _read_full(file, (span[-1] - first + 1) * size)
+            for c in span:
+                w = mpz(weights[c] % p)
+                chunk = data[(c - first) * size : (c - first + 1) * size]
+                if len(chunk) == size:
+                    mu = list(map(add, mu, map(mul, repeat(w), map(from_bytes, split(chunk)))))
+                elif c < last:
+                    raise HeartbeatError(f"file ends inside chunk {c} of {len(tg.sigma)}")
+                else:
+                    for j, product in enumerate(self._tail_products(chunk, [w] * sectors)):
+                        mu[j] += product
+                sigma += w * tg.sigma[c]
         mu = [m % p for m in mu]
         return SwizzleProof(mu=tuple(int(x) for x in mu), sigma=int(sigma % p))
 
