@@ -237,7 +237,7 @@ class SwizzleProof:
 
 
 def _check_prime(value: object) -> int:
-    if type(value) not in (int, type(mpz(0))) or isinstance(value, bool):
+    if type(value) not in (int, type(mpz(0))):  # never bool or float
         raise HeartbeatError(f"prime must be an integer, got {type(value).__name__}")
     prime = int(value)  # type: ignore[call-overload]
     if not MIN_PRIME_BITS <= prime.bit_length() <= MAX_PRIME_BITS:
@@ -331,10 +331,6 @@ class Swizzle:
         return Swizzle(key=None, prime=self.prime, sectors=self.sectors)
 
     # -- sector arithmetic ------------------------------------------------------------
-    def _sectors(self, chunk: bytes) -> tuple[bytes, ...]:
-        """The sectors of a full chunk, cut in one C-level call."""
-        return self._split(chunk)  # type: ignore[no-any-return]
-
     def _tail_products(self, chunk: bytes, coefs: Sequence[int]) -> list[int]:
         """``coef_j * m_j`` for the sectors present in a short chunk (the last may be short)."""
         ss = self.sectorsize
@@ -427,9 +423,9 @@ class Swizzle:
 
     def _sample(self, chal: SwizzleChallenge, count: int) -> dict[int, int]:
         """Chunk index -> summed coefficient; repeated indices add their coefficients."""
-        points = range(chal.chunks)
-        indices = KeyedPRF(chal.key, count).many(points)
-        coefs = KeyedPRF(chal.key, chal.v_max).many(points)
+        digests = KeyedPRF.digests(range(chal.chunks))  # both PRFs hash the same points
+        indices = KeyedPRF(chal.key, count).many_digests(digests)
+        coefs = KeyedPRF(chal.key, chal.v_max).many_digests(digests)
         weights: dict[int, int] = {}
         for c, v in zip(indices, coefs, strict=True):
             weights[c] = weights.get(c, 0) + v
