@@ -4,6 +4,7 @@ ids, the access log (tokens redacted), /health, /metrics, the OpenAPI document, 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,39 @@ def test_docs_page_escapes_everything() -> None:
     for raw in ("<script>", "<img src=x>", '"><b>', "<i>", "<u>", "<svg"):
         assert raw not in page
     assert "&lt;script&gt;" in page and "<code>&lt;i&gt;</code>" in page
+
+
+def test_log_formats_write_one_event_per_line() -> None:
+    import io
+    import logging
+
+    from downstream_node.http.logs import configure_logging
+
+    level = logging.getLogger().level
+    try:
+        out = io.StringIO()
+        configure_logging("json", stream=out)
+        structlog.get_logger("t").info("request", route="/x", status=200)
+        logging.getLogger("aiohttp.server").warning("bad %s", "request line")
+        try:
+            raise ZeroDivisionError("boom")
+        except ZeroDivisionError:
+            structlog.get_logger("t").exception("unhandled_error")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [e["event"] for e in lines] == ["request", "bad request line", "unhandled_error"]
+        assert lines[0]["status"] == 200 and lines[0]["timestamp"].endswith("Z")
+        assert lines[1]["logger"] == "aiohttp.server" and lines[1]["level"] == "warning"
+        assert "ZeroDivisionError" in lines[2]["exception"]
+        out = io.StringIO()
+        configure_logging("console", stream=out)
+        structlog.get_logger("t").info("request", status=200)
+        assert "request" in out.getvalue() and "status=200" in out.getvalue()
+        with pytest.raises(ValueError):
+            configure_logging("xml")
+    finally:
+        structlog.reset_defaults()
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_downstream", False):
+                logging.getLogger().removeHandler(handler)
+        logging.getLogger("aiohttp.access").disabled = False
+        logging.getLogger().setLevel(level)
