@@ -12,6 +12,7 @@ import re
 import threading
 from typing import Any, NoReturn
 
+import structlog
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
@@ -20,6 +21,8 @@ from ..ledger.clock import to_micros
 from ..ledger.errors import Refused
 from ..node import Context, Node
 from . import schemas as sc
+
+log = structlog.get_logger("downstream.http")
 
 PREFIX = "/api/downstream"
 TOKEN_RE = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -199,6 +202,7 @@ async def health(request: web.Request) -> web.Response:
     try:
         state = await request.app[NODE].health()
     except Exception as exc:
+        log.warning("health_check_failed", error=repr(exc))
         return reply(
             sc.health_schema,
             {
