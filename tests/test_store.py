@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -168,6 +169,23 @@ async def test_conflict_through_group_committer(store: EventStore) -> None:
     finally:
         await committer.close()
     assert positions(store) == [1, 2]
+
+
+async def test_committer_that_cannot_run_a_batch_fails_its_callers(store: EventStore) -> None:
+    broken = ThreadPoolExecutor(1)
+    broken.shutdown()
+    committer = GroupCommitter(store, executor=broken)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(committer.append(f"s{i}", 0, [ev(i)]) for i in range(3)), return_exceptions=True
+        ),
+        10,
+    )
+    assert all(isinstance(r, AppendFailed) for r in results), results
+    assert count_events(store.engine) == 0
+    committer.executor = None  # once batches can run again, appends go through
+    assert (await asyncio.wait_for(committer.append("s", 0, [ev(9)]), 10)).positions == (1,)
+    await committer.close()
 
 
 # -- idempotency -------------------------------------------------------------------------------

@@ -75,7 +75,19 @@ class GroupCommitter:
                 self._pending[self.max_batch :],
             )
             requests = [req for req, _ in batch]
-            outcomes = await loop.run_in_executor(self.executor, self._commit, requests)
+            try:
+                outcomes = await loop.run_in_executor(self.executor, self._commit, requests)
+            except BaseException as exc:
+                # No outcome to hand out (the executor refused the batch, or this worker was
+                # cancelled while it ran): fail the callers rather than leave them waiting.
+                # Whether a running batch committed is unknown; a request id makes retry safe.
+                failed = AppendFailed(exc, before_commit=False)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failed)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
             self.batches += 1
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
