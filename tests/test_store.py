@@ -95,6 +95,12 @@ def test_append_assigns_positions_versions_and_round_trips(store: EventStore) ->
     assert [e.position for e in store.read_all(after=1, until=3, page=1)] == [2, 3]
 
 
+def test_events_given_as_a_generator_are_all_appended(store: EventStore) -> None:
+    result = store.append("s", 0, (ev(i) for i in range(3)))
+    assert result.positions == (1, 2, 3)
+    assert [e.payload["n"] for e in store.read_all()] == [0, 1, 2]
+
+
 def test_empty_ledger(store: EventStore) -> None:
     assert store.head() == Head(0, GENESIS_HASH, 1)
     assert list(store.read_all()) == []

@@ -87,6 +87,9 @@ class AppendRequest:
     request_id: str | None = None
 
     def __post_init__(self) -> None:
+        # Held as a tuple: validated below and read again in the transaction, so a generator
+        # (or a list the caller goes on changing) cannot be consumed or altered in between.
+        object.__setattr__(self, "events", tuple(self.events))
         if not self.events:
             raise ValueError("an append needs at least one event")
         if not self.stream_id or len(self.stream_id) > 160:
