@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .audit.cli import audit as audit_commands
 from .config import Settings
 from .ledger.clock import SystemClock
 from .ledger.db import default_url, make_engine
@@ -259,6 +260,10 @@ def ledger_verify(obj: Obj) -> None:
         report = verify_chain(engine, progress=bar.update)
     click.echo(json.dumps(report.todict()))
     sys.exit(0 if report.ok else 1)
+
+
+# The auditors' group (``audit uptime``) lives with the auditors; it only reads the ledger.
+main.add_command(audit_commands)
 
 
 # -- serve and farm -----------------------------------------------------------------------------
