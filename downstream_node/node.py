@@ -103,7 +103,8 @@ class Node:
 
     async def close(self) -> None:
         await self.committer.close()
-        self.executor.shutdown(wait=True)
+        # Joining the worker threads blocks; do it off the event loop.
+        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
         self.engine.dispose()
 
     async def _record_heartbeat(self) -> None:
