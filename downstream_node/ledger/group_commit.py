@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 
 from .store import (
@@ -44,9 +44,12 @@ class GroupCommitter:
         new_events: Sequence[NewEvent],
         *,
         request_id: str | None = None,
+        guards: Mapping[str, int] | None = None,
     ) -> AppendResult:
         """Append and wait until durable; raises ``ConcurrencyConflict`` or ``AppendFailed``."""
-        return await self.submit(AppendRequest(stream_id, expected_version, new_events, request_id))
+        return await self.submit(
+            AppendRequest(stream_id, expected_version, new_events, request_id, guards or {})
+        )
 
     async def submit(self, request: AppendRequest) -> AppendResult:
         if self._closed:

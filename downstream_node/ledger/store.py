@@ -79,17 +79,29 @@ class RecordedEvent:
 
 @dataclass(frozen=True)
 class AppendRequest:
-    """Append ``events`` to ``stream_id`` if it is at ``expected_version`` (None: any)."""
+    """Append ``events`` to ``stream_id`` if it is at ``expected_version`` (None: any).
+
+    ``guards``: other streams that must still be at the given versions, checked under the
+    same lock (e.g. an answer on a contract stream requires its token's stream unchanged, so
+    it cannot be recorded after the token's deletion). A guard that fails is a
+    ``ConcurrencyConflict`` naming the guarded stream; nothing is written to it.
+    """
 
     stream_id: str
     expected_version: int | None
     events: Sequence[NewEvent]
     request_id: str | None = None
+    guards: Mapping[str, int] | Sequence[tuple[str, int]] = ()
 
     def __post_init__(self) -> None:
         # Held as a tuple: validated below and read again in the transaction, so a generator
         # (or a list the caller goes on changing) cannot be consumed or altered in between.
         object.__setattr__(self, "events", tuple(self.events))
+        guards = self.guards.items() if isinstance(self.guards, Mapping) else self.guards
+        object.__setattr__(self, "guards", tuple((str(g), int(v)) for g, v in guards))
+        for guarded, _ in self.guards:
+            if not guarded or len(guarded) > 160 or guarded.endswith(" "):
+                raise ValueError("a guarded stream id must be 1..160 characters, no end space")
         if not self.events:
             raise ValueError("an append needs at least one event")
         if not self.stream_id or len(self.stream_id) > 160:
@@ -193,10 +205,11 @@ class EventStore:
         new_events: Sequence[NewEvent],
         *,
         request_id: str | None = None,
+        guards: Mapping[str, int] | None = None,
     ) -> AppendResult:
         """Append atomically; raise ``ConcurrencyConflict`` when the stream has moved on."""
         outcome = self.append_batch(
-            [AppendRequest(stream_id, expected_version, new_events, request_id)]
+            [AppendRequest(stream_id, expected_version, new_events, request_id, guards or {})]
         )[0]
         if isinstance(outcome, LedgerError):
             raise outcome
@@ -249,6 +262,16 @@ class EventStore:
                         )
                     )
                     continue
+            guard_failed = None
+            for guarded, wanted in req.guards:
+                if guarded not in versions:
+                    versions[guarded] = self._stream_version(conn, guarded)
+                if versions[guarded] != wanted:
+                    guard_failed = ConcurrencyConflict(guarded, wanted, versions[guarded])
+                    break
+            if guard_failed is not None:
+                outcomes.append(guard_failed)
+                continue
             current = versions.get(req.stream_id)
             if current is None:
                 current = self._stream_version(conn, req.stream_id)
@@ -373,6 +396,16 @@ class EventStore:
             for row in batch:
                 yield row_to_event(row)
             after = batch[-1].position
+
+    def read_request(self, request_id: str) -> list[RecordedEvent]:
+        """The events an append with this request id recorded (empty if none did)."""
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(
+                sa.select(events)
+                .where(events.c.request_id == request_id)
+                .order_by(events.c.position)
+            ).all()
+        return [row_to_event(r) for r in rows]
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         with read_transaction(self.engine) as conn:
