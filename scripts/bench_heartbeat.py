@@ -28,7 +28,7 @@ from downstream_node.ledger.heartbeat import Merkle, SeededChunk, Swizzle
 
 MIB = 1 << 20
 REPEATS = 9
-# The original pure-Python PySwizzle on this machine, 1 MiB (docs/HEARTBEAT spec figures).
+# The original pure-Python PySwizzle on this machine, 1 MiB (figures given by the spec).
 ORIGINAL_SWIZZLE_ENCODE_S = 0.15
 ORIGINAL_SWIZZLE_PROVE_S = 0.30
 SPEEDUP_TARGET = 10.0
@@ -38,14 +38,20 @@ T = TypeVar("T")
 
 
 def timed(fn: Callable[[], T], repeats: int = REPEATS) -> tuple[dict[str, float], T]:
-    """Median and best wall time of ``repeats`` runs, and the last result."""
-    times = []
+    """Median and best wall time of ``repeats`` runs, the median CPU time of this process
+    (unaffected by time spent descheduled on a shared machine), and the last result."""
+    walls, cpus = [], []
     result: T
     for _ in range(repeats):
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "best_s": min(times)}, result
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return {
+        "median_s": statistics.median(walls),
+        "best_s": min(walls),
+        "cpu_median_s": statistics.median(cpus),
+    }, result
 
 
 def cpu_model() -> str | None:
@@ -99,9 +105,11 @@ def bench_seeded() -> dict[str, Any]:
     return {
         "bytes": size,
         "generation_mb_s": round(gen_mb_s, 1),
+        "generation_mb_s_cpu": round(size / MIB / gen["cpu_median_s"], 1),
         "generation_read_1mib_mb_s": round(size / MIB / blocks["median_s"], 1),
         "single_32mib_read_mb_s": round(size / MIB / whole["median_s"], 1),
         "sha256_mb_s": round(sha_mb_s, 1),
+        "sha256_mb_s_cpu": round(size / MIB / sha_t["cpu_median_s"], 1),
         "ratio_to_sha256": round(gen_mb_s / sha_mb_s, 2),
         "limit": "streaming generation >= 50% of SHA-256 throughput on the same bytes",
         "met": gen_mb_s >= 0.5 * sha_mb_s,
@@ -124,6 +132,7 @@ def bench_merkle_encode() -> dict[str, Any]:
         "bytes_read_and_hashed": hashed,
         "encode_s": round(times["median_s"], 4),
         "encode_best_s": round(times["best_s"], 4),
+        "encode_cpu_s": round(times["cpu_median_s"], 4),
         "sha256_s_same_bytes": round(sha["median_s"], 4),
         "ratio_to_sha256_time": round(times["median_s"] / sha["median_s"], 2),
     }
@@ -160,9 +169,11 @@ def bench_merkle_verify() -> dict[str, Any]:
     return {
         "verifies_per_s": round(per_s),
         "verifies_per_s_best": round(calls / times["best_s"]),
+        "verifies_per_s_cpu": round(calls / times["cpu_median_s"]),
         "verifies_per_s_from_dicts": round(len(dict_triples) / dict_times["median_s"]),
         "limit": f">= {MERKLE_VERIFY_TARGET} per second in one process (parsed objects)",
         "met": per_s >= MERKLE_VERIFY_TARGET,
+        "met_on_best": calls / times["best_s"] >= MERKLE_VERIFY_TARGET,
     }
 
 
@@ -186,9 +197,11 @@ def bench_swizzle() -> dict[str, Any]:
         "chunks": len(tag.sigma),
         "encode_s": round(enc_s, 4),
         "encode_best_s": round(encode["best_s"], 4),
+        "encode_cpu_s": round(encode["cpu_median_s"], 4),
         "encode_mb_s": round(1 / enc_s, 1),
         "prove_s": round(prove_s, 4),
         "prove_best_s": round(prove["best_s"], 4),
+        "prove_cpu_s": round(prove["cpu_median_s"], 4),
         "verify_s": round(verify["median_s"], 4),
         "original_encode_s": ORIGINAL_SWIZZLE_ENCODE_S,
         "original_prove_s": ORIGINAL_SWIZZLE_PROVE_S,
@@ -196,9 +209,13 @@ def bench_swizzle() -> dict[str, Any]:
         "prove_speedup": round(ORIGINAL_SWIZZLE_PROVE_S / prove_s, 1),
         "encode_speedup_best": round(ORIGINAL_SWIZZLE_ENCODE_S / encode["best_s"], 1),
         "prove_speedup_best": round(ORIGINAL_SWIZZLE_PROVE_S / prove["best_s"], 1),
-        "limit": f"encode and prove >= {SPEEDUP_TARGET:g}x faster than the original (median)",
+        "encode_speedup_cpu": round(ORIGINAL_SWIZZLE_ENCODE_S / encode["cpu_median_s"], 1),
+        "prove_speedup_cpu": round(ORIGINAL_SWIZZLE_PROVE_S / prove["cpu_median_s"], 1),
+        "limit": f"encode and prove >= {SPEEDUP_TARGET:g}x faster than the original",
         "met": ORIGINAL_SWIZZLE_ENCODE_S / enc_s >= SPEEDUP_TARGET
         and ORIGINAL_SWIZZLE_PROVE_S / prove_s >= SPEEDUP_TARGET,
+        "met_on_best": ORIGINAL_SWIZZLE_ENCODE_S / encode["best_s"] >= SPEEDUP_TARGET
+        and ORIGINAL_SWIZZLE_PROVE_S / prove["best_s"] >= SPEEDUP_TARGET,
     }
 
 
@@ -215,7 +232,8 @@ def main() -> None:
             "gmpy2": gmpy2.version(),
             "load_average_1m": round(os.getloadavg()[0], 2),
         },
-        "timing": f"median of {REPEATS} runs (fewer for the 32 MiB runs); best also shown",
+        "timing": f"median of {REPEATS} runs (fewer for the 32 MiB runs); best also shown; "
+        "'met' judges the median, 'met_on_best' the best run",
         "seeded_generation_32mib": bench_seeded(),
         "merkle_encode_32mib": bench_merkle_encode(),
         "merkle_verify": bench_merkle_verify(),

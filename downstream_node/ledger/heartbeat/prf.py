@@ -1,8 +1,7 @@
 """KeyedPRF: the original library's keyed pseudo-random function onto ``[0, range)``.
 
-SHA-256 of the decimal text of ``x``, cut or zero-padded to the byte length of the range,
-AES-CFB8-encrypted under the key from a zero IV, masked to the range's bit length, and
-re-encrypted on the same cipher stream until the value falls below the range.
+SHA-256 of ``str(x)`` sized to the range, AES-CFB8 from a zero IV, masked to the range's bits,
+re-encrypted on the same stream until below the range; ``many`` batches evaluations.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Swizzle heartbeat: Shacham-Waters private compact proof of retrievability.
 
-Speaks the dict format of the original pure-Python ``PySwizzle``; the arithmetic runs on
-gmpy2 and batches many sector products into a few big multiplications.
+Speaks the dict format of the original pure-Python ``PySwizzle``; the PRFs run batched and
+the sector arithmetic on gmpy2.
 """
 
 from __future__ import annotations
