@@ -7,6 +7,9 @@ SQLite write transactions start with ``BEGIN IMMEDIATE`` so that writers seriali
 from __future__ import annotations
 
 import os
+import random
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -53,10 +56,10 @@ def _sqlite_engine(url: str) -> Engine:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        if ":memory:" not in url:
-            cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
+        if ":memory:" not in url:
+            _wal(cur)
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -65,6 +68,25 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
     return engine
+
+
+def _wal(cur: sqlite3.Cursor) -> None:
+    """Switch the file to WAL (persistent: later connections find it set and skip this).
+
+    Switching needs the file to itself and SQLite does not wait for that (no busy handler),
+    so connections opening a fresh file together retry for a while instead of failing.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            return
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.04)
 
 
 def write_transaction(engine: Engine) -> sa.engine.Connection:
