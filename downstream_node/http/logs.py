@@ -37,7 +37,11 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(sort_keys=False, ensure_ascii=False)
         tail: list[Any] = [structlog.processors.format_exc_info]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        # Plain tracebacks: structlog's default (rich, when installed) prints every frame's
+        # local variables, and a request's locals hold its token.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         tail = []
 
     structlog.configure(
