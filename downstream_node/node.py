@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+import sqlalchemy.exc
 import structlog
 
 from . import logs  # noqa: F401 - logs go to stderr even when used as a library
@@ -25,6 +26,7 @@ from .config import Settings
 from .ledger import contracts as cn
 from .ledger import events as ev
 from .ledger import tokens as tk
+from .ledger.canonical import canonical_json
 from .ledger.clock import Clock, SystemClock, from_micros, iso, to_micros
 from .ledger.db import make_engine
 from .ledger.errors import Refused
@@ -32,7 +34,7 @@ from .ledger.group_commit import GroupCommitter
 from .ledger.proofs import HeartbeatError, OutOfChallenges, ProofScheme, SeededChunk
 from .ledger.store import AppendResult, ConcurrencyConflict, EventStore
 from .projections.projector import Projector
-from .projections.queries import Reader, ReadModel
+from .projections.queries import Reader, ReadModel, TokenView
 from .projections.rebuild import ensure_projections
 
 log = structlog.get_logger("downstream.node")
@@ -83,6 +85,10 @@ class Node:
         self.committer = GroupCommitter(self.store, executor=self.executor)
         self.scheme = scheme
         self.on_answer: Callable[[str], None] | None = None  # metrics hook: "pass"/"fail"
+        # Single flight: the answer being verified per (contract, challenge index) in this
+        # process, settled with (proof digest, verdict) or None; answers arriving meanwhile
+        # wait for it, and identical ones take its verdict instead of verifying again.
+        self._answering: dict[tuple[str, int], asyncio.Future[tuple[str, str] | None]] = {}
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -128,11 +134,23 @@ class Node:
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     async def _read(self, fn: Callable[[Reader], T]) -> T:
+        """Run ``fn`` in a read transaction; once more if the connection was dropped under it.
+
+        A read has no effect, so repeating it on a fresh connection (the pool pings before
+        handing one out) is safe; a second failure goes to the caller (HTTP 503).
+        """
+
         def work() -> T:
             with self.read_model.reader() as reader:
                 return fn(reader)
 
-        return await self._run(work)
+        try:
+            return await self._run(work)
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("read_retried", error=type(exc.orig).__name__)
+            return await self._run(work)
 
     async def _append(
         self,
@@ -141,17 +159,27 @@ class Node:
         events: Sequence[ev.DomainEvent],
         ctx: Context,
         request_id: str | None = None,
+        guards: dict[str, int] | None = None,
     ) -> AppendResult:
         at = self.clock.now()
         meta = ctx.meta()
         return await self.committer.append(
-            stream, expected, [e.to_new(at, meta) for e in events], request_id=request_id
+            stream,
+            expected,
+            [e.to_new(at, meta) for e in events],
+            request_id=request_id,
+            guards=guards,
         )
+
+    @staticmethod
+    def _token_guard(owner: TokenView) -> dict[str, int]:
+        """The token's stream must not have moved: nothing lands after its deletion."""
+        return {ev.token_stream(owner.token_hash): owner.version}
 
     def _now(self) -> int:
         return to_micros(self.clock.now())
 
-    async def _token(self, token: str) -> tk.TokenView:  # type: ignore[name-defined]
+    async def _token(self, token: str) -> TokenView:
         if not isinstance(token, str) or not tk.TOKEN_RE.match(token):
             raise Refused("no_token", "no such token")
         hashed = tk.token_hash(token)
@@ -179,25 +207,41 @@ class Node:
     async def create_token(
         self, address: str, ctx: Context = OPERATOR
     ) -> tuple[str, dict[str, Any]]:
+        """A new token for ``address``; a farmer's counts against its IP address's limit.
+
+        A farmer's TokenCreated is appended to its IP's stream at the version read together
+        with the count, so simultaneous requests from one IP (in any process) cannot pass
+        the limit together: the losers re-read the count and decide again.
+        """
         assert self.scheme is not None
-        token = tk.new_token()
         ip = ctx.remote if ctx.actor == "farmer" else None
+        ip_stream = ev.ip_stream(ip) if ip else None
+        for _ in range(RETRIES):
+            token = tk.new_token()
 
-        def state(r: Reader) -> tuple[Any, int]:
-            return r.balance(address), (r.tokens_for_ip(ip) if ip else 0)
+            def state(r: Reader) -> tuple[int, Any, int]:
+                # The version first: a creation committed after it makes the append conflict,
+                # one committed before it is in the count read next.
+                version = r.stream_version(ip_stream) if ip_stream else 0
+                return version, r.balance(address), (r.tokens_for_ip(ip) if ip else 0)
 
-        balance, per_ip = await self._read(state)
-        events = tk.decide_create_token(
-            address,
-            token=token,
-            ip=ip,
-            balance=balance,
-            tokens_for_ip=per_ip,
-            policy=self.settings.token_policy,
-        )
-        await self._append(ev.token_stream(tk.token_hash(token)), 0, events, ctx)
-        log.info("token_created", token=tk.redact(token), address=address)
-        return token, self.scheme.public()
+            version, balance, per_ip = await self._read(state)
+            events = tk.decide_create_token(
+                address,
+                token=token,
+                ip=ip,
+                balance=balance,
+                tokens_for_ip=per_ip,
+                policy=self.settings.token_policy,
+            )
+            stream = ip_stream or ev.token_stream(tk.token_hash(token))
+            try:
+                await self._append(stream, version if ip_stream else 0, events, ctx)
+            except ConcurrencyConflict:
+                continue  # another token was created from this IP meanwhile: count again
+            log.info("token_created", token=tk.redact(token), address=address)
+            return token, self.scheme.public()
+        raise Refused("busy", "too many tokens are being created from this address; try again")
 
     async def delete_token(self, token: str, ctx: Context = OPERATOR) -> None:
         found = await self._token(token)
@@ -291,7 +335,11 @@ class Node:
         for _ in range(RETRIES):
             now = self._now()
 
-            def state(r: Reader, now: int = now) -> tuple[list[cn.FileView], int]:
+            def state(
+                r: Reader,
+                now: int = now,
+                owner: TokenView = owner,
+            ) -> tuple[list[cn.FileView], int]:
                 return (
                     r.candidate_files(owner.token_hash, now),
                     r.bytes_held_by_address(owner.address, now),
@@ -320,9 +368,18 @@ class Node:
                 now=now,
             )
             try:
-                await self._append(ev.file_stream(chosen.file_hash), chosen.version, events, ctx)
+                await self._append(
+                    ev.file_stream(chosen.file_hash),
+                    chosen.version,
+                    events,
+                    ctx,
+                    guards=self._token_guard(owner),
+                )
             except ConcurrencyConflict:
-                continue  # another farmer took a replica meanwhile: look again
+                # Another farmer took a replica meanwhile (look again), or the token was
+                # deleted (then this raises no_token).
+                owner = await self._token(token)
+                continue
             assigned = events[1]
             assert isinstance(assigned, ev.ContractAssigned)
             return {
@@ -354,7 +411,8 @@ class Node:
         """Bring every contract of the token up to date, then list them."""
         owner = await self._token(token)
         contracts = await self._read(lambda r: r.contracts_for_token(owner.token_hash))
-        refreshed = await asyncio.gather(*(self._refresh(c, ctx) for c in contracts))
+        guard = self._token_guard(owner)
+        refreshed = await asyncio.gather(*(self._refresh(c, ctx, guard) for c in contracts))
         live = [c for c in refreshed if c is not None]
         return {
             "all_contracts": [{"hash": c.file_hash} for c in live],
@@ -370,7 +428,9 @@ class Node:
             ],
         }
 
-    async def _refresh(self, contract: cn.ContractView, ctx: Context) -> cn.ContractView | None:
+    async def _refresh(
+        self, contract: cn.ContractView, ctx: Context, guard: dict[str, int]
+    ) -> cn.ContractView | None:
         """Expire or advance one contract; None once it has ended."""
         assert self.scheme is not None
         for _ in range(RETRIES):
@@ -390,7 +450,11 @@ class Node:
             # On a conflict someone else moved the contract: re-read below and decide again.
             with contextlib.suppress(ConcurrencyConflict):
                 await self._append(
-                    ev.contract_stream(contract.contract_id), contract.version, events, ctx
+                    ev.contract_stream(contract.contract_id),
+                    contract.version,
+                    events,
+                    ctx,
+                    guards=guard,
                 )
             fresh = await self._read(
                 lambda r, c=contract: r.contract_for(c.token_hash, c.file_hash)
@@ -401,51 +465,109 @@ class Node:
         return contract
 
     async def answer(self, token: str, file_hash: str, proof: Any, ctx: Context = OPERATOR) -> str:
-        """Verify a proof for the token's current challenge on ``file_hash``: pass or fail."""
+        """Verify a proof for the token's current challenge on ``file_hash``: pass or fail.
+
+        Idempotent: the same proof for the same challenge is recorded once (request id from
+        the contract, the challenge index and the proof's SHA-256) and sent again gets the
+        same verdict, also after a commit whose outcome the node could not learn. Identical
+        answers arriving together wait for the first one (single flight per contract and
+        challenge) and are not verified again; across processes the append's expected
+        version and request id still record one verdict. Any other answer after a pass is
+        ``already_answered``.
+        """
         assert self.scheme is not None
         owner = await self._token(token)
         try:
             proof = self.scheme.check_proof(proof)
         except HeartbeatError as exc:
             raise Refused("bad_proof_format", f"the proof is malformed: {exc}") from exc
-        for _ in range(RETRIES):
-            contract = await self._read(lambda r: r.contract_for(owner.token_hash, file_hash))
+        digest = hashlib.sha256(canonical_json(proof).encode()).hexdigest()
+        conflicts = 0
+        while True:
+            contract = await self._read(
+                lambda r, held_by=owner.token_hash: r.contract_for(held_by, file_hash)
+            )
             if contract is None:
                 raise Refused("no_hash", "this token holds no contract for that file hash")
-            refused = cn.check_answerable(contract, self._now())
-            if refused:
-                stream = ev.contract_stream(contract.contract_id)
-                try:
-                    await self._append(stream, contract.version, refused, ctx)
-                except ConcurrencyConflict:
-                    continue
-                raise Refused("expired", "the challenge expired before this answer arrived")
-            valid = await self._run(self.scheme.verify, proof, contract.challenge, contract.state)
-            events = cn.decide_answer(contract, proof, valid)
+            key = (contract.contract_id, contract.challenge_index)
+            leader = self._answering.get(key)
+            if leader is not None:
+                settled = await asyncio.shield(leader)
+                if settled is not None and settled[0] == digest:
+                    return settled[1]  # the very same answer: the same verdict
+                continue  # another answer: re-read (answered now, or still open)
+            done: asyncio.Future[tuple[str, str] | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._answering[key] = done
+            outcome: tuple[str, str] | None = None
             try:
-                await self._append(
-                    ev.contract_stream(contract.contract_id), contract.version, events, ctx
-                )
+                verdict = await self._answer_contract(owner, contract, proof, digest, ctx)
+                outcome = (digest, verdict)
+                return verdict
             except ConcurrencyConflict:
-                continue  # answered or advanced meanwhile: the re-check decides
-            verdict = "pass" if valid else "fail"
-            if self.on_answer is not None:
-                self.on_answer(verdict)
-            return verdict
-        raise Refused("busy", "too much contention on this contract; try again")
+                conflicts += 1
+                if conflicts >= RETRIES:
+                    raise Refused(
+                        "busy", "too much contention on this contract; try again"
+                    ) from None
+                owner = await self._token(token)  # no_token if it was deleted meanwhile
+            finally:
+                del self._answering[key]
+                done.set_result(outcome)
+
+    async def _answer_contract(
+        self,
+        owner: TokenView,
+        contract: cn.ContractView,
+        proof: dict[str, Any],
+        digest: str,
+        ctx: Context,
+    ) -> str:
+        assert self.scheme is not None
+        request_id = answer_request_id(contract.contract_id, contract.challenge_index, digest)
+        if contract.answered:
+            earlier = await self._run(self.store.read_request, request_id)
+            if any(e.event_type == "AnswerPassed" for e in earlier):
+                return "pass"  # the answer that passed, sent again: its verdict, nothing new
+        stream = ev.contract_stream(contract.contract_id)
+        guard = self._token_guard(owner)
+        refused = cn.check_answerable(contract, self._now())  # already_answered raises
+        if refused:
+            await self._append(stream, contract.version, refused, ctx, guards=guard)
+            raise Refused("expired", "the challenge expired before this answer arrived")
+        valid = await self._run(self.scheme.verify, proof, contract.challenge, contract.state)
+        events = cn.decide_answer(contract, proof, valid)
+        result = await self._append(
+            stream, contract.version, events, ctx, request_id=request_id, guards=guard
+        )
+        # A duplicate request id means this proof for this challenge was recorded already
+        # (by another process, or by a commit whose outcome was lost): verification is
+        # deterministic, so its verdict is this one.
+        verdict = "pass" if valid else "fail"
+        if self.on_answer is not None and not result.duplicate:
+            self.on_answer(verdict)
+        return verdict
 
     async def remove(self, token: str, file_hash: str, ctx: Context = OPERATOR) -> None:
         owner = await self._token(token)
         for _ in range(RETRIES):
-            contract = await self._read(lambda r: r.contract_for(owner.token_hash, file_hash))
+            contract = await self._read(
+                lambda r, held_by=owner.token_hash: r.contract_for(held_by, file_hash)
+            )
             events = cn.decide_remove(contract)
             assert contract is not None
             try:
                 await self._append(
-                    ev.contract_stream(contract.contract_id), contract.version, events, ctx
+                    ev.contract_stream(contract.contract_id),
+                    contract.version,
+                    events,
+                    ctx,
+                    guards=self._token_guard(owner),
                 )
                 return
             except ConcurrencyConflict:
+                owner = await self._token(token)  # no_token if it was deleted meanwhile
                 continue
         raise Refused("busy", "too much contention on this contract; try again")
 
@@ -471,6 +593,11 @@ class Node:
             }
 
         return await self._read(probe)
+
+
+def answer_request_id(contract_id: str, challenge_index: int, proof_digest: str) -> str:
+    """The idempotency key of an answer: the same proof for the same challenge."""
+    return f"answer-{contract_id}-{challenge_index}-{proof_digest}"
 
 
 def _sha256_file(path: Path) -> str:

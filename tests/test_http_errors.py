@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, INTERVAL, POOR, STRANGER, head, new_node, prove, stock
 from structlog.testing import capture_logs
 
+from downstream_node.farmer import corrupt_proof
 from downstream_node.http.app import create_app
 from downstream_node.http.schemas import STATUS_WORDS
 from downstream_node.ledger.clock import FakeClock
@@ -173,9 +174,11 @@ async def test_answer_words_already_answered_and_expired(api: Api) -> None:
     proof = prove(heartbeat, contract)
     assert await api.post(url, json={"proof": proof}) == (200, {"status": "pass"})
     before = head(api.node)
-    status, body = await api.post(url, json={"proof": proof})
+    # the same answer again (a retry) gets its recorded verdict; another one is refused
+    assert await api.post(url, json={"proof": proof}) == (200, {"status": "pass"})
+    status, body = await api.post(url, json={"proof": corrupt_proof(proof)})
     assert_error(status, body, "already_answered", 409)
-    assert head(api.node) == before  # a harmless retry: nothing recorded
+    assert head(api.node) == before  # nothing recorded for either
 
     _, other = await api.get(f"{API}/chunk/{token}")
     api.clock.advance(INTERVAL)  # the second contract's first challenge lapses unanswered

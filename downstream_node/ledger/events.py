@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -64,6 +65,17 @@ WHITELIST_STREAM = "whitelist"
 
 def token_stream(token_hash: str) -> str:
     return f"token-{token_hash}"
+
+
+def ip_stream(ip: str) -> str:
+    """The stream through which farmers at one IP address create tokens.
+
+    Appending with the stream's expected version serialises the per-IP token limit in the
+    database, across processes too. Token events still name only the token's hash.
+    """
+    if len(ip) > 64 or not ip.strip() or ip != ip.strip():
+        return "ip-sha256-" + hashlib.sha256(ip.encode()).hexdigest()
+    return f"ip-{ip}"
 
 
 def file_stream(file_hash: str) -> str:

@@ -115,7 +115,9 @@ def _token_created(
             ip=e.ip,
             created_at=_t(item),
             deleted_at=None,
-            version=item.version,
+            # The token stream's version (a farmer's token is created through its IP's
+            # stream, leaving its own stream empty until it is deleted).
+            version=item.version if item.stream_id == ev.token_stream(e.token_hash) else 0,
         )
     )
     conn.execute(

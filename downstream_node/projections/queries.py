@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..ledger.contracts import ContractView, FileView
 from ..ledger.db import read_transaction
-from ..ledger.schema import HEAD_ID, ledger_head
+from ..ledger.schema import HEAD_ID, events, ledger_head
 from ..ledger.uptime import Coverage
 from .projector import checkpoint
 from .tables import ProjectionTables, tables_for
@@ -75,6 +75,13 @@ class Reader:
             return Decimal(value)
         except InvalidOperation:
             return None
+
+    def stream_version(self, stream_id: str) -> int:
+        """A ledger stream's version, read in this reader's transaction."""
+        value = self.conn.execute(
+            sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream_id)
+        ).scalar()
+        return int(value or 0)
 
     def tokens_for_ip(self, ip: str) -> int:
         c = self.t.tokens.c

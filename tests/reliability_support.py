@@ -1,0 +1,183 @@
+"""Helpers of the reliability, security and multi-process tests: checking a whole ledger
+after the fact, and running ``downstream-node serve`` as a child process (always reaped)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from downstream_node.ledger import events as ev
+from downstream_node.ledger.db import make_engine
+from downstream_node.ledger.store import EventStore
+from downstream_node.ledger.tokens import token_hash
+from downstream_node.ledger.verify import verify_chain
+from downstream_node.projections.projector import Projector
+from downstream_node.projections.rebuild import compare_generations, ensure_projections, rebuild
+from downstream_node.projections.tables import tables_for
+
+# -- the ledger after the fact --------------------------------------------------------------------
+
+
+@dataclass
+class LedgerFacts:
+    head: int
+    events: list  # RecordedEvent, in position order
+    contracts: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (token h, file)
+    passed: set[tuple[str, int]] = field(default_factory=set)  # (contract id, challenge index)
+
+    def passes_of(self, token: str, file_hash: str) -> set[int]:
+        """Challenge indexes with an AnswerPassed on any contract of ``token`` on the file."""
+        hashed = token_hash(token)
+        ids = {c for c, (t, f) in self.contracts.items() if (t, f) == (hashed, file_hash)}
+        return {index for c, index in self.passed if c in ids}
+
+
+def check_ledger(db_url: str, *, rebuild_projections: bool = True) -> LedgerFacts:
+    """The hash chain verifies, positions are 1..head without a gap, every row decodes into
+    its event, and (optionally) projections rebuilt from position 0 equal the live ones."""
+    engine = make_engine(db_url)
+    try:
+        store = EventStore(engine, [Projector()])
+        report = verify_chain(engine)
+        assert report.ok, report.todict()
+        recorded = list(store.read_all())
+        head = store.head().position
+        assert [e.position for e in recorded] == list(range(1, head + 1))
+        facts = LedgerFacts(head, recorded)
+        for item in recorded:
+            domain = ev.decode(item)  # every row parses into its event type
+            if isinstance(domain, ev.ContractAssigned):
+                facts.contracts[domain.contract_id] = (domain.token_hash, domain.file_hash)
+            elif isinstance(domain, ev.AnswerPassed):
+                facts.passed.add((domain.contract_id, domain.challenge_index))
+        if rebuild_projections:
+            ensure_projections(store)
+            done = rebuild(store)
+            differences = compare_generations(engine, done.old_generation, done.new_generation)
+            assert not differences, differences
+        return facts
+    finally:
+        engine.dispose()
+
+
+def event_rows_text(db_url: str) -> str:
+    """Every column of every event row, as one text (to grep for secrets)."""
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT * FROM events ORDER BY position")).all()
+    finally:
+        engine.dispose()
+    return "\n".join(" ".join(str(v) for v in row) for row in rows)
+
+
+def live_contracts_of(db_url: str, token: str) -> list[str]:
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            generation = conn.execute(
+                sa.text("SELECT projection_generation FROM ledger_head")
+            ).scalar_one()
+            c = tables_for(generation).contracts.c
+            return list(
+                conn.execute(
+                    sa.select(c.contract_id).where(
+                        c.token_hash == token_hash(token),
+                        c.ended_at.is_(None),
+                        c.started_at.is_not(None),
+                    )
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+
+
+# -- ``downstream-node serve`` as a child process -------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Served:
+    process: asyncio.subprocess.Process
+    url: str
+    address: str | None
+    lines: list[str]
+    stderr: Path
+
+
+async def start_serve(
+    db_url: str, workdir: Path, *extra: str, port: int | None = None, name: str = "serve"
+) -> Served:
+    """``serve`` on 127.0.0.1 (json logs to ``workdir/<name>-<n>.log``); waits until ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    n = len(list(workdir.glob(f"{name}-*.log")))
+    log_path = workdir / f"{name}-{n}.log"
+    with open(log_path, "wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "downstream_node.cli",
+            "--db",
+            db_url,
+            "--secret-file",
+            str(workdir / "node-secret.json"),
+            "serve",
+            "--port",
+            str(port if port is not None else 0),
+            "--log-format",
+            "json",
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        while True:
+            line = await asyncio.wait_for(process.stdout.readline(), 60)
+            assert line, f"serve exited early: {lines} {log_path.read_text()[-2000:]}"
+            lines.append(line.decode().strip())
+            if "--demo" not in extra and "API docs" in lines[-1]:
+                break
+            if "farm --url" in lines[-1]:
+                break
+    except BaseException:
+        await kill(process)
+        raise
+    url = re.search(r"listening on (http://\S+)", lines[0])[1]  # type: ignore[index]
+    found = re.search(r"--address (\S+)", lines[-1])
+    return Served(process, url, found[1] if found else None, lines, log_path)
+
+
+async def kill(process: asyncio.subprocess.Process, sig: int = signal.SIGKILL) -> None:
+    """Signal the child (SIGKILL: no cleanup at all) and reap it; SIGKILL after 30 s."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+    try:
+        await asyncio.wait_for(process.wait(), 30)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+async def kill_all(processes: Iterable[asyncio.subprocess.Process]) -> None:
+    for process in processes:
+        await kill(process)

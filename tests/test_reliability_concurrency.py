@@ -1,0 +1,197 @@
+"""Concurrency: the same answer posted 50 times at once is verified and recorded once; tokens
+racing for the last replica cannot both get it; deleting a token while its farmer answers,
+polls and takes chunks leaves a consistent ledger. On SQLite and on MariaDB, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from http_support import ADDRESS, CHUNK, new_node, prove, stock
+from reliability_support import check_ledger, live_contracts_of
+
+from downstream_node.farmer import corrupt_proof
+from downstream_node.http.app import create_app
+from downstream_node.ledger.errors import Refused
+from downstream_node.ledger.tokens import token_hash
+from downstream_node.node import Node
+
+API = "/api/downstream"
+
+
+class CountingVerify:
+    """Wraps ``node.scheme.verify`` (it runs in the node's threads) and counts its calls."""
+
+    def __init__(self, node: Node) -> None:
+        assert node.scheme is not None
+        self.inner = node.scheme.verify
+        self.calls = 0
+        self._lock = threading.Lock()
+        node.scheme.verify = self  # type: ignore[method-assign]
+
+    def __call__(self, *args: Any) -> bool:
+        with self._lock:
+            self.calls += 1
+        return self.inner(*args)
+
+
+async def call(client: TestClient, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with client.request(method, path, **kwargs) as response:
+        return response.status, await response.json()
+
+
+def answers_recorded(db_url: str, event_type: str) -> list[Any]:
+    return [e for e in check_ledger(db_url).events if e.event_type == event_type]
+
+
+async def test_the_same_answer_posted_50_times_at_once_is_verified_once(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    node, _ = new_node(db_url, tmp_path)
+    client = await aiohttp_client(create_app(node))
+    await stock(node, files=2)
+    status, created = await call(client, "GET", f"{API}/new/{ADDRESS}")
+    token, heartbeat = created["token"], created["heartbeat"]
+    contracts = [(await call(client, "GET", f"{API}/chunk/{token}"))[1] for _ in range(2)]
+    verify = CountingVerify(node)
+
+    # -- a valid proof, 50 times at once: one verification, one event, 50 times "pass" -------
+    good, wrong = contracts
+    url = f"{API}/answer/{token}/{good['file_hash']}"
+    proof = prove(heartbeat, good)
+    results = await asyncio.gather(
+        *(call(client, "POST", url, json={"proof": proof}) for _ in range(50))
+    )
+    assert results == [(200, {"status": "pass"})] * 50
+    assert verify.calls == 1
+    # -- later: the same answer again gets its verdict; another answer is already_answered ---
+    assert await call(client, "POST", url, json={"proof": proof}) == (200, {"status": "pass"})
+    status, body = await call(client, "POST", url, json={"proof": corrupt_proof(proof)})
+    assert (status, body["status"]) == (409, "already_answered")
+    assert verify.calls == 1
+
+    # -- a wrong proof, 50 times at once: one verification, one AnswerFailed, 50 "fail" ------
+    url = f"{API}/answer/{token}/{wrong['file_hash']}"
+    bad = corrupt_proof(prove(heartbeat, wrong))
+    results = await asyncio.gather(
+        *(call(client, "POST", url, json={"proof": bad}) for _ in range(50))
+    )
+    assert results == [(200, {"status": "fail"})] * 50
+    assert verify.calls == 2
+    # sent again later it is verified again (the challenge is still open) but not recorded
+    assert await call(client, "POST", url, json={"proof": bad}) == (200, {"status": "fail"})
+    good_proof = prove(heartbeat, wrong)
+    assert await call(client, "POST", url, json={"proof": good_proof}) == (200, {"status": "pass"})
+
+    await client.close()
+    assert len(answers_recorded(db_url, "AnswerPassed")) == 2
+    assert len(answers_recorded(db_url, "AnswerFailed")) == 1
+
+
+async def test_answers_with_the_same_request_id_from_two_nodes_record_one_verdict(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Two processes (here: two nodes on their own engines) answering the same challenge with
+    the same proof at once: the expected version and the request id leave one event."""
+    first, _ = new_node(db_url, tmp_path)
+    await first.start()
+    files = await stock(first, files=1)
+    token, public = await first.create_token(ADDRESS)
+    contract = await first.chunk(token)
+    second, _ = new_node(db_url, tmp_path)
+    await second.start()
+    try:
+        proof = prove(public, contract)
+        verdicts = await asyncio.gather(
+            *(n.answer(token, files[0], proof) for n in (first, second, first, second))
+        )
+        assert verdicts == ["pass"] * 4
+    finally:
+        await first.close()
+        await second.close()
+    assert len(answers_recorded(db_url, "AnswerPassed")) == 1
+
+
+async def test_tokens_racing_for_the_last_replica_cannot_both_get_it(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    node, _ = new_node(db_url, tmp_path)
+    client = await aiohttp_client(create_app(node))
+    await node.whitelist([(ADDRESS, "20000")])
+    last = await node.add_seeded(CHUNK, seed="the-last-replica", redundancy=1)
+    tokens = [(await node.create_token(ADDRESS))[0] for _ in range(8)]
+    calls = [call(client, "GET", f"{API}/chunk/{t}") for t in tokens for _ in range(3)]
+    random.shuffle(calls)
+    results = await asyncio.gather(*calls)
+    won = [body for status, body in results if status == 200]
+    assert len(won) == 1 and won[0]["file_hash"] == last
+    assert sorted({(s, b["status"]) for s, b in results if s != 200}) == [(404, "no_chunks")]
+    await client.close()
+    assert len(answers_recorded(db_url, "ContractAssigned")) == 1
+
+
+async def test_delete_token_racing_with_its_farmer_leaves_a_consistent_ledger(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    node, _ = new_node(db_url, tmp_path)
+    client = await aiohttp_client(create_app(node))
+    await node.whitelist([(ADDRESS, "20000")])
+    for i in range(4):
+        await node.add_seeded(CHUNK, seed=f"race-{i}", redundancy=6)
+    rng = random.Random(7)
+    deleted: list[str] = []
+    outcomes: set[tuple[int, str]] = set()
+    for _ in range(6):
+        token, public = await node.create_token(ADDRESS)
+        held = [(await call(client, "GET", f"{API}/chunk/{token}"))[1] for _ in range(3)]
+
+        async def later(coro: Any, delay: float) -> Any:
+            await asyncio.sleep(delay)
+            return await coro
+
+        async def delete(token: str = token) -> tuple[int, dict]:
+            try:
+                await node.delete_token(token)
+            except Refused as refused:
+                return 404, {"status": refused.status}
+            return 200, {"status": "deleted"}
+
+        jobs = [later(delete(), rng.random() * 0.02)]
+        for contract in held:
+            url = f"{API}/answer/{token}/{contract['file_hash']}"
+            proof = {"proof": prove(public, contract)}
+            jobs.append(later(call(client, "POST", url, json=proof), rng.random() * 0.02))
+        jobs.append(later(call(client, "GET", f"{API}/due/{token}"), rng.random() * 0.02))
+        jobs.append(later(call(client, "GET", f"{API}/chunk/{token}"), rng.random() * 0.02))
+        for status, body in await asyncio.gather(*jobs):
+            outcomes.add((status, body.get("status") if isinstance(body, dict) else "?"))
+        deleted.append(token)
+    await client.close()
+
+    # Every answer was a verdict or a refusal (never a 5xx), and the ledger holds together.
+    assert all(status < 500 for status, _ in outcomes), outcomes
+    facts = check_ledger(db_url)
+    for token in deleted:
+        assert live_contracts_of(db_url, token) == []
+    # Nothing of a deleted token lands after its TokenDeleted: no answer, no challenge, no
+    # new contract.
+    deleted_at = {
+        e.payload["token_hash"]: e.position for e in facts.events if e.event_type == "TokenDeleted"
+    }
+    assert set(deleted_at) == {token_hash(t) for t in deleted}
+    for item in facts.events:
+        contract_id = item.payload.get("contract_id")
+        if contract_id is None or contract_id not in facts.contracts:
+            continue
+        owner = facts.contracts[contract_id][0]
+        if item.event_type in (
+            "AnswerPassed",
+            "AnswerFailed",
+            "ChallengeIssued",
+            "ContractAssigned",
+        ):
+            assert item.position < deleted_at[owner], item
