@@ -112,6 +112,7 @@ async def test_every_format_carries_the_same_figures(
         assert token["token_hash"][:16] in page
         assert duration(token["online_us"]) in page
     assert page.count('src="data:image/svg+xml;base64,') == 3  # the three charts
+    assert audit(db_url, "--format", "html") == page  # byte for byte, charts included
 
 
 class Refs(HTMLParser):

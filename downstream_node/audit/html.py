@@ -106,6 +106,14 @@ def charts(report: dict[str, Any]) -> list[tuple[str, str]]:
     series = report.get("series")
     if not series or not series["starts"]:
         return []
+    import matplotlib
+
+    # Labels come from the ledger (addresses): never read "$...$" in them as math.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw(report, series)
+
+
+def _draw(report: dict[str, Any], series: dict[str, Any]) -> list[tuple[str, str]]:
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -37,8 +38,7 @@ RELEVANT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One event as the auditor needs it: payload is ``None`` for irrelevant types."""
 
     position: int
@@ -55,6 +55,8 @@ def stream_events(engine: Engine, *, after: int = 0, until: int, page: int = 500
     """
     e = events_table.c
     payload = sa.case((e.event_type.in_(RELEVANT), e.payload), else_=sa.null())
+    known: set[tuple[str, int]] = set()
+    loads = json.loads
     with read_transaction(engine) as conn:
         while after < until:
             rows = conn.execute(
@@ -67,21 +69,23 @@ def stream_events(engine: Engine, *, after: int = 0, until: int, page: int = 500
             if not rows:
                 return
             for position, event_type, schema_version, occurred_at, text in rows:
-                cls = ev.REGISTRY.get(event_type)
-                if cls is None:
-                    raise ValueError(f"unknown event type {event_type!r} at position {position}")
-                if schema_version > cls.SCHEMA:
-                    raise ValueError(
-                        f"{event_type} schema {schema_version} at position {position} is newer "
-                        "than this auditor"
-                    )
-                yield Row(
-                    position,
-                    event_type,
-                    occurred_at,
-                    json.loads(text) if text is not None else None,
-                )
+                if (event_type, schema_version) not in known:
+                    _check_type(event_type, schema_version, position)
+                    known.add((event_type, schema_version))
+                yield Row(position, event_type, occurred_at, None if text is None else loads(text))
             after = rows[-1][0]
+
+
+def _check_type(event_type: str, schema_version: int, position: int) -> None:
+    """Refuse what this auditor cannot read rather than report figures that miss it."""
+    cls = ev.REGISTRY.get(event_type)
+    if cls is None:
+        raise ValueError(f"unknown event type {event_type!r} at position {position}")
+    if schema_version > cls.SCHEMA:
+        raise ValueError(
+            f"{event_type} schema {schema_version} at position {position} is newer than this "
+            "auditor"
+        )
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -247,9 +251,18 @@ class Replay:
     # -- feeding ------------------------------------------------------------------------------
 
     def run(self, rows: Iterable[Row], progress: Callable[[int], None] | None = None) -> Replay:
+        handlers = self._handlers
         step = 0
         for row in rows:
-            self.apply(row)
+            # apply(), inlined: this loop runs once per event of the ledger.
+            position, event_type, t, payload = row
+            self.position = position
+            self.events += 1
+            self.last_time = t
+            if self.first_time is None:
+                self.first_time = t
+            if payload is not None:
+                handlers[event_type](payload, t)
             step += 1
             if progress is not None and step == 5000:
                 progress(step)
@@ -259,13 +272,7 @@ class Replay:
         return self
 
     def apply(self, row: Row) -> None:
-        self.position = row.position
-        self.events += 1
-        self.last_time = row.occurred_at
-        if self.first_time is None:
-            self.first_time = row.occurred_at
-        if row.payload is not None:
-            self._handlers[row.event_type](row.payload, row.occurred_at)
+        self.run((row,))
 
     def _counts(self, t: int) -> bool:
         """Whether an event at ``t`` is inside the window."""
