@@ -136,8 +136,17 @@ def audit_uptime(
             tqdm(unit="ev", desc="verify", disable=not tty) as verify_bar,
             tqdm(unit="ev", desc="replay", disable=not tty) as replay_bar,
         ):
+
+            def totals(position: int) -> None:
+                verify_bar.reset(total=position)
+                replay_bar.reset(total=position)
+
             result = run_audit(
-                engine, options, on_verify=verify_bar.update, on_replay=replay_bar.update
+                engine,
+                options,
+                on_verify=verify_bar.update,
+                on_replay=replay_bar.update,
+                on_position=totals,
             )
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -74,8 +74,12 @@ def run_audit(
     *,
     on_verify: Callable[[int], None] | None = None,
     on_replay: Callable[[int], None] | None = None,
+    on_position: Callable[[int], None] | None = None,
 ) -> AuditRun:
+    """Verify, then replay, up to one position; the callbacks drive progress bars."""
     position = audited_position(engine, options.at_position)
+    if on_position is not None:
+        on_position(position)
     if options.since is not None and options.until is not None and options.until <= options.since:
         raise AuditError("--until must be after --since")
     # Fixed before reading, so verification and replay cover the same events even while the
