@@ -290,16 +290,48 @@ main.add_command(audit_commands)
 @click.option(
     "--demo/--no-demo",
     default=None,
-    help="Whitelist a demo address and add 3 seeded 1 MiB chunks (interval 60 s) if missing. "
+    help="Whitelist a demo address and add seeded chunks (see --demo-*) if missing. "
     "Default: on for an SQLite database, off for MySQL/MariaDB.",
+)
+@click.option(
+    "--demo-chunks", type=click.IntRange(1), default=3, show_default=True, help="Demo chunks."
+)
+@click.option(
+    "--demo-size",
+    type=click.IntRange(1),
+    default=1024 * 1024,
+    show_default=True,
+    help="Bytes per demo chunk.",
+)
+@click.option(
+    "--demo-interval",
+    type=click.IntRange(1),
+    default=60,
+    show_default=True,
+    help="Seconds between a demo chunk's challenges (a few seconds for load tests).",
+)
+@click.option(
+    "--demo-redundancy",
+    type=click.IntRange(1),
+    default=None,
+    help="Replicas per demo chunk (default: the node's redundancy, 3).",
 )
 @click.pass_obj
 def serve(
-    obj: Obj, host: str, port: int, log_format: str, log_level: str, demo: bool | None
+    obj: Obj,
+    host: str,
+    port: int,
+    log_format: str,
+    log_level: str,
+    demo: bool | None,
+    demo_chunks: int,
+    demo_size: int,
+    demo_interval: int,
+    demo_redundancy: int | None,
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
-    from .http.server import Demo
+    from .http.server import Demo, DemoStock
     from .http.server import serve as serve_api
     from .ledger.db import is_sqlite
 
@@ -320,7 +352,17 @@ def serve(
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve_api(obj.settings, host=host, port=port, demo=demo, on_ready=ready))
+        stock = DemoStock(demo_chunks, demo_size, demo_interval, demo_redundancy)
+        asyncio.run(
+            serve_api(
+                obj.settings,
+                host=host,
+                port=port,
+                demo=demo,
+                demo_stock=stock,
+                on_ready=ready,
+            )
+        )
     except Refused as refused:
         click.echo(f"error: {refused.status}: {refused.message}", err=True)
         sys.exit(1)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..config import MiB, Settings
 from ..ledger.clock import Clock
+from ..ledger.errors import Refused
 from ..ledger.tokens import make_address
 from ..node import Node
 from .app import create_app
@@ -35,6 +36,16 @@ DEMO_INTERVAL = 60
 DEMO_SEED = "downstream-node-demo-{}"
 
 
+@dataclass(frozen=True)
+class DemoStock:
+    """What ``--demo`` stocks: seeded chunks (size in bytes, interval in seconds)."""
+
+    chunks: int = DEMO_CHUNKS
+    size: int = DEMO_CHUNK_SIZE
+    interval: int = DEMO_INTERVAL
+    redundancy: int | None = None  # None: the node's setting
+
+
 @dataclass
 class Demo:
     address: str
@@ -42,11 +53,13 @@ class Demo:
     added: int = 0
 
 
-async def ensure_demo(node: Node) -> Demo:
+async def ensure_demo(node: Node, stock: DemoStock | None = None) -> Demo:
     """Whitelist the demo address and add the demo chunks, unless they are there already.
 
-    Idempotent: a restart finds them (by address balance and by seed) and adds nothing.
+    Idempotent: a restart finds them (by address balance and by seed) and adds nothing; a
+    node starting at the same time as another on the same database finds the other's.
     """
+    stock = stock or DemoStock()
 
     def state() -> tuple[Decimal | None, dict[str, str]]:
         with node.read_model.reader() as reader:
@@ -61,12 +74,22 @@ async def ensure_demo(node: Node) -> Demo:
     if balance is None or balance < node.settings.token_policy.min_balance:
         await node.whitelist([(DEMO_ADDRESS, str(DEMO_BALANCE))])
     demo = Demo(DEMO_ADDRESS)
-    for i in range(DEMO_CHUNKS):
+    for i in range(stock.chunks):
         seed = DEMO_SEED.format(i + 1)
         if seed in live:
             demo.files.append(live[seed])
             continue
-        demo.files.append(await node.add_seeded(DEMO_CHUNK_SIZE, seed=seed, interval=DEMO_INTERVAL))
+        try:
+            added = await node.add_seeded(
+                stock.size, seed=seed, interval=stock.interval, redundancy=stock.redundancy
+            )
+        except Refused as refused:
+            if refused.status != "file_exists":
+                raise
+            _, live = await asyncio.to_thread(state)  # another node added it just now
+            demo.files.append(live[seed])
+            continue
+        demo.files.append(added)
         demo.added += 1
     return demo
 
@@ -77,6 +100,7 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     demo: bool = False,
+    demo_stock: DemoStock | None = None,
     clock: Clock | None = None,
     on_ready: Callable[[str, Demo | None], None] | None = None,
     stop: asyncio.Event | None = None,
@@ -92,7 +116,7 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()  # starts the node
     try:
-        stocked = await ensure_demo(node) if demo else None
+        stocked = await ensure_demo(node, demo_stock) if demo else None
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
