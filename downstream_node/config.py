@@ -30,6 +30,7 @@ class Settings:
     token_policy: TokenPolicy = field(default_factory=TokenPolicy)
     max_body: int = 256 * 1024  # bytes of a request body; a Merkle proof is about 1 KiB
     requests_per_token_per_minute: int = 600
+    new_tokens_per_ip_per_minute: int = 60  # requests to /new, refused ones included
     sweep_seconds: float = 30.0
 
     def secret_path(self) -> Path:

@@ -22,6 +22,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'ledger.db'}"
         return
+    if not MYSQL_URL:  # a MariaDB-only test asked for it: fail, never skip
+        pytest.fail("DOWNSTREAM_TEST_MYSQL_URL is not set (scripts/test.sh sets it)")
     name = f"dn_test_{uuid.uuid4().hex[:12]}"
     base = sa.make_url(MYSQL_URL)
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")

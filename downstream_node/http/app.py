@@ -10,7 +10,10 @@ background. Two middlewares wrap every handler:
 - ``errors``: refuses oversized bodies before they are read (413), maps a ``Refused`` to
   ``{"status": word, "message": sentence}`` with the word's HTTP code, answers unknown
   routes and methods with JSON 404/405, and turns anything unexpected into a logged
-  ``500 {"status": "error"}`` (``503`` when the database is unreachable).
+  ``500 {"status": "error"}``. A database that is unreachable, drops the connection or
+  fails an append is ``503 {"status": "error"}`` with ``Retry-After``: retryable, never a
+  verdict (an append whose commit outcome is unknown is not reported as done; a farmer's
+  identical retry of an answer gets the recorded verdict).
 """
 
 from __future__ import annotations
@@ -28,11 +31,21 @@ from aiohttp import web
 
 from ..ledger import tokens as tk
 from ..ledger.errors import Refused
+from ..ledger.store import AppendFailed
 from ..node import Node
 from . import schemas as sc
 from .metrics import METRICS, Metrics, metrics_handler
 from .openapi import add_doc_routes
-from .routes import LIMITER, NODE, REQUEST_ID, RateLimited, RateLimiter, add_routes
+from .routes import (
+    HASH_RE,
+    LIMITER,
+    NEW_LIMITER,
+    NODE,
+    REQUEST_ID,
+    RateLimited,
+    RateLimiter,
+    add_routes,
+)
 
 log = structlog.get_logger("downstream.http")
 access_log = structlog.get_logger("downstream.access")
@@ -41,7 +54,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}$")
-TOKEN_SEGMENT = re.compile(r"(?<=/)[0-9a-fA-F]{32}(?=/|$)")
+# Any run of 32 or more hex digits may hold a token (a mistyped or padded one included).
+HEX_RUN = re.compile(r"[0-9a-fA-F]{32,}")
+DATABASE_RETRY_AFTER = "5"
+# How long a refused /new should wait: a slot frees only when a token is deleted.
+TOKENS_RETRY_AFTER = "60"
 HTTP_WORDS = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -62,12 +79,21 @@ def route_name(request: web.Request) -> str:
 
 
 def redacted_path(request: web.Request) -> str:
-    """The path as logs may show it: the token parameter and any 32-hex segment cut short."""
+    """The path as logs may show it: the token parameter and every run of 32 or more hex
+    digits cut short, except a well-formed ``file_hash`` parameter (not a secret)."""
     path = request.path
     token = request.match_info.get("token")
     if token:
         path = path.replace(f"/{token}", f"/{tk.redact(token)}", 1)
-    return TOKEN_SEGMENT.sub(lambda m: tk.redact(m.group(0)), path)
+    file_hash = request.match_info.get("file_hash")
+    keep = None
+    if (
+        file_hash
+        and HASH_RE.match(file_hash)
+        and not (token and token.lower() in file_hash.lower())
+    ):
+        keep = file_hash
+    return HEX_RUN.sub(lambda m: m.group(0) if m.group(0) == keep else tk.redact(m.group(0)), path)
 
 
 @web.middleware
@@ -82,6 +108,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = await handler(request)
         status = response.status
         response.headers[REQUEST_ID_HEADER] = request_id
+        # No browser may sniff a JSON error (or anything else) into HTML.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
     finally:
         elapsed = time.perf_counter() - started
@@ -117,6 +145,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(refused.status, refused.message)
         if refused.status == "busy":
             response.headers["Retry-After"] = "1"
+        elif refused.status == "too_many_tokens":
+            response.headers["Retry-After"] = TOKENS_RETRY_AFTER
         elif refused.status not in sc.STATUS_WORDS:
             log.warning("unmapped_status_word", status=refused.status)
         return response
@@ -124,18 +154,52 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _http_error(exc, max_body)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
-    except sqlalchemy.exc.OperationalError:
-        log.exception("database_unavailable", route=route_name(request))
-        response = error_response("error", "the database is unavailable; retry later", 503)
-        response.headers["Retry-After"] = "5"
-        return response
-    except Exception:
+    except AppendFailed as failed:
+        log.error(
+            "append_failed",
+            route=route_name(request),
+            before_commit=failed.before_commit,
+            error=repr(failed.cause)[:500],
+        )
+        if failed.before_commit:
+            message = "the database failed before anything was recorded; retry later"
+        else:
+            message = (
+                "the database failed while committing, so whether this was recorded is "
+                "unknown; retry later (an identical answer gets the recorded verdict)"
+            )
+        return _unavailable(message)
+    except Exception as exc:
+        if _database_unavailable(exc):
+            log.exception("database_unavailable", route=route_name(request))
+            return _unavailable("the database is unavailable; retry later")
         log.exception("unhandled_error", route=route_name(request))
         return error_response(
             "error",
             f"internal error; quote request id {request.get(REQUEST_ID)} when reporting it",
             500,
         )
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable or dropped the connection."""
+    if isinstance(
+        exc,
+        (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.DisconnectionError,
+            sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+        ),
+    ):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+
+
+def _unavailable(message: str) -> web.Response:
+    response = error_response("error", message, 503)
+    response.headers["Retry-After"] = DATABASE_RETRY_AFTER
+    return response
 
 
 def _http_error(exc: web.HTTPException, max_body: int) -> web.Response:
@@ -209,6 +273,7 @@ def create_app(
     app[NODE] = node
     app[METRICS] = Metrics(node)
     app[LIMITER] = RateLimiter(node, node.settings.requests_per_token_per_minute)
+    app[NEW_LIMITER] = RateLimiter(node, node.settings.new_tokens_per_ip_per_minute)
     app.cleanup_ctx.append(_node_life(node, manage_node, sweep_seconds))
     add_routes(app)
     add_doc_routes(app)

@@ -13,8 +13,22 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 FORMATS = ("console", "json")
+
+
+def _without_request_lines(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse with the parser's error, which quotes the start
+    of the request line: a token in the path would be written whole. Keep the fact, drop
+    the quote (and the traceback: a client's malformed request is not the node's bug)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.msg = f"{record.getMessage()}: {type(exc).__name__} (HTTP {exc.code})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 def configure_logging(
@@ -66,6 +80,7 @@ def configure_logging(
     for old in list(root.handlers):
         if getattr(old, "_downstream", False):
             root.removeHandler(old)
+    handler.addFilter(_without_request_lines)
     handler._downstream = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)

@@ -86,7 +86,8 @@ def _description(settings: Settings) -> str:
         "sane one, else a new one).\n\n"
         f"Limits of this node: request bodies up to {settings.max_body} bytes; "
         f"{settings.token_policy.max_tokens_per_ip} live tokens per IP address; "
-        f"{settings.requests_per_token_per_minute} requests per token per minute."
+        f"{settings.requests_per_token_per_minute} requests per token per minute; "
+        f"{settings.new_tokens_per_ip_per_minute} requests to `/new` per IP address per minute."
     )
 
 
@@ -133,6 +134,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     sc.NewTokenSchema,
                     "invalid_address",
                     "too_many_tokens",
+                    *limited,
                 ),
             }
         },

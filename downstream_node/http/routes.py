@@ -43,7 +43,7 @@ class RateLimited(Refused):
 
 
 class RateLimiter:
-    """At most ``limit`` requests per token per clock minute (fixed windows).
+    """At most ``limit`` requests per key (a token, an IP) per clock minute (fixed windows).
 
     Only the current minute's counters are kept, so memory is bounded by one minute of
     traffic whatever tokens a client makes up. Time comes from the node's clock.
@@ -56,7 +56,7 @@ class RateLimiter:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def check(self, token: str) -> None:
+    def check(self, key: str, per: str = "token") -> None:
         if self.limit <= 0:
             return
         now = to_micros(self.node.clock.now()) // 1_000_000
@@ -64,16 +64,17 @@ class RateLimiter:
         with self._lock:
             if window != self._window:
                 self._window, self._counts = window, {}
-            count = self._counts.get(token, 0) + 1
-            self._counts[token] = count
+            count = self._counts.get(key, 0) + 1
+            self._counts[key] = count
         if count > self.limit:
             raise RateLimited(
                 60 - now % 60,
-                f"at most {self.limit} requests per minute per token; retry later",
+                f"at most {self.limit} requests per minute per {per}; retry later",
             )
 
 
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
+NEW_LIMITER = web.AppKey("new_token_rate_limiter", RateLimiter)
 
 
 # -- input checks (no node involved) ------------------------------------------------------------
@@ -158,6 +159,7 @@ def _token_param(request: web.Request) -> str:
 
 
 async def new_token(request: web.Request) -> web.Response:
+    request.app[NEW_LIMITER].check(f"ip:{request.remote}", "IP address")
     address = check_address(request.match_info["sjcx_address"])
     token, heartbeat = await request.app[NODE].create_token(address, context(request))
     return reply(sc.new_token_schema, {"token": token, "heartbeat": heartbeat})
