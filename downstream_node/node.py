@@ -332,6 +332,9 @@ class Node:
         """Give the token a new contract on the least-replicated file it does not hold."""
         assert self.scheme is not None
         owner = await self._token(token)
+        # End this token's lapsed contracts first, so a file it let lapse can be offered to
+        # it again without two unended contracts on the same file.
+        await self.sweep_expired(ctx, token_hash=owner.token_hash)
         for _ in range(RETRIES):
             now = self._now()
 
@@ -571,10 +574,10 @@ class Node:
                 continue
         raise Refused("busy", "too much contention on this contract; try again")
 
-    async def sweep_expired(self, ctx: Context = OPERATOR) -> int:
+    async def sweep_expired(self, ctx: Context = OPERATOR, token_hash: str | None = None) -> int:
         """Mark contracts whose expiration passed, so their replicas return to the pool."""
         now = self._now()
-        expired = await self._read(lambda r: r.expired_contracts(now))
+        expired = await self._read(lambda r: r.expired_contracts(now, token_hash=token_hash))
         results = await asyncio.gather(
             *(
                 self._append(ev.contract_stream(c.contract_id), c.version, cn.decide_expire(c), ctx)

@@ -177,14 +177,17 @@ class Reader:
                 c.started_at.is_not(None),
             )
         )
-        return found[0] if found else None
+        # The newest: an older one that lapsed may not have been marked expired yet.
+        return found[-1] if found else None
 
-    def expired_contracts(self, now: int, limit: int = 500) -> list[ContractView]:
+    def expired_contracts(
+        self, now: int, limit: int = 500, token_hash: str | None = None
+    ) -> list[ContractView]:
         c = self.t.contracts.c
-        return self._contracts(
-            sa.and_(c.ended_at.is_(None), c.started_at.is_not(None), c.expiration <= now),
-            limit=limit,
-        )
+        where = sa.and_(c.ended_at.is_(None), c.started_at.is_not(None), c.expiration <= now)
+        if token_hash is not None:
+            where = sa.and_(where, c.token_hash == token_hash)
+        return self._contracts(where, limit=limit)
 
     def _contracts(self, where: Any, limit: int | None = None) -> list[ContractView]:
         c, f = self.t.contracts.c, self.t.files.c
