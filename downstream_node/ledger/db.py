@@ -10,6 +10,8 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -87,6 +89,27 @@ def _wal(cur: sqlite3.Cursor) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01 + random.random() * 0.04)
+
+
+@contextmanager
+def schema_lock(
+    conn: sa.engine.Connection, name: str = "downstream_node.schema", wait: int = 60
+) -> Iterator[None]:
+    """Hold a MySQL named server lock around DDL (not transactional there: two nodes that
+    both see a table missing would both create it, and one fails). SQLite's DDL runs
+    under its write lock, so there this does nothing. Use before ``conn.begin()``."""
+    if is_sqlite(conn.engine):
+        yield
+        return
+    locked = conn.execute(sa.select(sa.func.get_lock(name, wait))).scalar()
+    conn.commit()
+    if locked != 1:
+        raise TimeoutError(f"waited {wait} s for another node's schema change ({name})")
+    try:
+        yield
+    finally:
+        conn.execute(sa.select(sa.func.release_lock(name)))
+        conn.commit()
 
 
 def write_transaction(engine: Engine) -> sa.engine.Connection:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..ledger.db import read_transaction, write_transaction
+from ..ledger.db import read_transaction, schema_lock, write_transaction
 from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import EventStore
 from .projector import apply_events, checkpoint, create_tables, drop_tables
@@ -30,10 +30,13 @@ class RebuildReport:
 
 
 def ensure_projections(store: EventStore) -> ProjectionTables:
-    """Create the live generation's tables (and catch them up) if they are missing."""
+    """Create the live generation's tables (and catch them up) if they are missing.
+
+    Safe when several nodes start at once (on MySQL under a named server lock).
+    """
     head = store.head()
     tables = tables_for(head.projection_generation)
-    with write_transaction(store.engine) as conn, conn.begin():
+    with write_transaction(store.engine) as conn, schema_lock(conn), conn.begin():
         create_tables(conn, tables)
     _catch_up(store, tables, locked=True)
     return tables
