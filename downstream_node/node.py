@@ -116,16 +116,23 @@ class Node:
     async def _record_heartbeat(self) -> None:
         assert self.scheme is not None
         fingerprint = self.scheme.fingerprint()
-        history = await self._run(self.store.read_stream, ev.NODE_STREAM)
-        configured = [e for e in history if e.event_type == "HeartbeatConfigured"]
-        if configured and configured[-1].payload["key_fingerprint"] == fingerprint:
-            return
         event = ev.HeartbeatConfigured(
             kind=self.scheme.kind,
             public=json.dumps(self.scheme.public(), sort_keys=True),
             key_fingerprint=fingerprint,
         )
-        await self._append(ev.NODE_STREAM, None, [event], OPERATOR)
+        for _ in range(RETRIES):
+            history = await self._run(self.store.read_stream, ev.NODE_STREAM)
+            configured = [e for e in history if e.event_type == "HeartbeatConfigured"]
+            if configured and configured[-1].payload["key_fingerprint"] == fingerprint:
+                return
+            version = history[-1].version if history else 0
+            try:  # at the version read: nodes starting together record it once
+                await self._append(ev.NODE_STREAM, version, [event], OPERATOR)
+                return
+            except ConcurrencyConflict:
+                continue
+        raise Refused("busy", "could not record the node's heartbeat; try again")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -301,9 +308,15 @@ class Node:
         interval = self.settings.interval if interval is None else interval
         if redundancy < 1 or interval < 1:
             raise Refused("error", "redundancy and interval must be at least 1")
-        if await self._read(lambda r: r.file(file_hash)) is not None:
+
+        def state(r: Reader) -> tuple[int, bool]:
+            # The stream's version before the projection: an add committed after the version
+            # read makes the append conflict, one committed before it shows as monitored.
+            return r.stream_version(ev.file_stream(file_hash)), r.file(file_hash) is not None
+
+        version, monitored = await self._read(state)
+        if monitored:
             raise Refused("file_exists", f"file {file_hash} is already monitored")
-        version = await self._run(self.store.stream_version, ev.file_stream(file_hash))
         event = ev.FileAdded(
             file_hash=file_hash,
             size=size,

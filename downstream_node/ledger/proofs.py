@@ -50,15 +50,25 @@ class ProofScheme:
             raise ValueError(f"{path}: unknown heartbeat kind {kind!r}")
         return cls(KINDS[kind].fromdict(data["secret"]), challenges)
 
-    def save(self, path: Path) -> None:
-        """Write the secret readable by its owner only, atomically."""
+    def save(self, path: Path, *, replace: bool = True) -> None:
+        """Write the secret readable by its owner only, atomically.
+
+        ``replace=False``: never overwrite; ``FileExistsError`` if ``path`` exists (two nodes
+        creating the secret at once must end up with one secret, not one each).
+        """
         tmp = path.with_name(path.name + f".{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump({"kind": self.kind, "secret": self.beat.todict()}, out)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # atomic, and fails if another node's secret got there first
+        finally:
+            tmp.unlink()
 
     @classmethod
     def load_or_create(
@@ -67,7 +77,10 @@ class ProofScheme:
         if path.exists():
             return cls.load(path, challenges), False
         scheme = cls.create(kind, check_fraction=check_fraction, challenges=challenges)
-        scheme.save(path)
+        try:
+            scheme.save(path, replace=False)
+        except FileExistsError:  # another node (process) created it meanwhile: use theirs
+            return cls.load(path, challenges), False
         return scheme, True
 
     def fingerprint(self) -> str:
