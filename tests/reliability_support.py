@@ -181,3 +181,101 @@ async def kill(process: asyncio.subprocess.Process, sig: int = signal.SIGKILL) -
 async def kill_all(processes: Iterable[asyncio.subprocess.Process]) -> None:
     for process in processes:
         await kill(process)
+
+
+# -- farmer load ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What the farmers saw: every ``pass`` response with its token, file and challenge."""
+
+    passes: list[tuple[str, str, int]] = field(default_factory=list)
+    verdicts: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    farmers: list = field(default_factory=list)
+
+    def count(self, table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
+
+
+async def farm(
+    urls: list[str],
+    address: str,
+    directory: Path,
+    stop: asyncio.Event,
+    load: Load,
+    *,
+    farmers: int = 3,
+    max_contracts: int = 6,
+    poll: float = 0.2,
+    registered: asyncio.Event | None = None,
+) -> None:
+    """Reference farmers (farmer i talks to ``urls[i % len(urls)]``) until ``stop``: they
+    take contracts, poll and answer, and ride out a node that dies and comes back."""
+    import aiohttp
+
+    from downstream_node.farmer import Farmer, FarmerError
+
+    def seen(farmer: Farmer, kind: str, data: dict) -> None:
+        if kind == "answer":
+            load.count(load.verdicts, data["verdict"])
+            if data["verdict"] == "pass":
+                contract = farmer.contracts[data["file_hash"]]
+                index = int(contract.challenge["index"])
+                load.passes.append((str(farmer.token), data["file_hash"], index))
+        elif kind == "refused":
+            load.count(load.verdicts, data["status"])
+
+    async def run(farmer: Farmer) -> None:
+        while not stop.is_set():
+            try:
+                if farmer.token is None:
+                    await farmer.register()
+                if len(farmer.contracts) < max_contracts:
+                    await farmer.take_contracts(max_contracts)
+                await farmer.poll_and_answer()
+            except FarmerError as exc:
+                load.count(load.errors, f"{exc.http_status} {exc.status}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                load.count(load.errors, type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll)
+
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        team = [
+            Farmer(
+                urls[i % len(urls)],
+                address,
+                directory=directory / f"farmer-{i}",
+                session=session,
+                on_event=seen,
+                name=f"farmer-{i}",
+            )
+            for i in range(farmers)
+        ]
+        load.farmers = team
+        for farmer in team:  # every token before any fault: a lost /new reply costs a slot
+            await farmer.register()
+        if registered is not None:
+            registered.set()
+        # gather(poll_and_answer) may leave answers running after a transport error: let
+        # them finish (they still report their verdicts) before the session closes.
+        await asyncio.gather(*(run(f) for f in team))
+        stragglers = [
+            t
+            for t in asyncio.all_tasks()
+            if "poll_and_answer" in getattr(t.get_coro(), "__qualname__", "")
+        ]
+        if stragglers:
+            await asyncio.wait(stragglers, timeout=15)
+
+
+def assert_passes_recorded(load: Load, facts: LedgerFacts) -> None:
+    missing = [
+        (token[:4], file_hash[:8], index)
+        for token, file_hash, index in load.passes
+        if index not in facts.passes_of(token, file_hash)
+    ]
+    assert not missing, f"{len(missing)} pass responses not in the ledger: {missing[:10]}"

@@ -195,3 +195,19 @@ async def test_delete_token_racing_with_its_farmer_leaves_a_consistent_ledger(
             "ContractAssigned",
         ):
             assert item.position < deleted_at[owner], item
+
+
+def test_nodes_creating_the_secret_at_once_end_up_with_one(tmp_path: Path) -> None:
+    """Nodes started together beside one secret file must not each make (and record) their
+    own: the first one's is linked into place, the others load it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from downstream_node.ledger.proofs import ProofScheme
+
+    path = tmp_path / "node-secret.json"
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: ProofScheme.load_or_create(path, "Merkle"), range(16)))
+    assert len({scheme.fingerprint() for scheme, _ in made}) == 1
+    assert sum(created for _, created in made) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["node-secret.json"]
+    assert path.stat().st_mode & 0o777 == 0o600
