@@ -8,18 +8,52 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, NoReturn
+
+FLOATS_REFUSED = "floats are not allowed in ledger events; use integers or strings"
+
+# Made once: json.dumps with non-default options builds a new encoder on every call.
+_encode_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False
+).encode
+_encode_chain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _refuse_float(_text: str) -> NoReturn:
+    raise TypeError(FLOATS_REFUSED)
+
+
+# Decodes canonical text back, refusing any float (or NaN/Infinity) it meets, in C.
+_decode_checked = json.JSONDecoder(parse_float=_refuse_float, parse_constant=_refuse_float).decode
 
 
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 text; floats are refused (they do not round-trip)."""
-    _reject_floats(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical(value)[0]
+
+
+def canonical(value: Any) -> tuple[str, Any]:
+    """The canonical text of ``value`` and what that text decodes to (what readers get back).
+
+    Same rules as walking the value for floats and non-string keys before encoding, but done
+    by the C encoder and decoder: a float anywhere shows up as a float in the text, and a
+    non-string key (or a tuple, which is allowed) makes the decoded value differ from the
+    original, in which case the walk decides.
+    """
+    try:
+        text = _encode_canonical(value)
+    except TypeError:
+        _reject_floats(value)  # the precise reason when it is a float or a key
+        raise
+    decoded = _decode_checked(text)
+    if decoded != value:
+        _reject_floats(value)
+    return text, decoded
 
 
 def _reject_floats(value: Any) -> None:
     if isinstance(value, float):
-        raise TypeError("floats are not allowed in ledger events; use integers or strings")
+        raise TypeError(FLOATS_REFUSED)
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -44,7 +78,7 @@ def chain_hash(
     occurred_at: int,
 ) -> str:
     """SHA-256 over the previous row's hash and this row's stored content."""
-    content = json.dumps(
+    content = _encode_chain(
         [
             position,
             stream_id,
@@ -55,8 +89,6 @@ def chain_hash(
             meta,
             request_id,
             occurred_at,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
+        ]
     )
     return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()

@@ -9,6 +9,7 @@ with the commit, so positions become visible strictly in order, across processes
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .canonical import canonical_json, chain_hash
+from .canonical import canonical, chain_hash
 from .clock import from_micros, to_micros
 from .db import is_sqlite, read_transaction, write_transaction
 from .schema import GENESIS_HASH, HEAD_ID, events, ledger_head, metadata
@@ -92,6 +93,12 @@ class AppendRequest:
     events: Sequence[NewEvent]
     request_id: str | None = None
     guards: Mapping[str, int] | Sequence[tuple[str, int]] = ()
+    # Per event, made once when the request is made: (payload text, the payload it decodes
+    # to, meta text, meta, occurred_at in microseconds). The transaction uses these, so what
+    # was validated is exactly what is written, whatever the caller does with its dicts.
+    encoded: tuple[tuple[str, dict[str, Any], str, dict[str, Any], int], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         # Held as a tuple: validated below and read again in the transaction, so a generator
@@ -112,6 +119,7 @@ class AppendRequest:
             # MySQL compares VARCHARs ignoring trailing spaces: "s " would share stream "s".
             if value is not None and value.endswith(" "):
                 raise ValueError(f"{name} must not end with a space")
+        encoded = []
         for new in self.events:
             # Refused here, before the request can join a batch or take the ledger lock, so a
             # float or a naive time raises its own TypeError/ValueError and fails no neighbour.
@@ -119,9 +127,10 @@ class AppendRequest:
                 raise ValueError("event type must be 1..64 characters")
             if not 0 <= new.schema_version <= 32767:
                 raise ValueError("schema version must be 0..32767")
-            canonical_json(dict(new.payload))
-            canonical_json(dict(new.meta))
-            to_micros(new.occurred_at)
+            payload_text, payload = canonical(dict(new.payload))
+            meta_text, meta = canonical(dict(new.meta))
+            encoded.append((payload_text, payload, meta_text, meta, to_micros(new.occurred_at)))
+        object.__setattr__(self, "encoded", tuple(encoded))
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,40 @@ class Listener(Protocol):
 
 
 BatchOutcome = AppendResult | LedgerError
+
+# The append transaction's statements, built once.
+IN_LIST = 500
+VERSIONS_PER_QUERY = 100  # SQLite allows 500 SELECTs in one compound
+LOCK_HEAD = sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
+MOVE_HEAD = (
+    ledger_head.update()
+    .where(ledger_head.c.id == HEAD_ID)
+    .values(position=sa.bindparam("new_position"), hash=sa.bindparam("new_hash"))
+)
+INSERT_EVENTS = events.insert()
+
+
+@functools.cache
+def stream_versions_query(count: int) -> sa.CompoundSelect | sa.Select:
+    """``(stream_id, max version)`` of ``count`` streams (parameters ``s0``...), one query.
+
+    A scalar ``MAX`` per stream, which both databases answer from the (stream_id, version)
+    index in a few page reads; ``GROUP BY stream_id`` over an ``IN`` list would make SQLite
+    read every version of every stream named.
+    """
+    parts = []
+    for i in range(count):
+        stream = sa.bindparam(f"s{i}", type_=sa.String(160))
+        latest = sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream)
+        parts.append(sa.select(stream.label("stream_id"), latest.scalar_subquery().label("v")))
+    return parts[0] if count == 1 else sa.union_all(*parts)
+
+
+FIND_REQUESTS = (
+    sa.select(events.c.request_id, events.c.position, events.c.stream_id, events.c.version)
+    .where(events.c.request_id.in_(sa.bindparam("request_ids", expanding=True)))
+    .order_by(events.c.position)
+)
 
 # MySQL named lock (server-wide) under which nodes starting together create the schema.
 SCHEMA_LOCK = "downstream_node.ledger.schema"
@@ -236,12 +279,19 @@ class EventStore:
     def _append_locked(
         self, conn: Connection, requests: Sequence[AppendRequest]
     ) -> list[BatchOutcome]:
-        row = conn.execute(
-            sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
-        ).one()
+        row = conn.execute(LOCK_HEAD).one()
         head = Head(row.position, row.hash, row.projection_generation)
         position, last_hash = head.position, head.hash
-        versions: dict[str, int] = {}
+        # Two queries for the whole batch (not two per request): every stream's version and
+        # every request id already recorded.
+        versions = self._stream_versions(
+            conn,
+            {req.stream_id for req in requests}
+            | {guarded for req in requests for guarded, _ in req.guards},
+        )
+        recorded_requests = self._find_requests(
+            conn, {req.request_id for req in requests if req.request_id is not None}
+        )
         seen_requests: dict[str, AppendResult] = {}
         outcomes: list[BatchOutcome] = []
         rows: list[dict[str, Any]] = []
@@ -249,9 +299,7 @@ class EventStore:
 
         for req in requests:
             if req.request_id is not None:
-                earlier = seen_requests.get(req.request_id) or self._find_request(
-                    conn, req.request_id
-                )
+                earlier = seen_requests.get(req.request_id) or recorded_requests.get(req.request_id)
                 if earlier is not None:
                     outcomes.append(
                         AppendResult(
@@ -264,28 +312,23 @@ class EventStore:
                     continue
             guard_failed = None
             for guarded, wanted in req.guards:
-                if guarded not in versions:
-                    versions[guarded] = self._stream_version(conn, guarded)
                 if versions[guarded] != wanted:
                     guard_failed = ConcurrencyConflict(guarded, wanted, versions[guarded])
                     break
             if guard_failed is not None:
                 outcomes.append(guard_failed)
                 continue
-            current = versions.get(req.stream_id)
-            if current is None:
-                current = self._stream_version(conn, req.stream_id)
+            current = versions[req.stream_id]
             # Checked before any position is drawn, so a losing writer leaves no hole.
             if req.expected_version is not None and req.expected_version != current:
                 outcomes.append(ConcurrencyConflict(req.stream_id, req.expected_version, current))
                 continue
             recorded: list[RecordedEvent] = []
-            for new in req.events:
+            for new, (payload_text, payload, meta_text, meta, micros) in zip(
+                req.events, req.encoded, strict=True
+            ):
                 position += 1
                 current += 1
-                payload_text = canonical_json(dict(new.payload))
-                meta_text = canonical_json(dict(new.meta))
-                micros = to_micros(new.occurred_at)
                 last_hash = chain_hash(
                     last_hash,
                     position=position,
@@ -319,8 +362,8 @@ class EventStore:
                         current,
                         new.event_type,
                         new.schema_version,
-                        json.loads(payload_text),
-                        json.loads(meta_text),
+                        payload,
+                        meta,
                         req.request_id,
                         from_micros(micros),
                         last_hash,
@@ -336,15 +379,42 @@ class EventStore:
             outcomes.append(result)
 
         if rows:
-            conn.execute(events.insert(), rows)
+            conn.execute(INSERT_EVENTS, rows)
             for listener in self.listeners:
                 listener(conn, head, recorded_all)
-            conn.execute(
-                ledger_head.update()
-                .where(ledger_head.c.id == HEAD_ID)
-                .values(position=position, hash=last_hash)
-            )
+            conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
         return outcomes
+
+    @staticmethod
+    def _stream_versions(conn: Connection, stream_ids: set[str]) -> dict[str, int]:
+        """Each stream's version (0 for a stream with no events), in one query per 100."""
+        versions = dict.fromkeys(stream_ids, 0)
+        ordered = sorted(stream_ids)
+        for start in range(0, len(ordered), VERSIONS_PER_QUERY):
+            chunk = ordered[start : start + VERSIONS_PER_QUERY]
+            query = stream_versions_query(len(chunk))
+            for stream_id, version in conn.execute(
+                query, {f"s{i}": stream for i, stream in enumerate(chunk)}
+            ):
+                versions[stream_id] = int(version or 0)
+        return versions
+
+    @staticmethod
+    def _find_requests(conn: Connection, request_ids: set[str]) -> dict[str, AppendResult]:
+        """The appends already recorded under these request ids, in one query per 500."""
+        rows: dict[str, list[Any]] = {}
+        ordered = sorted(request_ids)
+        for start in range(0, len(ordered), IN_LIST):
+            for row in conn.execute(
+                FIND_REQUESTS, {"request_ids": ordered[start : start + IN_LIST]}
+            ):
+                rows.setdefault(row.request_id, []).append(row)
+        return {
+            request_id: AppendResult(
+                found[0].stream_id, tuple(r.position for r in found), found[-1].version
+            )
+            for request_id, found in rows.items()
+        }
 
     @staticmethod
     def _stream_version(conn: Connection, stream_id: str) -> int:

@@ -3,12 +3,20 @@
 It runs inside the append's transaction (an event-store listener), so the read model and its
 checkpoint commit with the events and the farmer API always reads its own writes. A rebuild
 runs the same code over the whole history into a fresh generation of tables.
+
+A batch of events (a group commit, a page of a rebuild) is folded in memory: the rows it will
+touch are read first, one query per table, the events change them in Python, and each table
+is written back once at the end (one ``executemany`` for new rows, one for changed rows). So a
+batch costs a handful of statements whatever its size, instead of several per event.
+``tests/projection_oracle.py`` keeps the one-statement-at-a-time version this replaced, and
+``tests/test_projection_oracle.py`` checks that both fill the tables identically.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,16 +30,14 @@ from .tables import ProjectionTables, tables_for
 
 CHECKPOINT = "projector"
 
-Handler = Callable[[Connection, ProjectionTables, Any, RecordedEvent], None]
-HANDLERS: dict[type, Handler] = {}
+# An event as the fold needs it: position, stream id, version, type, schema version, occurred
+# at (UTC microseconds), payload (None for the types no projection reads).
+Item = tuple[int, str, int, str, int, int, dict[str, Any] | None]
 
-
-def handles(event_type: type) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[event_type] = fn
-        return fn
-
-    return register
+IN_LIST = 500
+# A rebuild keeps the rows it touched between its transactions (only it writes the new
+# generation); past this many contracts it starts afresh, so memory stays bounded.
+MAX_CACHED = 50_000
 
 
 def create_tables(conn: Connection, tables: ProjectionTables) -> None:
@@ -57,22 +63,82 @@ def apply_events(
     """Fold ``recorded`` (consecutive, in order) and move the checkpoint, in ``conn``'s txn."""
     if not recorded:
         return
+    apply_items(
+        conn,
+        tables,
+        [
+            (
+                r.position,
+                r.stream_id,
+                r.version,
+                r.event_type,
+                r.schema_version,
+                to_micros(r.occurred_at),
+                r.payload,
+            )
+            for r in recorded
+        ],
+    )
+
+
+def apply_items(
+    conn: Connection, tables: ProjectionTables, items: Iterable[Item], fold: Fold | None = None
+) -> int:
+    """``apply_events`` for items (which may be streamed); ``fold`` may carry rows over from
+    an earlier transaction (a rebuild's). Returns the new checkpoint."""
     done = checkpoint(conn, tables)
-    for item in recorded:
-        if item.position <= done:
-            continue  # already folded: applying is idempotent per position
-        if item.position != done + 1:
-            raise RuntimeError(f"projection gap: at {done}, got position {item.position}")
-        domain = ev.decode(item)
-        handler = HANDLERS.get(type(domain))
-        if handler is not None:
-            handler(conn, tables, domain, item)
-        done = item.position
+
+    def checked() -> Iterator[Item]:
+        nonlocal done
+        known: set[tuple[str, int]] = set()
+        for item in items:
+            position = item[0]
+            if position <= done:
+                continue  # already folded: applying is idempotent per position
+            if position != done + 1:
+                raise RuntimeError(f"projection gap: at {done}, got position {position}")
+            if (item[3], item[4]) not in known:
+                check_type(item[3], item[4])
+                known.add((item[3], item[4]))
+            yield item
+            done = position
+
+    (fold or Fold(tables)).run(conn, checked())
     conn.execute(
         tables.checkpoint.update()
         .where(tables.checkpoint.c.name == CHECKPOINT)
         .values(position=done)
     )
+    return done
+
+
+def check_type(event_type: str, schema_version: int) -> None:
+    """What ``events.decode`` refuses: an unknown type, or a schema newer than this code."""
+    cls = ev.REGISTRY.get(event_type)
+    if cls is None:
+        raise ValueError(f"unknown event type {event_type!r}")
+    if schema_version > cls.SCHEMA:
+        raise ValueError(f"{event_type} schema {schema_version} is newer than this code")
+
+
+HANDLED = frozenset(
+    {
+        "AddressWhitelisted",
+        "TokenCreated",
+        "TokenDeleted",
+        "FileAdded",
+        "FileRemoved",
+        "ChunkEncoded",
+        "ContractAssigned",
+        "ChallengeIssued",
+        "AnswerPassed",
+        "AnswerFailed",
+        "AnswerRejected",
+        "ContractExpired",
+        "ContractEnded",
+    }
+)
+"""The event types that change a projection (the others only move the checkpoint)."""
 
 
 class Projector:
@@ -82,323 +148,587 @@ class Projector:
         apply_events(conn, tables_for(head.projection_generation), recorded)
 
 
-# -- handlers -----------------------------------------------------------------------------------
+# json.dumps(value, sort_keys=True, separators=(",", ":")), with its encoder made once.
+_dump = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
-def _t(item: RecordedEvent) -> int:
-    return to_micros(item.occurred_at)
+class Json:
+    """A value for a JSON text column, encoded when its row is written: a contract's state
+    may change several times in one batch, and only the last one is written."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def _required() -> sa.exc.NoResultFound:
+    # What the statement-per-event projector raised (``.one()``) for a row that must exist.
+    return sa.exc.NoResultFound("No row was found when one was required")
 
 
-@handles(ev.AddressWhitelisted)
-def _whitelisted(
-    conn: Connection, t: ProjectionTables, e: ev.AddressWhitelisted, _: RecordedEvent
-) -> None:
-    updated = conn.execute(
-        t.whitelist.update().where(t.whitelist.c.address == e.address).values(balance=e.balance)
-    )
-    if updated.rowcount == 0:
-        conn.execute(t.whitelist.insert().values(address=e.address, balance=e.balance))
+# -- rows in memory -------------------------------------------------------------------------------
 
 
-@handles(ev.TokenCreated)
-def _token_created(
-    conn: Connection, t: ProjectionTables, e: ev.TokenCreated, item: RecordedEvent
-) -> None:
-    conn.execute(
-        t.tokens.insert().values(
-            token_hash=e.token_hash,
-            address=e.address,
-            ip=e.ip,
-            created_at=_t(item),
-            deleted_at=None,
-            # The token stream's version (a farmer's token is created through its IP's
-            # stream, leaving its own stream empty until it is deleted).
-            version=item.version if item.stream_id == ev.token_stream(e.token_hash) else 0,
+class Rows:
+    """The rows of one table that a fold has read or made, keyed by primary key.
+
+    ``None`` marks a key known to have no row. ``new`` rows are inserted at ``flush``;
+    ``dirty`` ones (read from the table, then changed) are updated, their ``mutable`` columns.
+    ``complete``: every row of the table is held, so a key not held has no row (no query).
+    """
+
+    def __init__(self, table: sa.Table, key: str, columns: Sequence[str], mutable: Sequence[str]):
+        self.table = table
+        self.key = key
+        self.columns = tuple(columns)
+        self.mutable = tuple(mutable)
+        self.rows: dict[str, dict[str, Any] | None] = {}
+        self.new: dict[str, dict[str, Any]] = {}
+        self.dirty: set[str] = set()
+        self.complete = False
+        self._key_index = self.columns.index(key)
+        self._select, self._insert, self._update = _statements(
+            table, key, self.columns, self.mutable
         )
-    )
-    conn.execute(
-        t.uptime.insert().values(
-            token_hash=e.token_hash,
-            first_start=0,
-            closed=0,
-            seg_start=0,
-            seg_end=0,
-            contracts=0,
-            challenges=0,
-            passed=0,
-            failed=0,
-            expired=0,
-        )
-    )
 
+    def prefetch(self, conn: Connection, keys: Iterable[str | None]) -> None:
+        wanted = sorted({k for k in keys if k is not None and k not in self.rows})
+        for start in range(0, len(wanted), IN_LIST):
+            chunk = wanted[start : start + IN_LIST]
+            for k in chunk:
+                self.rows[k] = None
+            self.add_found(conn.execute(self._select, {"keys": chunk}))
 
-@handles(ev.TokenDeleted)
-def _token_deleted(
-    conn: Connection, t: ProjectionTables, e: ev.TokenDeleted, item: RecordedEvent
-) -> None:
-    conn.execute(
-        t.tokens.update()
-        .where(t.tokens.c.token_hash == e.token_hash)
-        .values(deleted_at=_t(item), version=item.version)
-    )
-    live = (
-        conn.execute(
-            sa.select(t.contracts.c.contract_id).where(
-                t.contracts.c.token_hash == e.token_hash,
-                t.contracts.c.ended_at.is_(None),
-                t.contracts.c.started_at.is_not(None),
+    def add_found(self, found: Iterable[Any]) -> list[dict[str, Any]]:
+        """Take rows read from the table; rows already held (maybe changed) win."""
+        out = []
+        index, columns = self._key_index, self.columns
+        for row in found:
+            k = row[index]
+            held = self.rows.get(k)
+            if held is None:
+                held = self.rows[k] = dict(zip(columns, row, strict=True))
+            out.append(held)
+        return out
+
+    def get(self, conn: Connection, k: str | None) -> dict[str, Any] | None:
+        if k is None:
+            return None
+        if k not in self.rows:
+            if self.complete:
+                return None
+            self.prefetch(conn, [k])
+        return self.rows[k]
+
+    def insert(self, k: str, row: dict[str, Any]) -> None:
+        if self.rows.get(k) is not None:
+            raise sa.exc.IntegrityError(
+                f"INSERT INTO {self.table.name}", {self.key: k}, Exception("duplicate key")
             )
+        self.rows[k] = row
+        self.new[k] = row
+
+    def touch(self, k: str) -> None:
+        if k not in self.new:
+            self.dirty.add(k)
+
+    def flush(self, conn: Connection) -> None:
+        if self.new:
+            new = list(self.new.values())
+            self._encode(new)
+            conn.execute(self._insert, new)
+            columns = self.columns
+            for row in new:
+                for extra in [c for c in row if c not in columns]:
+                    del row[extra]  # e.g. a contract's tag: written, never read back here
+        if self.dirty:
+            rows = self.rows
+            dirty = [row for k in sorted(self.dirty) if (row := rows[k]) is not None]
+            self._encode(dirty)
+            mutable = self.mutable
+            if conn.dialect.name in ("mysql", "mariadb"):
+                # PyMySQL sends an executemany of UPDATEs one statement at a time; an insert
+                # that always finds its row goes in one statement (the rows all exist: they
+                # were read from the table or written there by this fold).
+                filler = {c.name: "" for c in self.table.columns if c.name not in self.columns}
+                conn.execute(_upsert(self.table, mutable), [{**filler, **row} for row in dirty])
+            else:
+                conn.execute(
+                    self._update,
+                    [
+                        {"key_": row[self.key], **{"v_" + c: row[c] for c in mutable}}
+                        for row in dirty
+                    ],
+                )
+        self.new = {}
+        self.dirty = set()
+
+    @staticmethod
+    def _encode(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            for column, value in row.items():
+                if type(value) is Json:
+                    row[column] = _dump(value.value)
+
+
+@functools.cache
+def _upsert(table: sa.Table, mutable: tuple[str, ...]) -> sa.Insert:
+    from sqlalchemy.dialects.mysql import insert
+
+    statement = insert(table)
+    return statement.on_duplicate_key_update({c: statement.inserted[c] for c in mutable})
+
+
+@functools.cache
+def _statements(
+    table: sa.Table, key: str, columns: tuple[str, ...], mutable: tuple[str, ...]
+) -> tuple[sa.Select, sa.Insert, sa.Update]:
+    """Built once per table: read by keys, insert, update the mutable columns by key."""
+    k = table.c[key]
+    select = sa.select(*(table.c[c] for c in columns)).where(
+        k.in_(sa.bindparam("keys", expanding=True))
+    )
+    update = (
+        table.update()
+        .where(k == sa.bindparam("key_"))
+        .values({c: sa.bindparam("v_" + c) for c in mutable})
+    )
+    return select, table.insert(), update
+
+
+@functools.cache
+def _live_queries(contracts: sa.Table) -> tuple[sa.Select, sa.Select]:
+    """Contracts not yet ended of a token, and of a file (parameter ``k``)."""
+    c = contracts.c
+    read = [c[name] for name in CONTRACT_READ]
+    return (
+        sa.select(*read).where(c.token_hash == sa.bindparam("k"), c.ended_at.is_(None)),
+        sa.select(*read).where(c.file_hash == sa.bindparam("k"), c.ended_at.is_(None)),
+    )
+
+
+CONTRACT_MUTABLE = (
+    "token_hash",
+    "challenge",
+    "challenge_index",
+    "state",
+    "interval",
+    "started_at",
+    "due",
+    "answered",
+    "expiration",
+    "ended_at",
+    "end_reason",
+    "challenges",
+    "passed",
+    "failed",
+    "rejected",
+    "version",
+)
+# Read back without ``tag``: it is written once, with the contract, and never read here.
+CONTRACT_READ = ("contract_id", "file_hash", "heartbeat", "seed", *CONTRACT_MUTABLE)
+UPTIME_FIELDS = (
+    "first_start",
+    "closed",
+    "seg_start",
+    "seg_end",
+    "contracts",
+    "challenges",
+    "passed",
+    "failed",
+    "expired",
+)
+TOKEN_COLUMNS = ("token_hash", "address", "ip", "created_at", "deleted_at", "version")
+FILE_COLUMNS = (
+    "file_hash",
+    "size",
+    "redundancy",
+    "interval",
+    "seed",
+    "path",
+    "added_at",
+    "removed_at",
+    "version",
+)
+
+
+class Fold:
+    """Folds items into one generation's tables through rows held in memory.
+
+    ``run(conn, items)`` reads what the items will touch, applies them, and writes back, all
+    in ``conn``'s transaction. A fold may be run again on later items (a rebuild does, as it
+    is the only writer of the generation it builds); a live projector makes one per batch.
+    """
+
+    def __init__(self, tables: ProjectionTables, *, empty: bool = False) -> None:
+        """``empty``: the tables have no rows yet and only this fold will write them (a
+        rebuild's fresh generation), so every row there will ever be is held here, and the
+        fold reads nothing back until it has to let rows go (past ``MAX_CACHED``)."""
+        self.t = tables
+        self._reset()
+        self.all_held = empty
+        for rows in self._all_rows():
+            rows.complete = empty
+        self._live_of_token, self._live_of_file = _live_queries(tables.contracts)
+        self._handlers: dict[str, Callable[[dict[str, Any], Item], None]] = {
+            "AddressWhitelisted": self._whitelisted,
+            "TokenCreated": self._token_created,
+            "TokenDeleted": self._token_deleted,
+            "FileAdded": self._file_added,
+            "FileRemoved": self._file_removed,
+            "ChunkEncoded": self._chunk_encoded,
+            "ContractAssigned": self._contract_assigned,
+            "ChallengeIssued": self._challenge_issued,
+            "AnswerPassed": self._answer_passed,
+            "AnswerFailed": self._answer_failed,
+            "AnswerRejected": self._answer_rejected,
+            "ContractExpired": self._contract_expired,
+            "ContractEnded": self._contract_ended,
+        }
+
+    def _reset(self) -> None:
+        t = self.t
+        self.whitelist = Rows(t.whitelist, "address", ("address", "balance"), ("balance",))
+        self.tokens = Rows(t.tokens, "token_hash", TOKEN_COLUMNS, ("deleted_at", "version"))
+        self.files = Rows(t.files, "file_hash", FILE_COLUMNS, ("removed_at", "version"))
+        self.contracts = Rows(t.contracts, "contract_id", CONTRACT_READ, CONTRACT_MUTABLE)
+        self.uptime = Rows(t.uptime, "token_hash", ("token_hash", *UPTIME_FIELDS), UPTIME_FIELDS)
+        # Every contract held, by token and by file; and the tokens and files whose contracts
+        # not yet ended have all been read (so the held rows answer "which are live").
+        self.by_token: dict[str, set[str]] = {}
+        self.by_file: dict[str, set[str]] = {}
+        self.complete_tokens: set[str] = set()
+        self.complete_files: set[str] = set()
+        self.all_held = False
+        self.conn: Connection | None = None
+
+    def _all_rows(self) -> tuple[Rows, ...]:
+        return (self.whitelist, self.tokens, self.files, self.contracts, self.uptime)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, conn: Connection, items: Iterable[Item]) -> None:
+        """Apply ``items`` and write the rows back. Holding every row, the items are applied
+        as they stream in; otherwise they are gathered first, to read their rows at once."""
+        self.conn = conn
+        try:
+            if len(self.contracts.rows) > MAX_CACHED:
+                self._reset()  # and read rows back from now on
+                self.conn = conn
+            if not self.all_held:
+                items = list(items)
+                self._prefetch(conn, items)
+            handlers = self._handlers
+            for item in items:
+                handler = handlers.get(item[3])
+                if handler is not None:
+                    handler(item[6], item)  # type: ignore[arg-type]
+            for rows in self._all_rows():
+                rows.flush(conn)
+        except BaseException:
+            self._reset()  # what is held may not match the rolled-back tables
+            raise
+        finally:
+            self.conn = None
+
+    def _prefetch(self, conn: Connection, items: Sequence[Item]) -> None:
+        contract_ids: set[str] = set()
+        new_contracts: set[str] = set()
+        tokens: set[str] = set()
+        deleted: set[str] = set()
+        files: set[str] = set()
+        addresses: set[str] = set()
+        for item in items:
+            p = item[6]
+            if p is None:
+                continue
+            kind = item[3]
+            cid = p.get("contract_id")
+            if cid is not None:
+                if kind == "ChunkEncoded":
+                    new_contracts.add(cid)
+                elif cid not in new_contracts:
+                    contract_ids.add(cid)
+            if kind == "AddressWhitelisted":
+                addresses.add(p["address"])
+            elif kind == "TokenDeleted":
+                deleted.add(p["token_hash"])
+            elif kind == "ContractAssigned":
+                tokens.add(p["token_hash"])
+            if kind in ("ChunkEncoded", "ContractAssigned", "FileRemoved"):
+                files.add(p["file_hash"])
+        held = self.contracts.rows
+        unread = [cid for cid in contract_ids if cid not in held]
+        self.contracts.prefetch(conn, unread)
+        for cid in unread:
+            self._index(held[cid])
+        tokens.update(
+            row["token_hash"] for cid in contract_ids if (row := held.get(cid)) is not None
         )
-        .scalars()
-        .all()
-    )
-    for contract_id in live:
-        _end_contract(conn, t, contract_id, _t(item), "token_deleted")
+        self.uptime.prefetch(conn, tokens | deleted)
+        self.tokens.prefetch(conn, deleted)
+        self.files.prefetch(conn, files)
+        self.whitelist.prefetch(conn, addresses)
 
+    def _index(self, row: dict[str, Any] | None) -> None:
+        if row is None:
+            return
+        if row["token_hash"] is not None:
+            self.by_token.setdefault(row["token_hash"], set()).add(row["contract_id"])
+        self.by_file.setdefault(row["file_hash"], set()).add(row["contract_id"])
 
-@handles(ev.FileAdded)
-def _file_added(
-    conn: Connection, t: ProjectionTables, e: ev.FileAdded, item: RecordedEvent
-) -> None:
-    conn.execute(
-        t.files.insert().values(
-            file_hash=e.file_hash,
-            size=e.size,
-            redundancy=e.redundancy,
-            interval=e.interval,
-            seed=e.seed,
-            path=e.path,
-            added_at=_t(item),
-            removed_at=None,
-            version=item.version,
+    def _contract(self, cid: str) -> dict[str, Any] | None:
+        held = self.contracts.rows
+        if cid in held:
+            return held[cid]
+        row = self.contracts.get(self.conn, cid)  # type: ignore[arg-type]
+        self._index(row)
+        return row
+
+    def _live(self, key: str, by_file: bool) -> list[dict[str, Any]]:
+        """Contracts not yet ended of a token (or a file), held rows overriding the table's."""
+        complete = self.complete_files if by_file else self.complete_tokens
+        index = self.by_file if by_file else self.by_token
+        if key not in complete and not self.all_held:
+            query = self._live_of_file if by_file else self._live_of_token
+            found = self.conn.execute(query, {"k": key})  # type: ignore[union-attr]
+            for row in self.contracts.add_found(found):
+                self._index(row)
+            complete.add(key)
+        rows = self.contracts.rows
+        return [
+            row
+            for cid in sorted(index.get(key, ()))
+            if (row := rows[cid]) is not None and row["ended_at"] is None
+        ]
+
+    # -- handlers (each as the oracle's, statement for statement) --------------------------------
+
+    def _whitelisted(self, p: dict[str, Any], item: Item) -> None:
+        row = self.whitelist.get(self.conn, p["address"])  # type: ignore[arg-type]
+        if row is not None:
+            row["balance"] = p["balance"]
+            self.whitelist.touch(p["address"])
+        else:
+            self.whitelist.insert(p["address"], {"address": p["address"], "balance": p["balance"]})
+
+    def _token_created(self, p: dict[str, Any], item: Item) -> None:
+        token_hash = p["token_hash"]
+        self.tokens.insert(
+            token_hash,
+            {
+                "token_hash": token_hash,
+                "address": p["address"],
+                "ip": p["ip"],
+                "created_at": item[5],
+                "deleted_at": None,
+                # The token stream's version (a farmer's token is created through its IP's
+                # stream, leaving its own stream empty until it is deleted).
+                "version": item[2] if item[1] == ev.token_stream(token_hash) else 0,
+            },
         )
-    )
+        self.uptime.insert(
+            token_hash, {"token_hash": token_hash, **dict.fromkeys(UPTIME_FIELDS, 0)}
+        )
 
+    def _token_deleted(self, p: dict[str, Any], item: Item) -> None:
+        token_hash = p["token_hash"]
+        row = self.tokens.get(self.conn, token_hash)  # type: ignore[arg-type]
+        if row is not None:
+            row["deleted_at"] = item[5]
+            row["version"] = item[2]
+            self.tokens.touch(token_hash)
+        for contract in self._live(token_hash, by_file=False):
+            if contract["started_at"] is not None:
+                self._end_contract(contract["contract_id"], item[5], "token_deleted")
 
-@handles(ev.FileRemoved)
-def _file_removed(
-    conn: Connection, t: ProjectionTables, e: ev.FileRemoved, item: RecordedEvent
-) -> None:
-    conn.execute(
-        t.files.update()
-        .where(t.files.c.file_hash == e.file_hash)
-        .values(removed_at=_t(item), version=item.version)
-    )
-    live = (
-        conn.execute(
-            sa.select(t.contracts.c.contract_id).where(
-                t.contracts.c.file_hash == e.file_hash,
-                t.contracts.c.ended_at.is_(None),
-                t.contracts.c.started_at.is_not(None),
+    def _file_added(self, p: dict[str, Any], item: Item) -> None:
+        self.files.insert(
+            p["file_hash"],
+            {
+                "file_hash": p["file_hash"],
+                "size": p["size"],
+                "redundancy": p["redundancy"],
+                "interval": p["interval"],
+                "seed": p["seed"],
+                "path": p["path"],
+                "added_at": item[5],
+                "removed_at": None,
+                "version": item[2],
+            },
+        )
+
+    def _file_removed(self, p: dict[str, Any], item: Item) -> None:
+        file_hash = p["file_hash"]
+        row = self.files.get(self.conn, file_hash)  # type: ignore[arg-type]
+        if row is not None:
+            row["removed_at"] = item[5]
+            row["version"] = item[2]
+            self.files.touch(file_hash)
+        for contract in self._live(file_hash, by_file=True):
+            if contract["started_at"] is not None:
+                self._end_contract(contract["contract_id"], item[5], "file_removed")
+
+    def _chunk_encoded(self, p: dict[str, Any], item: Item) -> None:
+        cid = p["contract_id"]
+        row = {
+            "contract_id": cid,
+            "token_hash": None,
+            "file_hash": p["file_hash"],
+            "heartbeat": p["heartbeat"],
+            "seed": p["seed"],
+            "tag": Json(p["tag"]),
+            "state": Json(p["state"]),
+            "challenge": None,
+            "challenge_index": None,
+            "interval": None,
+            "started_at": None,
+            "due": None,
+            "answered": False,
+            "expiration": None,
+            "ended_at": None,
+            "end_reason": None,
+            "challenges": 0,
+            "passed": 0,
+            "failed": 0,
+            "rejected": 0,
+            "version": 0,
+        }
+        self.contracts.insert(cid, row)
+        self._index(row)
+        self._file_version(p["file_hash"], item)
+
+    def _contract_assigned(self, p: dict[str, Any], item: Item) -> None:
+        cid, now, due = p["contract_id"], item[5], p["due"]
+        row = self._contract(cid)
+        if row is not None:
+            row.update(
+                token_hash=p["token_hash"],
+                challenge=Json(p["challenge"]),
+                challenge_index=p["challenge_index"],
+                state=Json(p["state"]),
+                interval=p["interval"],
+                started_at=now,
+                due=due,
+                answered=False,
+                expiration=due,
+                challenges=1,
             )
-        )
-        .scalars()
-        .all()
-    )
-    for contract_id in live:
-        _end_contract(conn, t, contract_id, _t(item), "file_removed")
+            self.contracts.touch(cid)
+            self._index(row)
+        self._file_version(p["file_hash"], item)
+        self._uptime(p["token_hash"], lambda cov: cov.cover(now, due), contracts=1, challenges=1)
 
-
-@handles(ev.ChunkEncoded)
-def _chunk_encoded(
-    conn: Connection, t: ProjectionTables, e: ev.ChunkEncoded, item: RecordedEvent
-) -> None:
-    conn.execute(
-        t.contracts.insert().values(
-            contract_id=e.contract_id,
-            token_hash=None,
-            file_hash=e.file_hash,
-            heartbeat=e.heartbeat,
-            seed=e.seed,
-            tag=_dump(e.tag),
-            state=_dump(e.state),
+    def _challenge_issued(self, p: dict[str, Any], item: Item) -> None:
+        cid = p["contract_id"]
+        row = self._contract(cid)
+        if row is None:
+            raise _required()
+        row.update(
+            challenge=Json(p["challenge"]),
+            challenge_index=p["challenge_index"],
+            state=Json(p["state"]),
+            due=p["due"],
             answered=False,
-            challenges=0,
-            passed=0,
-            failed=0,
-            rejected=0,
-            version=0,
+            expiration=p["due"],
+            challenges=row["challenges"] + 1,
+            version=item[2],
         )
-    )
-    _file_version(conn, t, e.file_hash, item)
+        self.contracts.touch(cid)
+        self._uptime(row["token_hash"], None, challenges=1)
 
+    def _answer_passed(self, p: dict[str, Any], item: Item) -> None:
+        cid, now, expiration = p["contract_id"], item[5], p["expiration"]
+        row = self._contract(cid)
+        if row is None:
+            raise _required()
+        row["answered"] = True
+        row["expiration"] = expiration
+        row["passed"] += 1
+        row["version"] = item[2]
+        self.contracts.touch(cid)
+        self._uptime(row["token_hash"], lambda cov: cov.cover(now, expiration), passed=1)
 
-@handles(ev.ContractAssigned)
-def _contract_assigned(
-    conn: Connection, t: ProjectionTables, e: ev.ContractAssigned, item: RecordedEvent
-) -> None:
-    now = _t(item)
-    conn.execute(
-        t.contracts.update()
-        .where(t.contracts.c.contract_id == e.contract_id)
-        .values(
-            token_hash=e.token_hash,
-            challenge=_dump(e.challenge),
-            challenge_index=e.challenge_index,
-            state=_dump(e.state),
-            interval=e.interval,
-            started_at=now,
-            due=e.due,
-            answered=False,
-            expiration=e.due,
-            challenges=1,
+    def _answer_failed(self, p: dict[str, Any], item: Item) -> None:
+        cid = p["contract_id"]
+        row = self._contract(cid)
+        if row is None:
+            raise _required()
+        row["failed"] += 1
+        row["version"] = item[2]
+        self.contracts.touch(cid)
+        self._uptime(row["token_hash"], None, failed=1)
+
+    def _answer_rejected(self, p: dict[str, Any], item: Item) -> None:
+        cid = p["contract_id"]
+        row = self._contract(cid)
+        if row is not None:
+            row["rejected"] += 1
+            row["version"] = item[2]
+            self.contracts.touch(cid)
+
+    def _contract_expired(self, p: dict[str, Any], item: Item) -> None:
+        cid = p["contract_id"]
+        self._end_contract(cid, p["expired_at"], "expired", version=item[2])
+        row = self._contract(cid)
+        assert row is not None  # _end_contract required it
+        self._uptime(row["token_hash"], None, expired=1)
+
+    def _contract_ended(self, p: dict[str, Any], item: Item) -> None:
+        self._end_contract(p["contract_id"], item[5], p["reason"], version=item[2])
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _file_version(self, file_hash: str, item: Item) -> None:
+        row = self.files.get(self.conn, file_hash)  # type: ignore[arg-type]
+        if row is not None:
+            row["version"] = item[2]
+            self.files.touch(file_hash)
+
+    def _end_contract(self, cid: str, at: int, reason: str, version: int | None = None) -> None:
+        row = self._contract(cid)
+        if row is None:
+            raise _required()
+        if row["ended_at"] is not None:
+            return
+        row["ended_at"] = at
+        row["end_reason"] = reason
+        if version is not None:
+            row["version"] = version
+        self.contracts.touch(cid)
+        token_hash = row["token_hash"]
+        if token_hash is None:
+            raise _required()  # no uptime row to cut (the oracle's .one() fails alike)
+        others = max(
+            (
+                c["expiration"]
+                for c in self._live(token_hash, by_file=False)
+                if c["contract_id"] != cid and c["expiration"] is not None
+            ),
+            default=0,
         )
-    )
-    _file_version(conn, t, e.file_hash, item)
-    _uptime(conn, t, e.token_hash, lambda cov: cov.cover(now, e.due), contracts=1, challenges=1)
+        self._uptime(token_hash, lambda cov: cov.cut(at, others))
 
-
-@handles(ev.ChallengeIssued)
-def _challenge_issued(
-    conn: Connection, t: ProjectionTables, e: ev.ChallengeIssued, item: RecordedEvent
-) -> None:
-    c = t.contracts.c
-    conn.execute(
-        t.contracts.update()
-        .where(c.contract_id == e.contract_id)
-        .values(
-            challenge=_dump(e.challenge),
-            challenge_index=e.challenge_index,
-            state=_dump(e.state),
-            due=e.due,
-            answered=False,
-            expiration=e.due,
-            challenges=c.challenges + 1,
-            version=item.version,
-        )
-    )
-    _uptime(conn, t, _token_of(conn, t, e.contract_id), None, challenges=1)
-
-
-@handles(ev.AnswerPassed)
-def _answer_passed(
-    conn: Connection, t: ProjectionTables, e: ev.AnswerPassed, item: RecordedEvent
-) -> None:
-    c = t.contracts.c
-    now = _t(item)
-    conn.execute(
-        t.contracts.update()
-        .where(c.contract_id == e.contract_id)
-        .values(answered=True, expiration=e.expiration, passed=c.passed + 1, version=item.version)
-    )
-    _uptime(
-        conn,
-        t,
-        _token_of(conn, t, e.contract_id),
-        lambda cov: cov.cover(now, e.expiration),
-        passed=1,
-    )
-
-
-@handles(ev.AnswerFailed)
-def _answer_failed(
-    conn: Connection, t: ProjectionTables, e: ev.AnswerFailed, item: RecordedEvent
-) -> None:
-    c = t.contracts.c
-    conn.execute(
-        t.contracts.update()
-        .where(c.contract_id == e.contract_id)
-        .values(failed=c.failed + 1, version=item.version)
-    )
-    _uptime(conn, t, _token_of(conn, t, e.contract_id), None, failed=1)
-
-
-@handles(ev.AnswerRejected)
-def _answer_rejected(
-    conn: Connection, t: ProjectionTables, e: ev.AnswerRejected, item: RecordedEvent
-) -> None:
-    c = t.contracts.c
-    conn.execute(
-        t.contracts.update()
-        .where(c.contract_id == e.contract_id)
-        .values(rejected=c.rejected + 1, version=item.version)
-    )
-
-
-@handles(ev.ContractExpired)
-def _contract_expired(
-    conn: Connection, t: ProjectionTables, e: ev.ContractExpired, item: RecordedEvent
-) -> None:
-    _end_contract(conn, t, e.contract_id, e.expired_at, "expired", version=item.version)
-    _uptime(conn, t, _token_of(conn, t, e.contract_id), None, expired=1)
-
-
-@handles(ev.ContractEnded)
-def _contract_ended(
-    conn: Connection, t: ProjectionTables, e: ev.ContractEnded, item: RecordedEvent
-) -> None:
-    _end_contract(conn, t, e.contract_id, _t(item), e.reason, version=item.version)
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def _file_version(
-    conn: Connection, t: ProjectionTables, file_hash: str, item: RecordedEvent
-) -> None:
-    conn.execute(
-        t.files.update().where(t.files.c.file_hash == file_hash).values(version=item.version)
-    )
-
-
-def _token_of(conn: Connection, t: ProjectionTables, contract_id: str) -> str:
-    return conn.execute(
-        sa.select(t.contracts.c.token_hash).where(t.contracts.c.contract_id == contract_id)
-    ).scalar_one()
-
-
-def _end_contract(
-    conn: Connection,
-    t: ProjectionTables,
-    contract_id: str,
-    at: int,
-    reason: str,
-    version: int | None = None,
-) -> None:
-    c = t.contracts.c
-    row = conn.execute(
-        sa.select(c.token_hash, c.ended_at).where(c.contract_id == contract_id)
-    ).one()
-    if row.ended_at is not None:
-        return
-    values: dict[str, Any] = {"ended_at": at, "end_reason": reason}
-    if version is not None:
-        values["version"] = version
-    conn.execute(t.contracts.update().where(c.contract_id == contract_id).values(**values))
-    others = conn.execute(
-        sa.select(sa.func.max(c.expiration)).where(
-            c.token_hash == row.token_hash, c.ended_at.is_(None), c.contract_id != contract_id
-        )
-    ).scalar()
-    _uptime(conn, t, row.token_hash, lambda cov: cov.cut(at, int(others or 0)))
-
-
-def _uptime(
-    conn: Connection,
-    t: ProjectionTables,
-    token_hash: str,
-    change: Callable[[Coverage], None] | None,
-    **counters: int,
-) -> None:
-    u = t.uptime.c
-    values: dict[str, Any] = {name: u[name] + amount for name, amount in counters.items()}
-    if change is not None:
-        row = conn.execute(
-            sa.select(u.first_start, u.closed, u.seg_start, u.seg_end).where(
-                u.token_hash == token_hash
-            )
-        ).one()
-        cov = Coverage(row.first_start, row.closed, row.seg_start, row.seg_end)
-        change(cov)
-        values.update(
-            first_start=cov.first_start,
-            closed=cov.closed,
-            seg_start=cov.seg_start,
-            seg_end=cov.seg_end,
-        )
-    if values:
-        conn.execute(t.uptime.update().where(u.token_hash == token_hash).values(**values))
+    def _uptime(
+        self,
+        token_hash: str | None,
+        change: Callable[[Coverage], None] | None,
+        **counters: int,
+    ) -> None:
+        row = self.uptime.get(self.conn, token_hash)  # type: ignore[arg-type]
+        if row is None:
+            if change is not None:
+                raise _required()
+            return  # the oracle's UPDATE found no row
+        for name, amount in counters.items():
+            row[name] += amount
+        if change is not None:
+            cov = Coverage(row["first_start"], row["closed"], row["seg_start"], row["seg_end"])
+            change(cov)
+            row["first_start"] = cov.first_start
+            row["closed"] = cov.closed
+            row["seg_start"] = cov.seg_start
+            row["seg_end"] = cov.seg_end
+        if change is not None or counters:
+            self.uptime.touch(token_hash)  # type: ignore[arg-type]

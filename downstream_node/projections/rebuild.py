@@ -8,16 +8,17 @@ next rebuild.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from ..ledger.db import read_transaction, schema_lock, write_transaction
-from ..ledger.schema import HEAD_ID, ledger_head
+from ..ledger.schema import HEAD_ID, events, ledger_head
 from ..ledger.store import EventStore
-from .projector import apply_events, checkpoint, create_tables, drop_tables
+from .projector import HANDLED, Fold, Item, apply_items, checkpoint, create_tables, drop_tables
 from .tables import NAMES, ProjectionTables, tables_for
 
 
@@ -64,9 +65,8 @@ def rebuild(
         head = conn.execute(
             sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
         ).one()
-        pending = list(store.read_all(checkpoint(conn, new_tables), until=head.position))
-        apply_events(conn, new_tables, pending)
-        done += len(pending)
+        start = checkpoint(conn, new_tables)
+        done += apply_items(conn, new_tables, read_items(conn, start, head.position)) - start
         conn.execute(
             ledger_head.update()
             .where(ledger_head.c.id == HEAD_ID)
@@ -86,8 +86,14 @@ def _catch_up(
     progress: Callable[[int, int], None] | None = None,
     total: int = 0,
 ) -> int:
-    """Fold events past the tables' checkpoint, ``batch`` per transaction."""
+    """Fold events past the tables' checkpoint, ``batch`` per transaction.
+
+    Unlocked (a rebuild's new generation, which nothing else writes), one fold keeps the rows
+    it holds from one transaction to the next; locked (the live generation, which appends
+    also write between two transactions), each transaction reads its rows afresh.
+    """
     done = 0
+    fold = None
     while True:
         with write_transaction(store.engine) as conn, conn.begin():
             if locked:
@@ -95,13 +101,40 @@ def _catch_up(
                     sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID).with_for_update()
                 )
             start = checkpoint(conn, tables)
-            chunk = list(store.read_all(start, until=start + batch))
-            apply_events(conn, tables, chunk)
-        done += len(chunk)
-        if progress is not None and chunk:
+            if fold is None and not locked:
+                fold = Fold(tables, empty=start == 0)
+            folded = apply_items(conn, tables, read_items(conn, start, start + batch), fold)
+        count = folded - start
+        done += count
+        if progress is not None and count:
             progress(done, max(total, done))
-        if len(chunk) < batch:
+        if count < batch:
             return done
+
+
+def read_items(conn: Connection, after: int, until: int) -> Iterator[Item]:
+    """Events ``after < position <= until`` as the fold takes them, in position order, streamed.
+
+    Only the columns a projection needs, through the driver's own cursor (this is the
+    rebuild's hot loop), and payloads decoded only for the types a projection reads.
+    """
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(READ_ITEMS.format(mark=mark), (after, until))
+        loads = json.loads
+        while rows := cursor.fetchmany(1000):
+            for position, stream_id, version, kind, schema, at, text in rows:
+                payload = loads(text) if kind in HANDLED else None
+                yield (position, stream_id, version, kind, schema, at, payload)
+    finally:
+        cursor.close()
+
+
+READ_ITEMS = (
+    "SELECT position, stream_id, version, event_type, schema_version, occurred_at, payload"
+    f" FROM {events.name} WHERE position > {{mark}} AND position <= {{mark}} ORDER BY position"
+)
 
 
 def compare_generations(engine: Engine, a: int, b: int) -> dict[str, str]:
