@@ -190,9 +190,12 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 "operationId": "answer",
                 "summary": "Answer a challenge",
                 "description": "Send the proof for the contract's open challenge. A wrong "
-                "proof is `fail` (the challenge stays open until it expires); a second "
+                "proof is `fail` (the challenge stays open until it expires); a different "
                 "answer after a pass is `already_answered`; an answer after the expiration "
-                "is `expired` and ends the contract.",
+                "is `expired` and ends the contract. Answers are idempotent: the same proof "
+                "for the same challenge is verified and recorded once, and sent again (a "
+                "retry after a 503 or a lost reply, or many copies at once) it gets the same "
+                "verdict.",
                 "requestBody": {"required": True, **_json(sc.AnswerRequestSchema)},
                 "responses": _responses(
                     "The verdict.",
