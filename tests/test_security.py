@@ -86,6 +86,7 @@ async def test_an_oversized_body_is_refused_before_it_is_read(
             await writer.drain()
             status, body = await _read_response(reader)
             writer.close()
+            await writer.wait_closed()
             assert (status, body["status"]) == (413, "too_large"), path
             assert time.monotonic() - started < 3  # at once, not after a body timeout
         assert head(node) == before
