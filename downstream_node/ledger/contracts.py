@@ -26,7 +26,7 @@ class ContractView:
     file_hash: str
     heartbeat: str
     seed: str
-    tag: dict[str, Any]
+    tag: dict[str, Any] | None  # None as the read model gives it: it does not read the tag
     state: dict[str, Any]
     challenge: dict[str, Any]
     challenge_index: int

@@ -32,7 +32,7 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     if is_sqlite(url):
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, pool_size)
     if url.startswith("mysql://"):
         url = "mysql+pymysql://" + url[len("mysql://") :]
     sep = "&" if "?" in url else "?"
@@ -50,8 +50,11 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     )
 
 
-def _sqlite_engine(url: str) -> Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+def _sqlite_engine(url: str, pool_size: int = 8) -> Engine:
+    # A file's pool keeps as many connections as the node has threads: opening one runs
+    # the pragmas below, which an overflow connection would repeat on every checkout.
+    pool = {} if ":memory:" in url else {"pool_size": pool_size, "max_overflow": pool_size}
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

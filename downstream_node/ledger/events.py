@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -29,15 +30,22 @@ class DomainEvent:
         return cls.__name__
 
     def payload(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow (dataclasses.asdict deep-copies every proof, tag and state): the ledger
+        # turns it into canonical text at once, when the append request is made.
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     def to_new(self, occurred_at: dt.datetime, meta: Mapping[str, Any] | None = None) -> NewEvent:
         return NewEvent(self.type_name(), self.SCHEMA, self.payload(), occurred_at, meta or {})
 
     @classmethod
     def from_payload(cls: type[E], payload: Mapping[str, Any]) -> E:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_names(cls)
         return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+@functools.cache
+def _field_names(cls: type[DomainEvent]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def event(cls: type[E]) -> type[E]:

@@ -162,6 +162,7 @@ BatchOutcome = AppendResult | LedgerError
 # The append transaction's statements, built once.
 IN_LIST = 500
 VERSIONS_PER_QUERY = 100  # SQLite allows 500 SELECTs in one compound
+VERSIONS_QUERY_SIZES = (1, 2, 4, 8, 16, 32, 64, VERSIONS_PER_QUERY)
 LOCK_HEAD = sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
 MOVE_HEAD = (
     ledger_head.update()
@@ -392,9 +393,12 @@ class EventStore:
         ordered = sorted(stream_ids)
         for start in range(0, len(ordered), VERSIONS_PER_QUERY):
             chunk = ordered[start : start + VERSIONS_PER_QUERY]
-            query = stream_versions_query(len(chunk))
+            # Padded (repeating the last stream) to one of a few sizes, so that only those
+            # few statements are ever compiled.
+            size = next(n for n in VERSIONS_QUERY_SIZES if n >= len(chunk))
+            chunk += chunk[-1:] * (size - len(chunk))
             for stream_id, version in conn.execute(
-                query, {f"s{i}": stream for i, stream in enumerate(chunk)}
+                stream_versions_query(size), {f"s{i}": stream for i, stream in enumerate(chunk)}
             ):
                 versions[stream_id] = int(version or 0)
         return versions

@@ -6,6 +6,7 @@ answers every question from that generation, returning the ledger's own view typ
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,9 +61,7 @@ class Reader:
     # -- tokens and whitelist -------------------------------------------------------------------
 
     def token(self, token_hash: str) -> TokenView | None:
-        row = self.conn.execute(
-            sa.select(self.t.tokens).where(self.t.tokens.c.token_hash == token_hash)
-        ).first()
+        row = self.conn.execute(hot(self.t).token, {"token_hash": token_hash}).first()
         return TokenView(**row._mapping) if row is not None else None
 
     def balance(self, address: str) -> Decimal | None:
@@ -162,20 +161,11 @@ class Reader:
 
     def contracts_for_token(self, token_hash: str) -> list[ContractView]:
         """Contracts not yet ended (some may have expired without being marked yet)."""
-        c = self.t.contracts.c
-        return self._contracts(
-            sa.and_(c.token_hash == token_hash, c.ended_at.is_(None), c.started_at.is_not(None))
-        )
+        return self._views(hot(self.t).contracts_for_token, {"token_hash": token_hash})
 
     def contract_for(self, token_hash: str, file_hash: str) -> ContractView | None:
-        c = self.t.contracts.c
-        found = self._contracts(
-            sa.and_(
-                c.token_hash == token_hash,
-                c.file_hash == file_hash,
-                c.ended_at.is_(None),
-                c.started_at.is_not(None),
-            )
+        found = self._views(
+            hot(self.t).contract_for, {"token_hash": token_hash, "file_hash": file_hash}
         )
         # The newest: an older one that lapsed may not have been marked expired yet.
         return found[-1] if found else None
@@ -190,15 +180,13 @@ class Reader:
         return self._contracts(where, limit=limit)
 
     def _contracts(self, where: Any, limit: int | None = None) -> list[ContractView]:
-        c, f = self.t.contracts.c, self.t.files.c
-        query = (
-            sa.select(self.t.contracts, f.size)
-            .join(self.t.files, f.file_hash == c.file_hash)
-            .where(where)
-            .order_by(c.started_at, c.contract_id)
-        )
+        c = self.t.contracts.c
+        query = hot(self.t).contracts.where(where).order_by(c.started_at, c.contract_id)
         if limit is not None:
             query = query.limit(limit)
+        return self._views(query)
+
+    def _views(self, query: Any, params: dict[str, Any] | None = None) -> list[ContractView]:
         return [
             ContractView(
                 contract_id=r.contract_id,
@@ -206,7 +194,7 @@ class Reader:
                 file_hash=r.file_hash,
                 heartbeat=r.heartbeat,
                 seed=r.seed,
-                tag=json.loads(r.tag),
+                tag=None,
                 state=json.loads(r.state),
                 challenge=json.loads(r.challenge),
                 challenge_index=r.challenge_index,
@@ -218,7 +206,7 @@ class Reader:
                 version=r.version,
                 size=r.size,
             )
-            for r in self.conn.execute(query)
+            for r in self.conn.execute(query, params)
         ]
 
     def bytes_held_by_address(self, address: str, now: int) -> int:
@@ -268,6 +256,44 @@ def _uptime_view(row: Any) -> UptimeView:
     )
 
 
+@dataclass(frozen=True)
+class HotQueries:
+    """The statements of the farmer API's hot paths for one generation, built once."""
+
+    token: Any
+    contracts: Any  # contract views, to be narrowed with .where()
+    contracts_for_token: Any
+    contract_for: Any
+
+
+@functools.cache
+def hot(t: ProjectionTables) -> HotQueries:
+    c, f = t.contracts.c, t.files.c
+    contracts = (
+        # Not the tag: the node never needs it once the contract is made, and a Merkle tag
+        # is some 24 KiB of JSON, read and decoded on every answer otherwise.
+        sa.select(*(col for col in t.contracts.columns if col.name != "tag"), f.size).join(
+            t.files, f.file_hash == c.file_hash
+        )
+    )
+    live = (c.ended_at.is_(None), c.started_at.is_not(None))
+    order = (c.started_at, c.contract_id)
+    of_token = c.token_hash == sa.bindparam("token_hash")
+    return HotQueries(
+        token=sa.select(t.tokens).where(t.tokens.c.token_hash == sa.bindparam("token_hash")),
+        contracts=contracts,
+        contracts_for_token=contracts.where(of_token, *live).order_by(*order),
+        contract_for=contracts.where(
+            of_token, c.file_hash == sa.bindparam("file_hash"), *live
+        ).order_by(*order),
+    )
+
+
+HEAD = sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
+    ledger_head.c.id == HEAD_ID
+)
+
+
 class ReadModel:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -275,9 +301,5 @@ class ReadModel:
     @contextmanager
     def reader(self) -> Iterator[Reader]:
         with read_transaction(self.engine) as conn, conn.begin():
-            head = conn.execute(
-                sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
-                    ledger_head.c.id == HEAD_ID
-                )
-            ).one()
+            head = conn.execute(HEAD).one()
             yield Reader(conn, tables_for(head.projection_generation), head.position)

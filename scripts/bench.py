@@ -1,0 +1,696 @@
+#!/usr/bin/env python3
+"""Benchmarks of the node, each figure beside a limit measured on this machine in the same run.
+
+Prints ONE JSON document: the machine, then per database (SQLite, MariaDB):
+
+- ``appends``: durable appends per second through the group committer, 1, 16 and 64 concurrent
+  writers, one event each (acknowledged once committed), against a raw driver ``executemany``
+  of the same rows, 500 per commit. Target: at 64 writers, at least 50% of the limit.
+- ``rebuild``: ``projections.rebuild.rebuild`` over N realistic events (default 1,000,000),
+  against a raw streaming ``SELECT`` of the events table with ``json.loads`` of each payload.
+  Target: at least 40% of the limit.
+- ``audit_replay``: the audit's replay (``audit.replay``) over the same events, same limit, 40%.
+- ``http``: verified Merkle answers per second through the real server (``downstream-node
+  serve``), 256 simulated farmers in a separate load-generator process, p50/p99 latency,
+  against a bare aiohttp JSON route under the same load. Target: 15% of the limit, p99 < 50 ms.
+
+and ``heartbeat``: the figures of ``scripts/bench_heartbeat.py``, embedded as it prints them.
+
+    .venv/bin/python scripts/bench.py [--db sqlite|mysql|both] [--events N] [--quick]
+                                      [--output FILE] [--skip http,heartbeat,...]
+
+MariaDB: ``$DOWNSTREAM_BENCH_MYSQL_URL``, default ``mysql+pymysql://root@127.0.0.1/bench``; the
+database is dropped and created afresh for each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import secrets
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_audit  # its event generator and audit run, reused here
+import sqlalchemy as sa
+
+from downstream_node.config import Settings
+from downstream_node.ledger import events as ev
+from downstream_node.ledger.clock import UTC, to_micros
+from downstream_node.ledger.contracts import FileView, decide_assign
+from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
+from downstream_node.ledger.group_commit import GroupCommitter
+from downstream_node.ledger.heartbeat import SeededChunk
+from downstream_node.ledger.schema import events as events_table
+from downstream_node.ledger.store import AppendRequest, EventStore
+from downstream_node.ledger.tokens import make_address
+from downstream_node.node import Node
+from downstream_node.projections.projector import Projector
+from downstream_node.projections.rebuild import rebuild
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1/bench"
+RAW_BATCH = 500
+APPEND_TARGET = 0.5
+REBUILD_TARGET = 0.4
+AUDIT_TARGET = 0.4
+HTTP_TARGET = 0.15
+P99_TARGET_MS = 50.0
+BARE_REPEAT = 5
+PARTS = ("appends", "rebuild", "audit", "http", "heartbeat")
+COLUMNS = [c.name for c in events_table.columns]
+
+
+# -- sizes -----------------------------------------------------------------------------------------
+
+
+class Sizes:
+    def __init__(self, args: argparse.Namespace) -> None:
+        quick = args.quick
+        self.events = args.events or (100_000 if quick else 1_000_000)
+        # Events appended per writer count (a fixed count, so each run is long enough).
+        self.appends = args.append_events or (
+            {1: 300, 16: 3000, 64: 8000} if quick else {1: 1000, 16: 10_000, 64: 30_000}
+        )
+        if isinstance(self.appends, int):
+            self.appends = {1: self.appends, 16: self.appends, 64: self.appends}
+        self.farmers = args.farmers
+        # Contracts = farmers x files; each answered once (a second answer would be a 409).
+        self.files = args.files or (8 if quick else 24)
+        self.chunk = 64 * 1024
+
+
+# -- machine ---------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine(mysql_url: str | None) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "sqlite": sqlite3.sqlite_version,
+        "sqlalchemy": sa.__version__,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    if mysql_url:
+        try:
+            engine = sa.create_engine(admin_url(mysql_url))
+            with engine.connect() as conn:
+                info["mariadb"] = conn.exec_driver_sql("SELECT VERSION()").scalar()
+                info["mariadb_durability"] = {
+                    name: conn.exec_driver_sql(f"SELECT @@{name}").scalar()
+                    for name in ("innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin")
+                }
+            engine.dispose()
+        except Exception as exc:
+            info["mariadb"] = f"unreachable: {exc}"
+    return info
+
+
+# -- databases -------------------------------------------------------------------------------------
+
+
+def admin_url(url: str) -> str:
+    return sa.make_url(url).set(database="").render_as_string(hide_password=False)
+
+
+class Databases:
+    """Fresh databases for each part: SQLite files in a temporary directory, or the MariaDB
+    database of the URL dropped and created again."""
+
+    def __init__(self, kind: str, mysql_url: str, tmp: Path) -> None:
+        self.kind = kind
+        self.mysql_url = mysql_url
+        self.tmp = tmp
+
+    def fresh(self, name: str) -> str:
+        if self.kind == "sqlite":
+            path = self.tmp / f"{name}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            return f"sqlite:///{path}"
+        url = sa.make_url(self.mysql_url)
+        engine = sa.create_engine(admin_url(self.mysql_url), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{url.database}`")
+            conn.exec_driver_sql(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4")
+        engine.dispose()
+        return self.mysql_url
+
+    def drop(self) -> None:
+        if self.kind == "mysql":
+            url = sa.make_url(self.mysql_url)
+            engine = sa.create_engine(admin_url(self.mysql_url), isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{url.database}`")
+            engine.dispose()
+
+
+@contextmanager
+def raw_connection(url: str) -> Iterator[Any]:
+    """A plain DB-API connection (sqlite3 or PyMySQL), set up as the node sets up its own."""
+    if is_sqlite(url):
+        conn = sqlite3.connect(url.split("///", 1)[1], isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    else:
+        import pymysql
+
+        u = sa.make_url(url)
+        conn = pymysql.connect(
+            host=u.host or "127.0.0.1",
+            port=u.port or 3306,
+            user=u.username or "root",
+            password=u.password or "",
+            database=u.database,
+            charset="utf8mb4",
+            autocommit=False,
+        )
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def figure(value: float, limit: float, target: float, unit: str, what: str) -> dict[str, Any]:
+    ratio = value / limit if limit else 0.0
+    return {
+        "value": round(value, 1),
+        "limit": round(limit, 1),
+        "unit": unit,
+        "ratio": round(ratio, 3),
+        "target": f">= {target:.0%} of the limit ({what})",
+        "met": ratio >= target,
+    }
+
+
+# -- appends ---------------------------------------------------------------------------------------
+
+PROOF_LIKE = {
+    "leaf": {"index": 17, "blob": "q" * 43 + "="},
+    "branch": {"rows": [["a" * 43 + "=", "b" * 43 + "="] for _ in range(8)]},
+}
+
+
+def append_run(url: str, writers: int, total: int) -> dict[str, Any]:
+    """``writers`` coroutines append one event at a time to their own contract stream, with
+    optimistic concurrency, through one group committer; each waits for its commit."""
+    engine = make_engine(url)
+    store = EventStore(engine)
+    store.create_schema()
+    per_writer = total // writers
+    at = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    meta = {"actor": "farmer", "remote": "127.0.0.1", "request_id": "0" * 32}
+    streams = [ev.contract_stream(f"{w:032x}") for w in range(writers)]
+    work = [
+        [
+            ev.AnswerPassed(f"{w:032x}", i, PROOF_LIKE, 1_767_225_600_000_000 + i).to_new(at, meta)
+            for i in range(per_writer)
+        ]
+        for w in range(writers)
+    ]
+    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bench-db")
+
+    async def main() -> float:
+        committer = GroupCommitter(store, executor=executor)
+
+        async def writer(w: int) -> None:
+            version = 0
+            for new in work[w]:
+                result = await committer.append(streams[w], version, [new])
+                version = result.stream_version
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        seconds = time.perf_counter() - started
+        await committer.close()
+        batches.append(committer.batches)
+        return seconds
+
+    batches: list[int] = []
+    seconds = asyncio.run(main())
+    executor.shutdown()
+    appended = per_writer * writers
+    assert store.head().position == appended
+    engine.dispose()
+    return {
+        "writers": writers,
+        "events": appended,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(appended / seconds, 1),
+        "batches": batches[0],
+        "mean_batch": round(appended / batches[0], 1),
+    }
+
+
+def read_rows(url: str) -> list[tuple]:
+    engine = make_engine(url)
+    with read_transaction(engine) as conn:
+        rows = [
+            tuple(r)
+            for r in conn.execute(sa.select(events_table).order_by(events_table.c.position))
+        ]
+    engine.dispose()
+    return rows
+
+
+def raw_insert(url: str, rows: list[tuple]) -> dict[str, Any]:
+    """The limit: the same rows into a fresh events table, ``executemany``, 500 per commit."""
+    engine = make_engine(url)
+    EventStore(engine).create_schema()
+    engine.dispose()
+    names = ", ".join(f"`{c}`" if not is_sqlite(url) else f'"{c}"' for c in COLUMNS)
+    mark = "?" if is_sqlite(url) else "%s"
+    sql = f"INSERT INTO events ({names}) VALUES ({', '.join([mark] * len(COLUMNS))})"
+    with raw_connection(url) as conn:
+        started = time.perf_counter()
+        for start in range(0, len(rows), RAW_BATCH):
+            chunk = rows[start : start + RAW_BATCH]
+            if is_sqlite(url):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(sql, chunk)
+                conn.execute("COMMIT")
+            else:
+                with conn.cursor() as cur:
+                    cur.executemany(sql, chunk)
+                conn.commit()
+        seconds = time.perf_counter() - started
+    return {
+        "what": f"raw driver executemany of the same rows, {RAW_BATCH} per commit",
+        "rows": len(rows),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(len(rows) / seconds, 1),
+    }
+
+
+def bench_appends(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+    runs = {}
+    rows: list[tuple] = []
+    for writers in (1, 16, 64):
+        url = dbs.fresh(f"appends{writers}")
+        runs[str(writers)] = append_run(url, writers, sizes.appends[writers])
+        if writers == 64:
+            rows = read_rows(url)
+    limit = raw_insert(dbs.fresh("appends_raw"), rows)
+    result: dict[str, Any] = {"writers": runs, "limit": limit}
+    result["at_64_writers"] = figure(
+        runs["64"]["events_per_s"],
+        limit["rows_per_s"],
+        APPEND_TARGET,
+        "events/s",
+        "raw executemany, same rows",
+    )
+    return result
+
+
+# -- rebuild and audit -----------------------------------------------------------------------------
+
+
+def raw_scan(url: str) -> dict[str, Any]:
+    """The limit: one streaming SELECT of the events table (the columns a fold needs) through
+    the bare driver, and json.loads of every payload."""
+    sql = (
+        "SELECT position, stream_id, version, event_type, schema_version, occurred_at, payload "
+        "FROM events ORDER BY position"
+    )
+    loads = json.loads
+    seen = 0
+    with raw_connection(url) as conn:
+        started = time.perf_counter()
+        if is_sqlite(url):
+            cur = conn.execute(sql)
+        else:
+            import pymysql.cursors
+
+            cur = conn.cursor(pymysql.cursors.SSCursor)
+            cur.execute(sql)
+        while rows := cur.fetchmany(5000):
+            for row in rows:
+                loads(row[6])
+            seen += len(rows)
+        cur.close()
+        seconds = time.perf_counter() - started
+    return {
+        "what": "raw streaming SELECT of the events table and json.loads of each payload",
+        "events": seen,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(seen / seconds, 1),
+    }
+
+
+def bench_rebuild_and_audit(
+    dbs: Databases, sizes: Sizes, parts: set[str]
+) -> dict[str, dict[str, Any]]:
+    url = dbs.fresh("ledger")
+    generated = bench_audit.generate(url, sizes.events)
+    out: dict[str, dict[str, Any]] = {}
+    # The limit, twice (before and after the folds), keeping the faster: the harder target.
+    scans = [raw_scan(url)]
+    engine = make_engine(url)
+    head = EventStore(engine).head().position
+    if "audit" in parts:
+        started = time.perf_counter()
+        replay, _report = bench_audit.audit(engine, head, 5000)
+        seconds = time.perf_counter() - started
+        assert replay.events == head
+        out["audit_replay"] = {
+            "events": head,
+            "seconds": round(seconds, 3),
+            "events_per_s": round(head / seconds, 1),
+            "what": "audit.replay.Replay over stream_events, and its report",
+        }
+    if "rebuild" in parts:
+        store = EventStore(engine, [Projector()])
+        started = time.perf_counter()
+        report = rebuild(store)
+        seconds = time.perf_counter() - started
+        assert report.events == head, (report, head)
+        out["rebuild"] = {
+            "events": head,
+            "seconds": round(seconds, 3),
+            "events_per_s": round(head / seconds, 1),
+            "what": "projections.rebuild.rebuild into a fresh generation, swapped in",
+        }
+    engine.dispose()
+    scans.append(raw_scan(url))
+    limit = max(scans, key=lambda s: s["events_per_s"])
+    limit["runs_events_per_s"] = [s["events_per_s"] for s in scans]
+    for name, target in (("rebuild", REBUILD_TARGET), ("audit_replay", AUDIT_TARGET)):
+        if name in out:
+            out[name]["limit"] = limit
+            out[name]["figure"] = figure(
+                out[name]["events_per_s"], limit["events_per_s"], target, "events/s", "raw scan"
+            )
+    for part in out.values():
+        part["generated"] = generated
+    return out
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+
+
+def downstream_cli() -> list[str]:
+    script = Path(sys.executable).parent / "downstream-node"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from downstream_node.cli import main; main()"]
+
+
+async def seed_http(url: str, secret: Path, sizes: Sizes) -> dict[str, Any]:
+    """A node with ``farmers`` tokens each holding a contract on each of ``files`` files.
+
+    Tokens and files go through the node as an operator would add them. The contracts are
+    appended as the node's own ``chunk`` command would append them (ChunkEncoded and
+    ContractAssigned, through the projector), except that the contracts on one file share one
+    encoding: encoding each of thousands of contracts would take minutes, and a shared one
+    costs the node exactly the same to verify.
+    """
+    farmers = sizes.farmers
+    settings = Settings(db_url=url, secret_file=secret, redundancy=farmers, interval=3600)
+    node = await Node(settings).start()
+    scheme = node.scheme
+    assert scheme is not None
+    try:
+        address = make_address(hashlib.sha256(b"downstream-node bench").digest()[:20])
+        await node.whitelist([(address, "1000000")])
+        tokens = [(await node.create_token(address))[0] for _ in range(farmers)]
+        token_hashes = [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
+        files = []
+        now = to_micros(node.clock.now())
+        requests: list[AppendRequest] = []
+        for i in range(sizes.files):
+            seed = f"downstream-node-bench-{i}"
+            file_hash = await node.add_seeded(sizes.chunk, seed=seed)
+            tag, initial = scheme.encode(
+                SeededChunk(seed, sizes.chunk), sizes.chunk, timestamp=now // 1_000_000
+            )
+            challenge, after = scheme.next_challenge(initial)
+            view = FileView(file_hash, sizes.chunk, farmers, 3600, seed, None, 0)
+            files.append(
+                {
+                    "file_hash": file_hash,
+                    "seed": seed,
+                    "size": sizes.chunk,
+                    "tag": tag,
+                    "challenge": challenge,
+                }
+            )
+            for token_hash in token_hashes:
+                assigned = decide_assign(
+                    view,
+                    contract_id=secrets.token_hex(16),
+                    token_hash=token_hash,
+                    heartbeat=scheme.kind,
+                    tag=tag,
+                    initial_state=initial,
+                    challenge=challenge,
+                    challenge_index=0,
+                    state=after,
+                    already_held=False,
+                    now=now,
+                )
+                when = node.clock.now()
+                requests.append(
+                    AppendRequest(
+                        ev.file_stream(file_hash),
+                        None,
+                        [e.to_new(when, {"actor": "operator"}) for e in assigned],
+                    )
+                )
+        for start in range(0, len(requests), 64):
+            await asyncio.to_thread(node.store.append_batch, requests[start : start + 64])
+        return {"heartbeat": scheme.public(), "tokens": tokens, "files": files}
+    finally:
+        await node.close()
+
+
+@contextmanager
+def server(command: list[str], log: Path) -> Iterator[str]:
+    """Start a server process that prints ``... listening on URL``; stop it afterwards."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 120
+            url = None
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                if "listening on " in line:
+                    url = line.split("listening on ", 1)[1].split()[0]
+                    break
+            if url is None:
+                raise RuntimeError(f"{command[0]} did not start; see {log}")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def load(
+    url: str, plan: Path, files: str, mode: str = "closed", rate: float = 0, repeat: int = 1
+) -> dict:
+    command = [
+        sys.executable,
+        str(HERE / "bench_load.py"),
+        "--url",
+        url,
+        "--plan",
+        str(plan),
+        "--files",
+        files,
+        "--mode",
+        mode,
+        "--rate",
+        str(rate or 1),
+        "--repeat",
+        str(repeat),
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
+    url = dbs.fresh("http")
+    secret = tmp / f"http-{dbs.kind}-secret.json"
+    secret.unlink(missing_ok=True)
+    started = time.perf_counter()
+    plan = asyncio.run(seed_http(url, secret, sizes))
+    seed_s = time.perf_counter() - started
+    plan_file = tmp / f"plan-{dbs.kind}.json"
+    plan_file.write_text(json.dumps(plan))
+    # Most files for the saturation run, the rest for the paced run (each answer only once).
+    closed_files = max(1, round(sizes.files * 0.6))
+    closed = f"0:{closed_files}"
+    paced = f"{closed_files}:"
+    node_cmd = [
+        *downstream_cli(),
+        "--db",
+        url,
+        "--secret-file",
+        str(secret),
+        "serve",
+        "--port",
+        "0",
+        "--no-demo",
+        "--log-format",
+        "json",
+    ]
+    with server(node_cmd, tmp / f"serve-{dbs.kind}.log") as node_url:
+        node_closed = load(node_url, plan_file, closed)
+        rate = max(1.0, round(node_closed["passed_per_s"] * 0.5, 1))
+        node_paced = (
+            load(node_url, plan_file, paced, "paced", rate) if closed_files < sizes.files else None
+        )
+    bare_cmd = [sys.executable, str(HERE / "bench_bare.py"), "--port", "0"]
+    with server(bare_cmd, tmp / f"bare-{dbs.kind}.log") as bare_url:
+        # The same answers, sent several times over: the bare route is some ten times
+        # faster, and one pass would be over before its rate settles.
+        bare_closed = load(bare_url, plan_file, closed, repeat=BARE_REPEAT)
+        bare_paced = load(bare_url, plan_file, paced, "paced", rate) if node_paced else None
+    result: dict[str, Any] = {
+        "farmers": sizes.farmers,
+        "contracts": sizes.farmers * sizes.files,
+        "seed_seconds": round(seed_s, 1),
+        "node": {"saturated": node_closed, "paced": node_paced},
+        "limit_bare_aiohttp": {"saturated": bare_closed, "paced": bare_paced},
+        "node_log": "downstream-node serve, JSON access log (info) to a file",
+    }
+    result["answers"] = figure(
+        node_closed["passed_per_s"],
+        bare_closed["requests_per_s"],
+        HTTP_TARGET,
+        "verified answers/s",
+        "bare aiohttp JSON route, same load",
+    )
+    p99 = node_paced["p99_ms"] if node_paced else node_closed["p99_ms"]
+    result["p99"] = {
+        "value_ms": p99,
+        "at": f"paced, {rate} answers/s (half the saturated rate)" if node_paced else "saturated",
+        "saturated_p99_ms": node_closed["p99_ms"],
+        "target": f"< {P99_TARGET_MS:g} ms",
+        "met": p99 < P99_TARGET_MS,
+    }
+    return result
+
+
+# -- heartbeat -------------------------------------------------------------------------------------
+
+
+def bench_heartbeat() -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "bench_heartbeat.py")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def timed_part(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
+    started = time.perf_counter()
+    print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    value = fn()
+    if isinstance(value, dict):
+        report.update(value) if name.endswith("+") else report.__setitem__(name, value)
+    print(f"bench: {name} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", choices=["sqlite", "mysql", "both"], default="both")
+    parser.add_argument("--events", type=int, default=None, help="events for rebuild and audit")
+    parser.add_argument("--quick", action="store_true", help="100,000 events, smaller runs")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS}")
+    parser.add_argument("--append-events", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--farmers", type=int, default=256, help="simulated farmers (HTTP)")
+    parser.add_argument("--files", type=int, default=None, help="contracts per farmer (HTTP)")
+    args = parser.parse_args()
+    skip = {s for s in args.skip.split(",") if s}
+    unknown = skip - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts to skip: {', '.join(sorted(unknown))}")
+    parts = set(PARTS) - skip
+    sizes = Sizes(args)
+    kinds = ["sqlite", "mysql"] if args.db == "both" else [args.db]
+    mysql_url = os.environ.get("DOWNSTREAM_BENCH_MYSQL_URL") or DEFAULT_MYSQL_URL
+
+    started = time.time()
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": machine(mysql_url if "mysql" in kinds else None),
+        "sizes": {
+            "rebuild_and_audit_events": sizes.events,
+            "appends_per_writer_count": sizes.appends,
+            "http_farmers": sizes.farmers,
+            "http_contracts_per_farmer": sizes.files,
+        },
+        "databases": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="downstream-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for kind in kinds:
+            dbs = Databases(kind, mysql_url, tmp)
+            result: dict[str, Any] = {}
+            report["databases"][kind] = result
+            try:
+                if "appends" in parts:
+                    timed_part(result, "appends", lambda d=dbs: bench_appends(d, sizes))
+                if parts & {"rebuild", "audit"}:
+                    timed_part(
+                        result,
+                        "rebuild+",
+                        lambda d=dbs: bench_rebuild_and_audit(d, sizes, parts),
+                    )
+                if "http" in parts:
+                    timed_part(result, "http", lambda d=dbs, t=tmp: bench_http(d, sizes, t))
+            finally:
+                dbs.drop()
+    if "heartbeat" in parts:
+        timed_part(report, "heartbeat", bench_heartbeat)
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["elapsed_s"] = round(time.time() - started, 1)
+    text = json.dumps(report, indent=2)
+    if args.output is not None:
+        args.output.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""``scripts/bench.py`` keeps working: a tiny run on SQLite prints one JSON document with every
+figure beside its limit. Only its shape is checked; speed is measured by the script, never here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+def figure_shape(figure: dict) -> None:
+    assert set(figure) >= {"value", "limit", "ratio", "target", "met"}
+    assert figure["value"] > 0 and figure["limit"] > 0
+    assert isinstance(figure["met"], bool)
+
+
+@pytest.mark.slow
+def test_bench_script_prints_every_figure_beside_its_limit(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--db",
+        "sqlite",
+        "--events",
+        "3000",
+        "--append-events",
+        "64",
+        "--farmers",
+        "8",
+        "--files",
+        "2",
+        "--skip",
+        "heartbeat",
+        "--output",
+        str(output),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert json.loads(output.read_text()) == report
+    assert report["machine"]["cores"] >= 1 and report["machine"]["sqlite"]
+    sqlite = report["databases"]["sqlite"]
+
+    appends = sqlite["appends"]
+    assert set(appends["writers"]) == {"1", "16", "64"}
+    assert appends["limit"]["rows"] == appends["writers"]["64"]["events"]
+    figure_shape(appends["at_64_writers"])
+
+    for name in ("rebuild", "audit_replay"):
+        assert sqlite[name]["events"] == sqlite[name]["generated"]["events"] >= 3000
+        figure_shape(sqlite[name]["figure"])
+
+    http = sqlite["http"]
+    assert http["node"]["saturated"]["statuses"] == {"pass": 8}
+    assert http["node"]["paced"]["statuses"] == {"pass": 8}
+    figure_shape(http["answers"])
+    assert http["p99"]["value_ms"] > 0 and isinstance(http["p99"]["met"], bool)
