@@ -27,7 +27,7 @@ import gmpy2
 from downstream_node.ledger.heartbeat import Merkle, SeededChunk, Swizzle
 
 MIB = 1 << 20
-REPEATS = 9
+REPEATS = 15
 # The original pure-Python PySwizzle on this machine, 1 MiB (figures given by the spec).
 ORIGINAL_SWIZZLE_ENCODE_S = 0.15
 ORIGINAL_SWIZZLE_PROVE_S = 0.30

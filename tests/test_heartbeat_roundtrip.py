@@ -347,3 +347,12 @@ def test_public_api_exports() -> None:
     assert issubclass(hb.HeartbeatError, ValueError)
     with pytest.raises(HeartbeatError):
         KeyedPRF(bytes(32), 0)
+
+
+@pytest.mark.parametrize("size", [16, 31, 32, 33, 63, 64])
+def test_merkle_state_mac_is_hmac_sha256_for_every_key_length(size: int) -> None:
+    import hmac
+
+    beat = Merkle(os.urandom(size))
+    _, state = beat.encode(SeededChunk("mac", 500), n=2, seed=os.urandom(32))
+    assert state.hmac == hmac.digest(beat.key, state.mac_input(), "sha256")
