@@ -115,13 +115,28 @@ async def test_swarm_wrong_proofs_and_refused_registration(db_url: str, tmp_path
     node, _ = new_node(db_url, tmp_path)
     async with real_server(create_app(node)) as server:
         await stock(node, files=1)
-        liar = await run_farmers(
-            server.url,
-            ADDRESS,
-            directory=tmp_path / "liar",
-            duration=0.5,
-            poll_seconds=0.1,
-            wrong_proofs=True,
+        # Stop once the liar was told "fail" twice (it asks again after a fail), not after a
+        # fixed time: a loaded machine may not fit two rounds into any short window.
+        fails = asyncio.Event()
+
+        def count_fails(farmer: object, kind: str, data: dict) -> None:
+            if kind == "answer" and data["verdict"] == "fail":
+                count_fails.seen += 1  # type: ignore[attr-defined]
+                if count_fails.seen >= 2:  # type: ignore[attr-defined]
+                    fails.set()
+
+        count_fails.seen = 0  # type: ignore[attr-defined]
+        liar = await asyncio.wait_for(
+            run_farmers(
+                server.url,
+                ADDRESS,
+                directory=tmp_path / "liar",
+                poll_seconds=0.1,
+                wrong_proofs=True,
+                on_event=count_fails,
+                stop=fails,
+            ),
+            timeout=60,
         )
         assert liar.totals().passed == 0 and liar.totals().failed >= 2  # asked again: fail
         out = io.StringIO()
