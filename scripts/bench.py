@@ -30,6 +30,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import secrets
@@ -50,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_audit  # its event generator and audit run, reused here
 import sqlalchemy as sa
 
+from downstream_node import logs
 from downstream_node.config import Settings
 from downstream_node.ledger import events as ev
 from downstream_node.ledger.clock import UTC, to_micros
@@ -551,10 +553,16 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     seed_s = time.perf_counter() - started
     plan_file = tmp / f"plan-{dbs.kind}.json"
     plan_file.write_text(json.dumps(plan))
-    # Most files for the saturation run, the rest for the paced run (each answer only once).
-    closed_files = max(1, round(sizes.files * 0.6))
-    closed = f"0:{closed_files}"
-    paced = f"{closed_files}:"
+    # Each answer goes once (a second one is a 409): half the files for the saturation run,
+    # a quarter each for two paced runs, at 1/2 and 1/4 of the saturated rate.
+    n = sizes.files
+    closed_files = max(1, n // 2)
+    half_files = max(closed_files + 1, (3 * n) // 4) if n > 1 else n
+    slices = {"saturated": f"0:{closed_files}"}
+    if closed_files < n:
+        slices["paced_half"] = f"{closed_files}:{half_files}"
+    if half_files < n:
+        slices["paced_quarter"] = f"{half_files}:{n}"
     node_cmd = [
         *downstream_cli(),
         "--db",
@@ -568,40 +576,50 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
         "--log-format",
         "json",
     ]
+    fractions = {"paced_half": 0.5, "paced_quarter": 0.25}
+    node: dict[str, Any] = {}
+    rates: dict[str, float] = {}
     with server(node_cmd, tmp / f"serve-{dbs.kind}.log") as node_url:
-        node_closed = load(node_url, plan_file, closed)
-        rate = max(1.0, round(node_closed["passed_per_s"] * 0.5, 1))
-        node_paced = (
-            load(node_url, plan_file, paced, "paced", rate) if closed_files < sizes.files else None
-        )
+        node["saturated"] = load(node_url, plan_file, slices["saturated"])
+        for name, fraction in fractions.items():
+            if name in slices:
+                rates[name] = max(1.0, round(node["saturated"]["passed_per_s"] * fraction, 1))
+                node[name] = load(node_url, plan_file, slices[name], "paced", rates[name])
     bare_cmd = [sys.executable, str(HERE / "bench_bare.py"), "--port", "0"]
+    bare: dict[str, Any] = {}
     with server(bare_cmd, tmp / f"bare-{dbs.kind}.log") as bare_url:
         # The same answers, sent several times over: the bare route is some ten times
         # faster, and one pass would be over before its rate settles.
-        bare_closed = load(bare_url, plan_file, closed, repeat=BARE_REPEAT)
-        bare_paced = load(bare_url, plan_file, paced, "paced", rate) if node_paced else None
+        bare["saturated"] = load(bare_url, plan_file, slices["saturated"], repeat=BARE_REPEAT)
+        for name in rates:
+            bare[name] = load(bare_url, plan_file, slices[name], "paced", rates[name])
     result: dict[str, Any] = {
         "farmers": sizes.farmers,
         "contracts": sizes.farmers * sizes.files,
         "seed_seconds": round(seed_s, 1),
-        "node": {"saturated": node_closed, "paced": node_paced},
-        "limit_bare_aiohttp": {"saturated": bare_closed, "paced": bare_paced},
+        "node": node,
+        "limit_bare_aiohttp": bare,
         "node_log": "downstream-node serve, JSON access log (info) to a file",
     }
     result["answers"] = figure(
-        node_closed["passed_per_s"],
-        bare_closed["requests_per_s"],
+        node["saturated"]["passed_per_s"],
+        bare["saturated"]["requests_per_s"],
         HTTP_TARGET,
         "verified answers/s",
         "bare aiohttp JSON route, same load",
     )
-    p99 = node_paced["p99_ms"] if node_paced else node_closed["p99_ms"]
+    # Closed-loop, 256 farmers always waiting keep 256 requests in flight, so by Little's law
+    # the saturated latency is about 256 / rate, for the bare route too: p99 is judged with
+    # the farmers paced at half the node's saturated rate (a quarter is shown as well).
+    judged = "paced_half" if "paced_half" in node else "saturated"
     result["p99"] = {
-        "value_ms": p99,
-        "at": f"paced, {rate} answers/s (half the saturated rate)" if node_paced else "saturated",
-        "saturated_p99_ms": node_closed["p99_ms"],
+        "value_ms": node[judged]["p99_ms"],
+        "p50_ms": node[judged]["p50_ms"],
+        "at": f"{judged}: {rates.get(judged, node[judged]['requests_per_s'])} answers/s",
+        "bare_route_same_load_p99_ms": bare[judged]["p99_ms"],
+        "p99_ms_by_load": {name: run["p99_ms"] for name, run in node.items()},
         "target": f"< {P99_TARGET_MS:g} ms",
-        "met": p99 < P99_TARGET_MS,
+        "met": node[judged]["p99_ms"] < P99_TARGET_MS,
     }
     return result
 
@@ -631,12 +649,80 @@ def timed_part(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> None
     print(f"bench: {name} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The figures as a Markdown table (figure, database, value, limit, ratio, target, met)."""
+    lines = [
+        "| figure | database | value | limit (same run) | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, db: str, value: str, limit: str, ratio: str, target: str, met: Any) -> None:
+        lines.append(
+            f"| {name} | {db} | {value} | {limit} | {ratio} | {target} | "
+            f"{'-' if met is None else 'yes' if met else 'no'} |"
+        )
+
+    for db, parts in report["databases"].items():
+        if "appends" in parts:
+            a = parts["appends"]
+            for writers, run in a["writers"].items():
+                ratio = run["events_per_s"] / a["limit"]["rows_per_s"]
+                row(
+                    f"durable appends/s, {writers} writer(s), mean batch {run['mean_batch']:g}",
+                    db,
+                    f"{run['events_per_s']:,.0f}",
+                    f"{a['limit']['rows_per_s']:,.0f}",
+                    f"{ratio:.0%}",
+                    ">= 50% at 64" if writers == "64" else "-",
+                    ratio >= APPEND_TARGET if writers == "64" else None,
+                )
+        for name, label in (("rebuild", "projection rebuild"), ("audit_replay", "audit replay")):
+            if name in parts:
+                f = parts[name]["figure"]
+                row(
+                    f"{label}, events/s ({parts[name]['events']:,} events)",
+                    db,
+                    f"{f['value']:,.0f}",
+                    f"{f['limit']:,.0f}",
+                    f"{f['ratio']:.0%}",
+                    ">= 40%",
+                    f["met"],
+                )
+        if "http" in parts:
+            h = parts["http"]
+            f = h["answers"]
+            sat = h["node"]["saturated"]
+            row(
+                f"verified answers/s, {h['farmers']} farmers (p50/p99 {sat['p50_ms']:.0f}/"
+                f"{sat['p99_ms']:.0f} ms)",
+                db,
+                f"{f['value']:,.0f}",
+                f"{f['limit']:,.0f} (p99 {h['limit_bare_aiohttp']['saturated']['p99_ms']:.0f} ms)",
+                f"{f['ratio']:.0%}",
+                ">= 15%",
+                f["met"],
+            )
+            p = h["p99"]
+            row(
+                f"answer p99, {p['at']}",
+                db,
+                f"{p['value_ms']:.0f} ms (p50 {p['p50_ms']:.0f})",
+                f"bare route {p['bare_route_same_load_p99_ms']:.0f} ms",
+                "-",
+                "< 50 ms",
+                p["met"],
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
+    logs.configure(level=logging.WARNING)  # the seeding node's info lines are not results
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "mysql", "both"], default="both")
     parser.add_argument("--events", type=int, default=None, help="events for rebuild and audit")
     parser.add_argument("--quick", action="store_true", help="100,000 events, smaller runs")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="and a summary table here")
     parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS}")
     parser.add_argument("--append-events", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--farmers", type=int, default=256, help="simulated farmers (HTTP)")
@@ -689,6 +775,8 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     if args.output is not None:
         args.output.write_text(text + "\n")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(report))
     print(text)
 
 

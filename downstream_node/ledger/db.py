@@ -68,10 +68,12 @@ def _sqlite_engine(url: str, pool_size: int = 8) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+    def _do_begin(dbapi_conn) -> None:  # type: ignore[no-untyped-def]
+        # Straight to the driver (every transaction, every read, starts here), inside
+        # SQLAlchemy's begin, which still turns a driver error into its own.
+        dbapi_conn.execute("BEGIN IMMEDIATE" if dbapi_conn.info.get("write") else "BEGIN")
 
+    engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
     return engine
 
 

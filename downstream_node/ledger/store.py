@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -194,6 +195,51 @@ FIND_REQUESTS = (
     .order_by(events.c.position)
 )
 
+
+@dataclass
+class Seen:
+    """What one append transaction learnt: stream versions as of its head position ``after``
+    (it found the head at ``before``)."""
+
+    before: int = -1
+    after: int = -1
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+class VersionCache:
+    """Stream versions as of one head position, learnt from this store's own commits.
+
+    Valid only while the head is still at that position: any append, by this process or
+    another, moves the head, and the next transaction, finding the head elsewhere, asks the
+    database. So a process appending alone asks only about streams it has not seen yet.
+    """
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._at = -1
+        self._versions: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, position: int, streams: set[str]) -> dict[str, int]:
+        with self._lock:
+            if position != self._at:
+                return {}
+            held = self._versions
+            return {s: held[s] for s in streams if s in held}
+
+    def committed(self, seen: Seen) -> None:
+        with self._lock:
+            if seen.before != self._at or len(self._versions) > self.LIMIT:
+                self._versions = {}  # what is held is not as of ``before``: start afresh
+            self._versions.update(seen.versions)
+            self._at = seen.after
+
+    def clear(self) -> None:
+        with self._lock:
+            self._at, self._versions = -1, {}
+
+
 # MySQL named lock (server-wide) under which nodes starting together create the schema.
 SCHEMA_LOCK = "downstream_node.ledger.schema"
 SCHEMA_LOCK_WAIT = 60
@@ -205,6 +251,7 @@ class EventStore:
     def __init__(self, engine: Engine, listeners: Sequence[Listener] = ()) -> None:
         self.engine = engine
         self.listeners: list[Listener] = list(listeners)
+        self._versions = VersionCache()
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -266,30 +313,34 @@ class EventStore:
         whole batch with ``AppendFailed`` (raised), telling whether the commit was reached.
         """
         committing = False
+        seen = Seen()
         try:
-            with write_transaction(self.engine) as conn:
-                with conn.begin():
-                    outcomes = self._append_locked(conn, requests)
-                    committing = True
-                return outcomes
+            with write_transaction(self.engine) as conn, conn.begin():
+                outcomes = self._append_locked(conn, requests, seen)
+                committing = True
+            self._versions.committed(seen)
+            return outcomes
         except LedgerError:
             raise
         except Exception as exc:
+            if committing:
+                self._versions.clear()  # whether it committed is unknown
             raise AppendFailed(exc, before_commit=not committing) from exc
 
     def _append_locked(
-        self, conn: Connection, requests: Sequence[AppendRequest]
+        self, conn: Connection, requests: Sequence[AppendRequest], seen: Seen | None = None
     ) -> list[BatchOutcome]:
         row = conn.execute(LOCK_HEAD).one()
         head = Head(row.position, row.hash, row.projection_generation)
         position, last_hash = head.position, head.hash
-        # Two queries for the whole batch (not two per request): every stream's version and
-        # every request id already recorded.
-        versions = self._stream_versions(
-            conn,
-            {req.stream_id for req in requests}
-            | {guarded for req in requests for guarded, _ in req.guards},
-        )
+        # At most two queries for the whole batch (not two per request): the versions of the
+        # streams this process has not seen at this very head position, and every request id
+        # already recorded.
+        streams = {req.stream_id for req in requests} | {
+            guarded for req in requests for guarded, _ in req.guards
+        }
+        versions = self._versions.get(head.position, streams)
+        versions.update(self._stream_versions(conn, streams - versions.keys()))
         recorded_requests = self._find_requests(
             conn, {req.request_id for req in requests if req.request_id is not None}
         )
@@ -384,10 +435,12 @@ class EventStore:
             for listener in self.listeners:
                 listener(conn, head, recorded_all)
             conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
+        if seen is not None:
+            seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes
 
     @staticmethod
-    def _stream_versions(conn: Connection, stream_ids: set[str]) -> dict[str, int]:
+    def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
         """Each stream's version (0 for a stream with no events), in one query per 100."""
         versions = dict.fromkeys(stream_ids, 0)
         ordered = sorted(stream_ids)
