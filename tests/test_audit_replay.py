@@ -1,16 +1,14 @@
 """The audit's fold on hand-made events: the worked example of docs/audit.md checked by hand,
-windows, the reputation formula, the online score, and windowed coverage against brute force."""
+windows, the reputation formula and the online score (windowed coverage against brute force
+is in test_uptime.py)."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from downstream_node.audit.replay import Replay, Row, choose_buckets
 from downstream_node.audit.report import build_report
 from downstream_node.audit.reputation import Reputation, ScoringParams
-from downstream_node.ledger.uptime import Coverage, WindowedCoverage, overlap
 from downstream_node.ledger.verify import VerifyReport
 
 S = 1_000_000
@@ -241,77 +239,3 @@ def test_buckets_cover_the_span_with_round_widths() -> None:
     into: dict[int, int] = {}
     b.spread(into, T0 + 290 * S, T0 + 610 * S)
     assert into == {0: 10 * S, 1: 300 * S, 2: 10 * S}
-
-
-# -- windowed coverage against a brute-force union ----------------------------------------------
-
-
-def brute_online(intervals: list[tuple[int, int]], now: int, since: int, until: int) -> int:
-    points = sorted(
-        (max(s, since), min(e, now, until))
-        for s, e in intervals
-        if min(e, now, until) > max(s, since)
-    )
-    total, cur_s, cur_e = 0, None, None
-    for s, e in points:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    return total + (cur_e - cur_s if cur_e is not None else 0)
-
-
-ops = st.lists(
-    st.tuples(
-        st.sampled_from(["assign", "answer", "end"]),
-        st.integers(0, 50),
-        st.integers(1, 40),
-        st.integers(0, 10),
-    ),
-    max_size=40,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(ops, st.integers(0, 100), st.integers(900, 1800), st.integers(0, 900))
-def test_windowed_coverage_matches_brute_force(steps, tail, since, length) -> None:
-    until = since + length
-    plain, windowed, unbounded = (
-        Coverage(),
-        WindowedCoverage(since=since, until=until),
-        WindowedCoverage(),
-    )
-    covers = (plain, windowed, unbounded)
-    contracts: list[list[int]] = []  # [start, end, live]
-    t = 1000
-    for kind, gap, size, pick in steps:
-        t += gap
-        live = [c for c in contracts if c[2]]
-        if kind == "assign" or not live:
-            contracts.append([t, t + size, 1])
-            for cov in covers:
-                cov.cover(t, t + size)
-        elif kind == "answer":
-            c = live[pick % len(live)]
-            if c[1] > t:
-                c[1] = max(c[1], t + size)
-                for cov in covers:
-                    cov.cover(t, c[1])
-        else:
-            c = live[pick % len(live)]
-            c[2] = 0
-            c[1] = min(c[1], t)
-            others = max((o[1] for o in contracts if o[2]), default=0)
-            for cov in covers:
-                cov.cut(t, others)
-    now = t + tail
-    intervals = [(s, e) for s, e, _ in contracts]
-    # Without a window the auditors' coverage is the projection's, field for field.
-    assert unbounded.online_in_window(now) == plain.online(now)
-    assert unbounded.total_in_window(now) == plain.total(now)
-    assert windowed.online_in_window(now) == brute_online(intervals, now, since, until)
-    first = min((s for s, _ in intervals), default=None)
-    expected_total = overlap(first, now, since, until) if first is not None else 0
-    assert windowed.total_in_window(now) == expected_total

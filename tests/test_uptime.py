@@ -5,22 +5,26 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from downstream_node.ledger.uptime import Coverage, expiration
+from downstream_node.ledger.uptime import Coverage, WindowedCoverage, expiration, overlap
 
 
-def brute_online(intervals: list[tuple[int, int]], now: int) -> int:
-    """Measure of the union of [start, min(end, now)) by sweeping sorted intervals."""
-    total, cur_start, cur_end = 0, None, None
-    for start, end in sorted((s, min(e, now)) for s, e in intervals if min(e, now) > s):
+def brute_online(
+    intervals: list[tuple[int, int]], now: int, since: int = 0, until: int | None = None
+) -> int:
+    """Measure of the union of [start, min(end, now)) within [since, until), by a sweep."""
+    stop = now if until is None else min(now, until)
+    points = sorted(
+        (max(s, since), min(e, stop)) for s, e in intervals if min(e, stop) > max(s, since)
+    )
+    total, cur_start, cur_end = 0, 0, None
+    for start, end in points:
         if cur_end is None or start > cur_end:
             if cur_end is not None:
                 total += cur_end - cur_start
             cur_start, cur_end = start, end
         else:
             cur_end = max(cur_end, end)
-    if cur_end is not None:
-        total += cur_end - cur_start
-    return total
+    return total + (cur_end - cur_start if cur_end is not None else 0)
 
 
 ops = st.lists(
@@ -35,33 +39,47 @@ ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops, st.integers(0, 100))
-def test_incremental_union_matches_brute_force(steps, tail) -> None:
-    cov = Coverage()
+@given(ops, st.integers(0, 100), st.integers(900, 1800), st.integers(0, 900))
+def test_incremental_union_matches_brute_force(steps, tail, since, length) -> None:
+    """The projection's Coverage and the auditors' WindowedCoverage against a brute force."""
+    until = since + length
+    plain = Coverage()
+    windowed = WindowedCoverage(since=since, until=until)
+    unbounded = WindowedCoverage()
+    covers = (plain, windowed, unbounded)
     contracts: list[list[int]] = []  # [start, end, live]
     t = 1000
-    for kind, gap, length, pick in steps:
+    for kind, gap, length_, pick in steps:
         t += gap
         live = [c for c in contracts if c[2]]
         if kind == "assign" or not live:
-            contracts.append([t, t + length, 1])
-            cov.cover(t, t + length)
+            contracts.append([t, t + length_, 1])
+            for cov in covers:
+                cov.cover(t, t + length_)
         elif kind == "answer":
             c = live[pick % len(live)]
             if c[1] > t:  # answers count only before expiration
-                c[1] = max(c[1], t + length)
-                cov.cover(t, c[1])
+                c[1] = max(c[1], t + length_)
+                for cov in covers:
+                    cov.cover(t, c[1])
         else:
             c = live[pick % len(live)]
             c[2] = 0
             c[1] = min(c[1], t)
             others = max((o[1] for o in contracts if o[2]), default=0)
-            cov.cut(t, others)
+            for cov in covers:
+                cov.cut(t, others)
     now = t + tail
     intervals = [(s, e) for s, e, _ in contracts]
-    assert cov.online(now) == brute_online(intervals, now)
     first = min((s for s, _ in intervals), default=None)
-    assert cov.total(now) == (now - first if first is not None else 0)
+    assert plain.online(now) == brute_online(intervals, now)
+    assert plain.total(now) == (now - first if first is not None else 0)
+    # Without a window the auditors' coverage is the projection's, field for field.
+    assert unbounded.online_in_window(now) == plain.online(now)
+    assert unbounded.total_in_window(now) == plain.total(now)
+    assert windowed.online_in_window(now) == brute_online(intervals, now, since, until)
+    expected_total = overlap(first, now, since, until) if first is not None else 0
+    assert windowed.total_in_window(now) == expected_total
 
 
 def test_worked_example_from_readme() -> None:
