@@ -207,7 +207,13 @@ def projections() -> None:
 
 
 @projections.command("rebuild")
-@click.option("--batch", type=click.IntRange(1), default=5000, show_default=True)
+@click.option(
+    "--batch",
+    type=click.IntRange(1),
+    default=20_000,
+    show_default=True,
+    help="Events per transaction (on SQLite, live appends wait for each).",
+)
 @click.pass_obj
 def projections_rebuild(obj: Obj, batch: int) -> None:
     """Rebuild every projection from position 0 and swap it in, without stopping the node."""

@@ -234,10 +234,12 @@ class Rows:
             self.dirty.add(k)
 
     def flush(self, conn: Connection) -> None:
+        """Write the new rows and the changed ones: one ``executemany`` each, handed to the
+        driver as compiled once (a rebuild flushes thousands of rows per transaction)."""
         if self.new:
             new = list(self.new.values())
             self._encode(new)
-            conn.execute(self._insert, new)
+            _executemany(conn, self._insert, new)
             columns = self.columns
             for row in new:
                 for extra in [c for c in row if c not in columns]:
@@ -252,9 +254,12 @@ class Rows:
                 # that always finds its row goes in one statement (the rows all exist: they
                 # were read from the table or written there by this fold).
                 filler = {c.name: "" for c in self.table.columns if c.name not in self.columns}
-                conn.execute(_upsert(self.table, mutable), [{**filler, **row} for row in dirty])
+                _executemany(
+                    conn, _upsert(self.table, mutable), [{**filler, **row} for row in dirty]
+                )
             else:
-                conn.execute(
+                _executemany(
+                    conn,
                     self._update,
                     [
                         {"key_": row[self.key], **{"v_" + c: row[c] for c in mutable}}
@@ -270,6 +275,38 @@ class Rows:
             for column, value in row.items():
                 if type(value) is Json:
                     row[column] = _dump(value.value)
+
+
+def _executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """``conn.execute(statement, rows)`` without SQLAlchemy's work per row: the statement is
+    compiled once per dialect and the rows go to the driver's ``executemany`` as they are
+    (plain ints, strings, None and bools, which both drivers take unconverted)."""
+    sql, order = _compiled(statement, conn.dialect)
+    params: list[Any] = [tuple(row[n] for n in order) for row in rows] if order else rows
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(sql, params)
+    except Exception as exc:
+        # As conn.execute would raise it (sqlalchemy.exc.IntegrityError, OperationalError...).
+        raise sa.exc.DBAPIError.instance(
+            sql, params[:3], exc, conn.dialect.loaded_dbapi.Error
+        ) from exc
+    finally:
+        cursor.close()
+
+
+_COMPILED: dict[tuple[int, str], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _compiled(statement: Any, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
+    """SQL text and, for positional parameters, the order of the names."""
+    key = (id(statement), dialect.name)
+    found = _COMPILED.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect)
+        order = tuple(compiled.positiontup) if compiled.positional else None
+        found = _COMPILED[key] = (compiled.string, order)
+    return found
 
 
 @functools.cache

@@ -43,13 +43,21 @@ def ensure_projections(store: EventStore) -> ProjectionTables:
     return tables
 
 
+REBUILD_BATCH = 20_000
+
+
 def rebuild(
     store: EventStore,
     *,
-    batch: int = 5000,
+    batch: int = REBUILD_BATCH,
     progress: Callable[[int, int], None] | None = None,
 ) -> RebuildReport:
-    """Fold the whole ledger into generation g+1 and make it live. ``progress(done, total)``."""
+    """Fold the whole ledger into generation g+1 and make it live. ``progress(done, total)``.
+
+    ``batch`` events per transaction: each writes every row it changed once, so larger
+    batches write less; on SQLite a batch holds the single write lock (live appends wait),
+    some 0.4 s for 20,000 events on a small machine.
+    """
     old = store.head().projection_generation
     new_tables = tables_for(old + 1)
     with write_transaction(store.engine) as conn, conn.begin():
