@@ -542,10 +542,14 @@ class Node:
     ) -> str:
         assert self.scheme is not None
         request_id = answer_request_id(contract.contract_id, contract.challenge_index, digest)
-        if contract.answered:
-            earlier = await self._run(self.store.read_request, request_id)
-            if any(e.event_type == "AnswerPassed" for e in earlier):
-                return "pass"  # the answer that passed, sent again: its verdict, nothing new
+        # This very proof for this challenge recorded already (a retry, or a duplicate that
+        # arrived after the first one's single flight ended): its verdict, without verifying.
+        earlier = await self._run(self.store.read_request, request_id)
+        for recorded in earlier:
+            if recorded.event_type == "AnswerPassed":
+                return "pass"
+            if recorded.event_type == "AnswerFailed" and not contract.answered:
+                return "fail"  # after a pass, any other answer is already_answered
         stream = ev.contract_stream(contract.contract_id)
         guard = self._token_guard(owner)
         refused = cn.check_answerable(contract, self._now())  # already_answered raises

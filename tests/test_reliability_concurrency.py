@@ -82,8 +82,9 @@ async def test_the_same_answer_posted_50_times_at_once_is_verified_once(
     )
     assert results == [(200, {"status": "fail"})] * 50
     assert verify.calls == 2
-    # sent again later it is verified again (the challenge is still open) but not recorded
+    # sent again later it gets the recorded verdict, without a second verification
     assert await call(client, "POST", url, json={"proof": bad}) == (200, {"status": "fail"})
+    assert verify.calls == 2
     good_proof = prove(heartbeat, wrong)
     assert await call(client, "POST", url, json={"proof": good_proof}) == (200, {"status": "pass"})
 
