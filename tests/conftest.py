@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from downstream_node.ledger.db import make_engine
+from downstream_node.ledger.store import EventStore
 
 MYSQL_URL = os.environ.get("DOWNSTREAM_TEST_MYSQL_URL", "").strip()
 BACKENDS = ["sqlite", "mysql"] if MYSQL_URL else ["sqlite"]
@@ -35,6 +39,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
         admin.dispose()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on the test database (tests that need their own store may still make one)."""
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> EventStore:
+    """An event store with its schema, and no listeners."""
+    store = EventStore(engine)
+    store.create_schema()
+    return store
 
 
 @pytest.fixture

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.schema import GENESIS_HASH, events
 from downstream_node.ledger.store import (
@@ -34,20 +33,6 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 def ev(n: int = 0, **payload: object) -> NewEvent:
     return NewEvent("test.happened", 1, {"n": n, **payload}, T0 + dt.timedelta(seconds=n))
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def store(engine: Engine) -> EventStore:
-    store = EventStore(engine)
-    store.create_schema()
-    return store
 
 
 def count_events(engine: Engine) -> int:

@@ -8,12 +8,9 @@ recorded after the token's deletion, whichever process appends first.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy.engine import Engine
 
-from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.store import (
     AppendRequest,
     AppendResult,
@@ -28,20 +25,6 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 def ev(n: int = 0) -> NewEvent:
     return NewEvent("test.happened", 1, {"n": n}, T0 + dt.timedelta(seconds=n))
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def store(engine: Engine) -> EventStore:
-    store = EventStore(engine)
-    store.create_schema()
-    return store
 
 
 def test_a_guard_that_holds_lets_the_append_through(store: EventStore) -> None:
