@@ -65,6 +65,7 @@ def _sqlite_engine(url: str, pool_size: int = 8) -> Engine:
         if ":memory:" not in url:
             _wal(cur)
         cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA mmap_size=1073741824")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
