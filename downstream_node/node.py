@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -26,6 +27,7 @@ from .config import Settings
 from .ledger import contracts as cn
 from .ledger import events as ev
 from .ledger import tokens as tk
+from .ledger.batching import Batcher
 from .ledger.canonical import canonical_json
 from .ledger.clock import Clock, SystemClock, from_micros, iso, to_micros
 from .ledger.db import make_engine
@@ -67,6 +69,29 @@ class Context:
 OPERATOR = Context(actor="operator")
 
 
+@dataclass(frozen=True)
+class AnswerAsk:
+    """One answer to look up: the farmer's token, the file, the parsed proof and its digest."""
+
+    token: str
+    hashed: str
+    file_hash: str
+    proof: dict[str, Any]
+    digest: str
+    now: int
+
+
+@dataclass(frozen=True)
+class AnswerLookup:
+    """What an answer needs, read and verified in one worker hop (see ``Node.answer``)."""
+
+    owner: TokenView
+    contract: cn.ContractView
+    request_id: str
+    recorded: str | None  # the verdict already recorded for this very proof, if any
+    valid: bool | None = None  # the proof's verification; None when not verified
+
+
 class Node:
     def __init__(
         self,
@@ -74,7 +99,7 @@ class Node:
         *,
         clock: Clock | None = None,
         scheme: ProofScheme | None = None,
-        workers: int = 8,
+        workers: int = 4,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -83,6 +108,11 @@ class Node:
         self.read_model = ReadModel(self.engine)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-db")
         self.committer = GroupCommitter(self.store, executor=self.executor)
+        # Answers arriving together are looked up (and verified) together: one thread hop
+        # and one read transaction for the batch instead of one each.
+        self._lookups: Batcher[AnswerAsk, AnswerLookup] = Batcher(
+            self._look_up_answers, max_batch=256, executor=self.executor, name="answer-lookups"
+        )
         self.scheme = scheme
         self.on_answer: Callable[[str], None] | None = None  # metrics hook: "pass"/"fail"
         # Single flight: the answer being verified per (contract, challenge index) in this
@@ -108,6 +138,7 @@ class Node:
         return self
 
     async def close(self) -> None:
+        await self._lookups.close()
         await self.committer.close()
         # Joining the worker threads blocks; do it off the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
@@ -141,10 +172,14 @@ class Node:
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     async def _read(self, fn: Callable[[Reader], T]) -> T:
+        return await self._run(self._read_now, fn)
+
+    def _read_now(self, fn: Callable[[Reader], T]) -> T:
         """Run ``fn`` in a read transaction; once more if the connection was dropped under it.
 
         A read has no effect, so repeating it on a fresh connection (the pool pings before
-        handing one out) is safe; a second failure goes to the caller (HTTP 503).
+        handing one out) is safe; a second failure goes to the caller (HTTP 503). Blocking:
+        call it in a worker thread.
         """
 
         def work() -> T:
@@ -152,12 +187,12 @@ class Node:
                 return fn(reader)
 
         try:
-            return await self._run(work)
+            return work()
         except sqlalchemy.exc.DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             log.warning("read_retried", error=type(exc.orig).__name__)
-            return await self._run(work)
+            return work()
 
     async def _append(
         self,
@@ -186,11 +221,15 @@ class Node:
     def _now(self) -> int:
         return to_micros(self.clock.now())
 
-    async def _token(self, token: str) -> TokenView:
+    @staticmethod
+    def _token_hash(token: str) -> str:
         if not isinstance(token, str) or not tk.TOKEN_RE.match(token):
             raise Refused("no_token", "no such token")
-        hashed = tk.token_hash(token)
-        found = await self._read(lambda r: r.token(hashed))
+        return tk.token_hash(token)
+
+    @staticmethod
+    def _check_token(token: str, found: TokenView | None) -> TokenView:
+        """The token's view if it is live and really this token (compared in constant time)."""
         if (
             found is None
             or found.deleted_at is not None
@@ -198,6 +237,10 @@ class Node:
         ):
             raise Refused("no_token", "no such token")
         return found
+
+    async def _token(self, token: str) -> TokenView:
+        hashed = self._token_hash(token)
+        return self._check_token(token, await self._read(lambda r: r.token(hashed)))
 
     # -- operator functions ---------------------------------------------------------------------
 
@@ -486,88 +529,120 @@ class Node:
         Idempotent: the same proof for the same challenge is recorded once (request id from
         the contract, the challenge index and the proof's SHA-256) and sent again gets the
         same verdict, also after a commit whose outcome the node could not learn. Identical
-        answers arriving together wait for the first one (single flight per contract and
-        challenge) and are not verified again; across processes the append's expected
-        version and request id still record one verdict. Any other answer after a pass is
+        answers arriving together wait for the first one (single flight per token and file)
+        and are not verified again; across processes the append's expected version and
+        request id still record one verdict. Any other answer after a pass is
         ``already_answered``.
         """
         assert self.scheme is not None
-        owner = await self._token(token)
+        hashed = self._token_hash(token)
         try:
             proof = self.scheme.check_proof(proof)
         except HeartbeatError as exc:
+            await self._token(token)  # an unknown token is no_token, whatever its proof
             raise Refused("bad_proof_format", f"the proof is malformed: {exc}") from exc
         digest = hashlib.sha256(canonical_json(proof).encode()).hexdigest()
-        conflicts = 0
-        while True:
-            contract = await self._read(
-                lambda r, held_by=owner.token_hash: r.contract_for(held_by, file_hash)
-            )
-            if contract is None:
-                raise Refused("no_hash", "this token holds no contract for that file hash")
-            key = (contract.contract_id, contract.challenge_index)
+        key = (hashed, file_hash)
+        for _ in range(RETRIES):
             leader = self._answering.get(key)
             if leader is not None:
                 settled = await asyncio.shield(leader)
                 if settled is not None and settled[0] == digest:
                     return settled[1]  # the very same answer: the same verdict
-                continue  # another answer: re-read (answered now, or still open)
+                continue  # another answer: look again (answered now, or still open)
             done: asyncio.Future[tuple[str, str] | None] = (
                 asyncio.get_running_loop().create_future()
             )
             self._answering[key] = done
             outcome: tuple[str, str] | None = None
             try:
-                verdict = await self._answer_contract(owner, contract, proof, digest, ctx)
+                verdict = await self._answer_once(token, hashed, file_hash, proof, digest, ctx)
                 outcome = (digest, verdict)
                 return verdict
             except ConcurrencyConflict:
-                conflicts += 1
-                if conflicts >= RETRIES:
-                    raise Refused(
-                        "busy", "too much contention on this contract; try again"
-                    ) from None
-                owner = await self._token(token)  # no_token if it was deleted meanwhile
+                continue  # the contract or the token moved: look again with fresh state
             finally:
                 del self._answering[key]
                 done.set_result(outcome)
+        raise Refused("busy", "too much contention on this contract; try again")
 
-    async def _answer_contract(
+    async def _answer_once(
         self,
-        owner: TokenView,
-        contract: cn.ContractView,
+        token: str,
+        hashed: str,
+        file_hash: str,
         proof: dict[str, Any],
         digest: str,
         ctx: Context,
     ) -> str:
+        """One attempt: look up and verify in one worker hop, then append the verdict."""
         assert self.scheme is not None
-        request_id = answer_request_id(contract.contract_id, contract.challenge_index, digest)
-        # This very proof for this challenge recorded already (a retry, or a duplicate that
-        # arrived after the first one's single flight ended): its verdict, without verifying.
-        earlier = await self._run(self.store.read_request, request_id)
-        for recorded in earlier:
-            if recorded.event_type == "AnswerPassed":
-                return "pass"
-            if recorded.event_type == "AnswerFailed" and not contract.answered:
-                return "fail"  # after a pass, any other answer is already_answered
+        now = self._now()
+        looked = await self._lookups.submit(AnswerAsk(token, hashed, file_hash, proof, digest, now))
+        if looked.recorded is not None:
+            return looked.recorded
+        contract = looked.contract
         stream = ev.contract_stream(contract.contract_id)
-        guard = self._token_guard(owner)
-        refused = cn.check_answerable(contract, self._now())  # already_answered raises
+        guard = self._token_guard(looked.owner)
+        refused = cn.check_answerable(contract, now)  # already_answered raises
         if refused:
             await self._append(stream, contract.version, refused, ctx, guards=guard)
             raise Refused("expired", "the challenge expired before this answer arrived")
-        valid = await self._run(self.scheme.verify, proof, contract.challenge, contract.state)
-        events = cn.decide_answer(contract, proof, valid)
+        assert looked.valid is not None
+        events = cn.decide_answer(contract, proof, looked.valid)
         result = await self._append(
-            stream, contract.version, events, ctx, request_id=request_id, guards=guard
+            stream, contract.version, events, ctx, request_id=looked.request_id, guards=guard
         )
         # A duplicate request id means this proof for this challenge was recorded already
         # (by another process, or by a commit whose outcome was lost): verification is
         # deterministic, so its verdict is this one.
-        verdict = "pass" if valid else "fail"
+        verdict = "pass" if looked.valid else "fail"
         if self.on_answer is not None and not result.duplicate:
             self.on_answer(verdict)
         return verdict
+
+    def _look_up_answers(self, asks: list[AnswerAsk]) -> list[AnswerLookup | BaseException]:
+        """In a worker: look up a batch of answers in one read transaction, then verify the
+        proofs that may be verified. A refusal is that answer's own outcome."""
+
+        def look(r: Reader) -> list[AnswerLookup | BaseException]:
+            found: list[AnswerLookup | BaseException] = []
+            for ask in asks:
+                try:
+                    found.append(self._look_up(r, ask))
+                except Refused as refused:
+                    found.append(refused)
+            return found
+
+        return [
+            self._verified(ask, looked) if isinstance(looked, AnswerLookup) else looked
+            for ask, looked in zip(asks, self._read_now(look), strict=True)
+        ]
+
+    @staticmethod
+    def _look_up(r: Reader, ask: AnswerAsk) -> AnswerLookup:
+        """The token, its contract on the file, and a verdict already recorded for this very
+        proof (a retry, or a duplicate that came after the first one's single flight)."""
+        owner = Node._check_token(ask.token, r.token(ask.hashed))
+        contract = r.contract_for(ask.hashed, ask.file_hash)
+        if contract is None:
+            raise Refused("no_hash", "this token holds no contract for that file hash")
+        request_id = answer_request_id(contract.contract_id, contract.challenge_index, ask.digest)
+        for event_type in r.recorded_types(request_id):
+            if event_type == "AnswerPassed":
+                return AnswerLookup(owner, contract, request_id, "pass")
+            if event_type == "AnswerFailed" and not contract.answered:
+                return AnswerLookup(owner, contract, request_id, "fail")
+        return AnswerLookup(owner, contract, request_id, None)
+
+    def _verified(self, ask: AnswerAsk, looked: AnswerLookup) -> AnswerLookup:
+        """The lookup with the proof's verification, when the answer may be verified at all."""
+        assert self.scheme is not None
+        contract = looked.contract
+        if looked.recorded is not None or contract.answered or cn.is_expired(contract, ask.now):
+            return looked
+        valid = self.scheme.verify(ask.proof, contract.challenge, contract.state)
+        return dataclasses.replace(looked, valid=valid)
 
     async def remove(self, token: str, file_hash: str, ctx: Context = OPERATOR) -> None:
         owner = await self._token(token)

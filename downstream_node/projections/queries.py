@@ -82,6 +82,10 @@ class Reader:
         ).scalar()
         return int(value or 0)
 
+    def recorded_types(self, request_id: str) -> list[str]:
+        """The types of the events an append with this request id recorded, in order."""
+        return list(self.conn.execute(RECORDED_TYPES, {"request_id": request_id}).scalars())
+
     def tokens_for_ip(self, ip: str) -> int:
         c = self.t.tokens.c
         return int(
@@ -289,6 +293,11 @@ def hot(t: ProjectionTables) -> HotQueries:
     )
 
 
+RECORDED_TYPES = (
+    sa.select(events.c.event_type)
+    .where(events.c.request_id == sa.bindparam("request_id"))
+    .order_by(events.c.position)
+)
 HEAD = sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
     ledger_head.c.id == HEAD_ID
 )
