@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -602,14 +602,29 @@ class Node:
         return verdict
 
     def _look_up_answers(self, asks: list[AnswerAsk]) -> list[AnswerLookup | BaseException]:
-        """In a worker: look up a batch of answers in one read transaction, then verify the
-        proofs that may be verified. A refusal is that answer's own outcome."""
+        """In a worker: look up a batch of answers in one read transaction (three queries
+        for the whole batch), then verify the proofs that may be verified. A refusal is
+        that answer's own outcome."""
 
         def look(r: Reader) -> list[AnswerLookup | BaseException]:
+            owners = r.tokens({ask.hashed for ask in asks})
+            contracts = r.contracts_for_pairs({(ask.hashed, ask.file_hash) for ask in asks})
+            request_ids = {
+                i: answer_request_id(c.contract_id, c.challenge_index, ask.digest)
+                for i, ask in enumerate(asks)
+                if (c := contracts.get((ask.hashed, ask.file_hash))) is not None
+            }
+            recorded = r.recorded_types_of(set(request_ids.values()))
             found: list[AnswerLookup | BaseException] = []
-            for ask in asks:
+            for i, ask in enumerate(asks):
                 try:
-                    found.append(self._look_up(r, ask))
+                    owner = self._check_token(ask.token, owners.get(ask.hashed))
+                    contract = contracts.get((ask.hashed, ask.file_hash))
+                    if contract is None:
+                        raise Refused("no_hash", "this token holds no contract for that file hash")
+                    request_id = request_ids[i]
+                    verdict = recorded_verdict(recorded.get(request_id, ()), contract)
+                    found.append(AnswerLookup(owner, contract, request_id, verdict))
                 except Refused as refused:
                     found.append(refused)
             return found
@@ -618,22 +633,6 @@ class Node:
             self._verified(ask, looked) if isinstance(looked, AnswerLookup) else looked
             for ask, looked in zip(asks, self._read_now(look), strict=True)
         ]
-
-    @staticmethod
-    def _look_up(r: Reader, ask: AnswerAsk) -> AnswerLookup:
-        """The token, its contract on the file, and a verdict already recorded for this very
-        proof (a retry, or a duplicate that came after the first one's single flight)."""
-        owner = Node._check_token(ask.token, r.token(ask.hashed))
-        contract = r.contract_for(ask.hashed, ask.file_hash)
-        if contract is None:
-            raise Refused("no_hash", "this token holds no contract for that file hash")
-        request_id = answer_request_id(contract.contract_id, contract.challenge_index, ask.digest)
-        for event_type in r.recorded_types(request_id):
-            if event_type == "AnswerPassed":
-                return AnswerLookup(owner, contract, request_id, "pass")
-            if event_type == "AnswerFailed" and not contract.answered:
-                return AnswerLookup(owner, contract, request_id, "fail")
-        return AnswerLookup(owner, contract, request_id, None)
 
     def _verified(self, ask: AnswerAsk, looked: AnswerLookup) -> AnswerLookup:
         """The lookup with the proof's verification, when the answer may be verified at all."""
@@ -688,6 +687,18 @@ class Node:
             }
 
         return await self._read(probe)
+
+
+def recorded_verdict(event_types: Iterable[str], contract: cn.ContractView) -> str | None:
+    """The verdict already recorded for an answer from its request id's event types (a retry,
+    or a duplicate that came after the first one's single flight): not verified again. A
+    recorded fail no longer stands once the challenge was passed (``already_answered``)."""
+    for event_type in event_types:
+        if event_type == "AnswerPassed":
+            return "pass"
+        if event_type == "AnswerFailed" and not contract.answered:
+            return "fail"
+    return None
 
 
 def answer_request_id(contract_id: str, challenge_index: int, proof_digest: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,53 @@ async def test_the_same_answer_posted_50_times_at_once_is_verified_once(
     await client.close()
     assert len(answers_recorded(db_url, "AnswerPassed")) == 2
     assert len(answers_recorded(db_url, "AnswerFailed")) == 1
+
+
+async def test_answers_arriving_together_each_get_their_own_outcome(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Answers that arrive together are looked up and verified as one batch: a wrong proof,
+    an unknown token or a file the token does not hold refuses that answer alone."""
+    node, _ = new_node(db_url, tmp_path)
+    await node.start()
+    try:
+        await stock(node, files=8)
+        farmers = []
+        for _ in range(8):
+            token, public = await node.create_token(ADDRESS)
+            farmers.append((token, public, await node.chunk(token)))
+        calls, expected = [], []
+        for i, (token, public, contract) in enumerate(farmers):
+            proof, file_hash = prove(public, contract), contract["file_hash"]
+            kind = ("pass", "fail", "no_hash", "no_token")[i % 4]
+            if kind == "fail":
+                proof = corrupt_proof(proof)
+            elif kind == "no_hash":
+                file_hash = farmers[(i + 1) % len(farmers)][2]["file_hash"]
+            elif kind == "no_token":
+                token = secrets.token_hex(16)
+            calls.append(node.answer(token, file_hash, proof))
+            expected.append(kind)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [r if isinstance(r, str) else getattr(r, "status", r) for r in results] == expected
+        assert node._lookups.batches < len(calls)  # they were looked up together
+    finally:
+        await node.close()
+    facts = check_ledger(db_url)
+
+    def held(event_type: str) -> set[tuple[str, str]]:
+        """(token hash, file hash) of the contracts with an event of this type."""
+        return {
+            facts.contracts[e.payload["contract_id"]]
+            for e in facts.events
+            if e.event_type == event_type
+        }
+
+    def farmer(i: int) -> tuple[str, str]:
+        return token_hash(farmers[i][0]), farmers[i][2]["file_hash"]
+
+    assert held("AnswerPassed") == {farmer(0), farmer(4)}
+    assert held("AnswerFailed") == {farmer(1), farmer(5)}
 
 
 async def test_answers_with_the_same_request_id_from_two_nodes_record_one_verdict(

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -23,6 +23,8 @@ from ..ledger.schema import HEAD_ID, events, ledger_head
 from ..ledger.uptime import Coverage
 from .projector import checkpoint
 from .tables import ProjectionTables, tables_for
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ class Reader:
         row = self.conn.execute(hot(self.t).token, {"token_hash": token_hash}).first()
         return TokenView(**row._mapping) if row is not None else None
 
+    def tokens(self, token_hashes: Collection[str]) -> dict[str, TokenView]:
+        """The tokens of these hashes that exist, by hash: one query for a batch of requests."""
+        found: dict[str, TokenView] = {}
+        for chunk in _chunks(token_hashes):
+            for row in self.conn.execute(hot(self.t).tokens_in, {"tokens": chunk}):
+                found[row.token_hash] = TokenView(**row._mapping)
+        return found
+
     def balance(self, address: str) -> Decimal | None:
         value = self.conn.execute(
             sa.select(self.t.whitelist.c.balance).where(self.t.whitelist.c.address == address)
@@ -82,9 +92,16 @@ class Reader:
         ).scalar()
         return int(value or 0)
 
-    def recorded_types(self, request_id: str) -> list[str]:
-        """The types of the events an append with this request id recorded, in order."""
-        return list(self.conn.execute(RECORDED_TYPES, {"request_id": request_id}).scalars())
+    def recorded_types_of(self, request_ids: Collection[str]) -> dict[str, list[str]]:
+        """The event types each of these request ids recorded (ids with none are left out),
+        in ledger order; one query per 500."""
+        found: dict[str, list[str]] = {}
+        for chunk in _chunks(request_ids):
+            for request_id, event_type in self.conn.execute(
+                RECORDED_TYPES_IN, {"request_ids": chunk}
+            ):
+                found.setdefault(request_id, []).append(event_type)
+        return found
 
     def tokens_for_ip(self, ip: str) -> int:
         c = self.t.tokens.c
@@ -174,6 +191,17 @@ class Reader:
         # The newest: an older one that lapsed may not have been marked expired yet.
         return found[-1] if found else None
 
+    def contracts_for_pairs(
+        self, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], ContractView]:
+        """``contract_for`` of many (token hash, file hash) pairs in one query per 250."""
+        found: dict[tuple[str, str], ContractView] = {}
+        for chunk in _chunks(pairs, IN_LIST // 2):
+            # Oldest first, so the newest of a pair is the one left in ``found``.
+            for view in self._views(hot(self.t).contracts_for_pairs, {"pairs": chunk}):
+                found[(view.token_hash, view.file_hash)] = view
+        return found
+
     def expired_contracts(
         self, now: int, limit: int = 500, token_hash: str | None = None
     ) -> list[ContractView]:
@@ -260,6 +288,16 @@ def _uptime_view(row: Any) -> UptimeView:
     )
 
 
+# Values per IN list: well under every database's limit on bound parameters.
+IN_LIST = 500
+
+
+def _chunks(values: Collection[T], size: int = IN_LIST) -> Iterator[list[T]]:
+    ordered = list(values)
+    for start in range(0, len(ordered), size):
+        yield ordered[start : start + size]
+
+
 @dataclass(frozen=True)
 class HotQueries:
     """The statements of the farmer API's hot paths for one generation, built once."""
@@ -268,6 +306,8 @@ class HotQueries:
     contracts: Any  # contract views, to be narrowed with .where()
     contracts_for_token: Any
     contract_for: Any
+    tokens_in: Any  # parameter tokens: the token hashes
+    contracts_for_pairs: Any  # parameter pairs: (token hash, file hash) tuples
 
 
 @functools.cache
@@ -290,12 +330,19 @@ def hot(t: ProjectionTables) -> HotQueries:
         contract_for=contracts.where(
             of_token, c.file_hash == sa.bindparam("file_hash"), *live
         ).order_by(*order),
+        tokens_in=sa.select(t.tokens).where(
+            t.tokens.c.token_hash.in_(sa.bindparam("tokens", expanding=True))
+        ),
+        contracts_for_pairs=contracts.where(
+            sa.tuple_(c.token_hash, c.file_hash).in_(sa.bindparam("pairs", expanding=True)),
+            *live,
+        ).order_by(*order),
     )
 
 
-RECORDED_TYPES = (
-    sa.select(events.c.event_type)
-    .where(events.c.request_id == sa.bindparam("request_id"))
+RECORDED_TYPES_IN = (
+    sa.select(events.c.request_id, events.c.event_type)
+    .where(events.c.request_id.in_(sa.bindparam("request_ids", expanding=True)))
     .order_by(events.c.position)
 )
 HEAD = sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
