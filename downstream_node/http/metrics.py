@@ -9,7 +9,7 @@ raw path, so tokens stay out of the labels and the label set stays small.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -82,6 +82,7 @@ class Metrics:
         )
         self.registry.register(_AppendedCollector(node))
         self._chain = node.on_answer
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         node.on_answer = self.on_answer
 
     def on_answer(self, verdict: str) -> None:
@@ -90,8 +91,18 @@ class Metrics:
             self._chain(verdict)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, method=method, status=str(status)).inc()
-        self.latency.labels(route=route).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            # Looking a labelled child up costs more than counting; the label sets are few
+            # (routes x methods x statuses; unmatched paths all share the route "unmatched").
+            children = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.latency.labels(route=route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def refresh(self) -> None:
         """Read the ledger's gauges from the database (a failure only zeroes ``up``)."""
