@@ -543,7 +543,8 @@ class Node:
             raise Refused("bad_proof_format", f"the proof is malformed: {exc}") from exc
         digest = hashlib.sha256(canonical_json(proof).encode()).hexdigest()
         key = (hashed, file_hash)
-        for _ in range(RETRIES):
+        conflicts = 0
+        while conflicts < RETRIES:  # waiting for another answer's flight is not a conflict
             leader = self._answering.get(key)
             if leader is not None:
                 settled = await asyncio.shield(leader)
@@ -560,7 +561,7 @@ class Node:
                 outcome = (digest, verdict)
                 return verdict
             except ConcurrencyConflict:
-                continue  # the contract or the token moved: look again with fresh state
+                conflicts += 1  # the contract or the token moved: look again, fresh state
             finally:
                 del self._answering[key]
                 done.set_result(outcome)
