@@ -8,23 +8,49 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from json.scanner import c_make_scanner  # type: ignore[attr-defined]
 from typing import Any, NoReturn
 
 FLOATS_REFUSED = "floats are not allowed in ledger events; use integers or strings"
 
-# Made once: json.dumps with non-default options builds a new encoder on every call.
-_encode_canonical = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False
-).encode
-_encode_chain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+def _refuse_type(value: Any) -> NoReturn:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
 
 
 def _refuse_float(_text: str) -> NoReturn:
     raise TypeError(FLOATS_REFUSED)
 
 
-# Decodes canonical text back, refusing any float (or NaN/Infinity) it meets, in C.
-_decode_checked = json.JSONDecoder(parse_float=_refuse_float, parse_constant=_refuse_float).decode
+# The C encoder and scanner that json.dumps/json.loads use, made once and called directly:
+# json.JSONEncoder.encode builds a new C encoder on every call, and JSONDecoder.decode wraps
+# the scanner in two regular-expression matches, which is half the cost of a small value.
+# Same text as json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).
+# Without circular-reference markers (an encoder made once cannot share them between calls
+# and threads): a circular value ends in a RecursionError, turned into a ValueError below.
+_encode_sorted = c_make_encoder(
+    None, _refuse_type, encode_basestring, None, ":", ",", True, False, True
+)
+# The hash chain's content, a tuple of scalars: as json.dumps(list(content),
+# separators=(",", ":"), ensure_ascii=False).
+_encode_list = c_make_encoder(
+    None, _refuse_type, encode_basestring, None, ":", ",", False, False, True
+)
+# Canonical text back to a value, refusing any float (or NaN/Infinity) it meets, in C.
+_scan = c_make_scanner(json.JSONDecoder(parse_float=_refuse_float, parse_constant=_refuse_float))
+
+
+def _encode_canonical(value: Any) -> str:
+    try:
+        return "".join(_encode_sorted(value, 0))
+    except RecursionError:
+        raise ValueError("a ledger value is circular or nested too deeply") from None
+
+
+def _decode_checked(text: str) -> Any:
+    # The text is the encoder's own: one value, no surrounding whitespace.
+    return _scan(text, 0)[0]
 
 
 def canonical_json(value: Any) -> str:
@@ -78,8 +104,9 @@ def chain_hash(
     occurred_at: int,
 ) -> str:
     """SHA-256 over the previous row's hash and this row's stored content."""
-    content = _encode_chain(
-        [
+    return chain_next(
+        prev_hash,
+        (
             position,
             stream_id,
             version,
@@ -89,6 +116,12 @@ def chain_hash(
             meta,
             request_id,
             occurred_at,
-        ]
+        ),
     )
-    return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
+
+
+def chain_next(prev_hash: str, content: tuple[Any, ...]) -> str:
+    """``chain_hash`` of a row's content given as one tuple, in the order of its arguments
+    (the order of the ``events`` columns): what the append transaction calls per event."""
+    text = "".join(_encode_list(content, 0))
+    return hashlib.sha256(f"{prev_hash}\n{text}".encode()).hexdigest()
