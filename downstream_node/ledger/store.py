@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .canonical import canonical, chain_hash
+from .canonical import canonical, chain_next
 from .clock import from_micros, to_micros
 from .db import is_sqlite, read_transaction, write_transaction
 from .schema import GENESIS_HASH, HEAD_ID, events, ledger_head, metadata
@@ -170,7 +170,33 @@ MOVE_HEAD = (
     .where(ledger_head.c.id == HEAD_ID)
     .values(position=sa.bindparam("new_position"), hash=sa.bindparam("new_hash"))
 )
-INSERT_EVENTS = events.insert()
+# The columns of an event row, in the order the append transaction builds each row's tuple:
+# the hash chain's content (``chain_next``) followed by the hash.
+EVENT_COLUMNS = (
+    "position",
+    "stream_id",
+    "version",
+    "event_type",
+    "schema_version",
+    "payload",
+    "meta",
+    "request_id",
+    "occurred_at",
+    "hash",
+)
+
+
+def insert_events_sql(dialect: sa.Dialect) -> str:
+    """The events ``INSERT`` as driver SQL with positional parameters, for
+    ``exec_driver_sql`` with one tuple per row: SQLAlchemy's compiled ``INSERT`` processes
+    every row's parameters in Python (a third of the statement's time for 64 rows), while
+    these rows hold only ints, strings and None, which both drivers take as they are."""
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"  # sqlite3; PyMySQL's format
+    return (
+        f"INSERT INTO {quote(events.name)} ({', '.join(quote(c) for c in EVENT_COLUMNS)})"
+        f" VALUES ({', '.join([mark] * len(EVENT_COLUMNS))})"
+    )
 
 
 @functools.cache
@@ -252,6 +278,7 @@ class EventStore:
         self.engine = engine
         self.listeners: list[Listener] = list(listeners)
         self._versions = VersionCache()
+        self._insert_events = insert_events_sql(engine.dialect)
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -346,7 +373,7 @@ class EventStore:
         )
         seen_requests: dict[str, AppendResult] = {}
         outcomes: list[BatchOutcome] = []
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         recorded_all: list[RecordedEvent] = []
 
         for req in requests:
@@ -362,68 +389,17 @@ class EventStore:
                         )
                     )
                     continue
-            guard_failed = None
-            for guarded, wanted in req.guards:
-                if versions[guarded] != wanted:
-                    guard_failed = ConcurrencyConflict(guarded, wanted, versions[guarded])
-                    break
-            if guard_failed is not None:
-                outcomes.append(guard_failed)
+            refused = self._refusal(req, versions)
+            if refused is not None:
+                outcomes.append(refused)
                 continue
-            current = versions[req.stream_id]
-            # Checked before any position is drawn, so a losing writer leaves no hole.
-            if req.expected_version is not None and req.expected_version != current:
-                outcomes.append(ConcurrencyConflict(req.stream_id, req.expected_version, current))
-                continue
-            recorded: list[RecordedEvent] = []
-            for new, (payload_text, payload, meta_text, meta, micros) in zip(
-                req.events, req.encoded, strict=True
-            ):
-                position += 1
-                current += 1
-                last_hash = chain_hash(
-                    last_hash,
-                    position=position,
-                    stream_id=req.stream_id,
-                    version=current,
-                    event_type=new.event_type,
-                    schema_version=new.schema_version,
-                    payload=payload_text,
-                    meta=meta_text,
-                    request_id=req.request_id,
-                    occurred_at=micros,
-                )
-                rows.append(
-                    {
-                        "position": position,
-                        "stream_id": req.stream_id,
-                        "version": current,
-                        "event_type": new.event_type,
-                        "schema_version": new.schema_version,
-                        "payload": payload_text,
-                        "meta": meta_text,
-                        "request_id": req.request_id,
-                        "occurred_at": micros,
-                        "hash": last_hash,
-                    }
-                )
-                recorded.append(
-                    RecordedEvent(
-                        position,
-                        req.stream_id,
-                        current,
-                        new.event_type,
-                        new.schema_version,
-                        payload,
-                        meta,
-                        req.request_id,
-                        from_micros(micros),
-                        last_hash,
-                    )
-                )
-            versions[req.stream_id] = current
+            recorded, last_hash = self._record(
+                req, position, versions[req.stream_id], last_hash, rows
+            )
+            position = recorded[-1].position
+            versions[req.stream_id] = current = recorded[-1].version
             result = AppendResult(
-                req.stream_id, tuple(e.position for e in recorded), current, events=tuple(recorded)
+                req.stream_id, tuple(e.position for e in recorded), current, events=recorded
             )
             if req.request_id is not None:
                 seen_requests[req.request_id] = result
@@ -431,13 +407,69 @@ class EventStore:
             outcomes.append(result)
 
         if rows:
-            conn.execute(INSERT_EVENTS, rows)
+            conn.exec_driver_sql(self._insert_events, rows)
             for listener in self.listeners:
                 listener(conn, head, recorded_all)
             conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
         if seen is not None:
             seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes
+
+    @staticmethod
+    def _refusal(req: AppendRequest, versions: Mapping[str, int]) -> ConcurrencyConflict | None:
+        """The conflict that refuses ``req`` (a guard, then its own stream), if any.
+
+        Checked before any position is drawn, so a losing writer leaves no hole."""
+        for guarded, wanted in req.guards:
+            if versions[guarded] != wanted:
+                return ConcurrencyConflict(guarded, wanted, versions[guarded])
+        current = versions[req.stream_id]
+        if req.expected_version is not None and req.expected_version != current:
+            return ConcurrencyConflict(req.stream_id, req.expected_version, current)
+        return None
+
+    @staticmethod
+    def _record(
+        req: AppendRequest, position: int, version: int, last_hash: str, rows: list[tuple]
+    ) -> tuple[tuple[RecordedEvent, ...], str]:
+        """``req``'s events as recorded after ``position`` (the stream at ``version``),
+        chained from ``last_hash``, and the last hash; their rows (``EVENT_COLUMNS``) are
+        added to ``rows``."""
+        recorded = []
+        stream_id, request_id = req.stream_id, req.request_id
+        for new, (payload_text, payload, meta_text, meta, micros) in zip(
+            req.events, req.encoded, strict=True
+        ):
+            position += 1
+            version += 1
+            content = (
+                position,
+                stream_id,
+                version,
+                new.event_type,
+                new.schema_version,
+                payload_text,
+                meta_text,
+                request_id,
+                micros,
+            )
+            last_hash = chain_next(last_hash, content)
+            rows.append((*content, last_hash))
+            recorded.append(
+                RecordedEvent(
+                    position,
+                    stream_id,
+                    version,
+                    new.event_type,
+                    new.schema_version,
+                    payload,
+                    meta,
+                    request_id,
+                    from_micros(micros),
+                    last_hash,
+                )
+            )
+        return tuple(recorded), last_hash
 
     @staticmethod
     def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
