@@ -156,6 +156,42 @@ def test_batched_cfb8_equals_the_cfb8_mode(key: bytes, count: int, size: int, da
         assert out2[i * size : (i + 1) * size] == stream.update(second[i * size : (i + 1) * size])
 
 
+@pytest.mark.parametrize(
+    "rng",
+    [
+        2**1023 + 1,  # each try hits with probability ~1/2: many rounds, then one at a time
+        PRIME,  # the vectors' 1024-bit prime
+        2**255 + 19,  # messages shorter than the 32-byte digest
+        821,  # two-byte messages and a partial mask, as the challenge's chunk indices
+    ],
+)
+def test_batched_prf_with_many_rounds_equals_one_at_a_time(rng: int) -> None:
+    prf = KeyedPRF(hashlib.sha256(str(rng).encode()).digest(), rng)
+    points = range(1000, 1820)
+    assert prf.many(points) == [prf(x) for x in points]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    count=st.integers(1, 100),
+    size=st.integers(1, 40),
+    data=st.data(),
+)
+def test_cfb8_columns_equal_the_cfb8_mode(key: bytes, count: int, size: int, data: Any) -> None:
+    cipher = Cfb8Cipher(key)
+    zero = data.draw(st.lists(st.booleans(), min_size=size, max_size=size))
+    columns = [None if z else data.draw(st.binary(min_size=count, max_size=count)) for z in zero]
+    out, registers = cipher.encrypt_columns(bytes(16 * count), columns)
+    for i in range(count):
+        message = bytes(0 if column is None else column[i] for column in columns)
+        stream = cipher.stream()
+        assert bytes(column[i] for column in out) == stream.update(message)
+        # the registers after the message continue the stream
+        follow = cipher.resume(registers[16 * i : 16 * i + 16]).update(b"more")
+        assert follow == stream.update(b"more")
+
+
 # -- Merkle --------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ so a change of backend (or of its deprecations) stays in one place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -66,7 +67,9 @@ class Cfb8Cipher:
     """AES in CFB mode with 8-bit feedback, as the KeyedPRF uses it.
 
     ``stream()`` is one fresh encryptor from the all-zero IV (the PRF restarts from it for
-    every evaluation). ``encrypt_many`` runs many independent CFB8 streams side by side.
+    every evaluation), ``resume(register)`` one continuing from a shift register.
+    ``encrypt_columns`` runs many independent CFB8 streams side by side; ``encrypt_many``
+    is the same with the messages back to back.
     """
 
     __slots__ = ("_algorithm", "_cipher", "_ecb")
@@ -79,54 +82,72 @@ class Cfb8Cipher:
     def stream(self) -> ByteStream:
         return self._cipher.encryptor()
 
-    def encrypt_many(self, registers: bytes, messages: bytes, size: int) -> tuple[bytes, bytes]:
-        """Encrypt one ``size``-byte message per stream, continuing each stream.
+    def resume(self, register: bytes) -> ByteStream:
+        """An encryptor continuing a stream whose 16-byte shift register is ``register``
+        (CFB8's register is exactly its IV)."""
+        return Cipher(self._algorithm, CFB8(register)).encryptor()
+
+    def encrypt_columns(
+        self, registers: bytes, columns: Sequence[bytes | None]
+    ) -> tuple[list[bytes | bytearray], bytes]:
+        """Encrypt one message per stream, given column by column, continuing each stream.
 
         ``registers`` holds each stream's 16-byte shift register (``bytes(16 * count)`` for
-        fresh streams from the zero IV) and ``messages`` the messages back to back. Returns
-        the ciphertexts back to back and the registers after them.
+        fresh streams from the zero IV); ``columns[k]`` holds byte ``k`` of every stream's
+        message (``None``: all zero). Returns the ciphertext columns the same way and the
+        registers after them.
 
-        CFB8 spends one AES block per byte, so one stream at a time costs a Python call per
-        evaluation plus ``size`` dependent AES calls inside it; here every step is a single
-        ECB call over all the registers at once, and the shift of every register is two
-        slice operations on one buffer. The output is byte for byte that of the CFB8 mode.
+        CFB8 spends one AES block per byte, so one stream at a time costs ``len(columns)``
+        dependent AES calls; here every step is a single ECB call over all the registers.
+        The registers lie in a sliding window of one buffer: stream ``s`` reads
+        ``buf[k + 16 s : k + 16 s + 16]`` at step ``k``, and its ciphertext byte goes to
+        ``buf[k + 16 s + 16]``, the first byte of stream ``s + 1``'s register, which that
+        stream has just used for the last time. So no step shifts the registers.
         """
+        count = len(registers) // 16
+        if count * 16 != len(registers):
+            raise ValueError("registers must be 16 bytes per stream")
+        n16 = 16 * count
+        buf = bytearray(n16 + len(columns))
+        buf[:n16] = registers
+        window = memoryview(buf)
+        encrypted = bytearray(n16 + 15)  # update_into wants room for a partial block
+        update_into = self._ecb.encryptor().update_into
+        from_bytes = int.from_bytes
+        out: list[bytes | bytearray] = []
+        for k, column in enumerate(columns):
+            update_into(window[k : k + n16], encrypted)
+            cipher: bytes | bytearray = encrypted[0:n16:16]  # byte 0 of E(register) each
+            if column is not None:
+                cipher = (from_bytes(cipher) ^ from_bytes(column)).to_bytes(count)
+            out.append(cipher)
+            buf[k + 16 : k + 16 + n16 : 16] = cipher
+        return out, bytes(buf[len(columns) :])
+
+    def encrypt_many(self, registers: bytes, messages: bytes, size: int) -> tuple[bytes, bytes]:
+        """``encrypt_columns`` with the ``size``-byte messages back to back, and the
+        ciphertexts returned the same way."""
         count = len(registers) // 16
         if count * 16 != len(registers) or count * size != len(messages):
             raise ValueError("registers and messages disagree on the number of streams")
         if count == 0 or size == 0:
             return b"", bytes(registers)
-        if count * (4.0 + 0.04 * size) <= size * (5.0 + 0.006 * count):
-            # few streams (typically the last retries of a batch): one encryptor each,
-            # resumed from its register, which is exactly CFB8's IV
+        if count * (4.0 + 0.04 * size) <= size * (1.0 + 0.0075 * count):
+            # few streams: one encryptor each, resumed from its register
             outs = []
             regs_out = []
             for i in range(count):
                 register = registers[16 * i : 16 * i + 16]
-                enc = Cipher(self._algorithm, CFB8(register)).encryptor()
-                cipher = enc.update(messages[size * i : size * (i + 1)])
+                cipher = self.resume(register).update(messages[size * i : size * (i + 1)])
                 outs.append(cipher)
                 regs_out.append((register + cipher)[-16:])
             return b"".join(outs), b"".join(regs_out)
-        regs = bytearray(registers)
-        shift = memoryview(regs)
+        columns = [messages[k::size] for k in range(size)]
+        cipher_columns, regs = self.encrypt_columns(registers, columns)
         out = bytearray(count * size)
-        ecb = self._ecb.encryptor()
-        from_bytes = int.from_bytes
-        zero = bytes(count)
-        for k in range(size):
-            keystream = ecb.update(regs)[0::16]  # byte 0 of E(register) for each stream
-            column = messages[k::size]
-            if column == zero:  # the PRF's zero padding: ciphertext is the keystream itself
-                cipher = keystream
-            else:
-                cipher = (from_bytes(keystream, "big") ^ from_bytes(column, "big")).to_bytes(
-                    count, "big"
-                )
-            out[k::size] = cipher
-            shift[:-1] = shift[1:]  # shift every register left one byte ...
-            regs[15::16] = cipher  # ... and feed its ciphertext byte in at the end
-        return bytes(out), bytes(regs)
+        for k, column in enumerate(cipher_columns):
+            out[k::size] = column
+        return bytes(out), regs
 
 
 def cfb8_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

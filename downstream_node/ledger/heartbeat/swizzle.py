@@ -358,11 +358,10 @@ class Swizzle:
 
     def _authenticators(self, file: BinaryIO, f_key: bytes, alpha_key: bytes) -> list[int]:
         """``sigma_i = f(i) + sum_j alpha(j) * m_ij mod p`` for every chunk of ``file``."""
-        p, size = self.prime, self.chunk_size
-        f = KeyedPRF(f_key, p)
-        alphas = [mpz(a) for a in KeyedPRF(alpha_key, p).many(range(self.sectors))]
+        p, size = mpz(self.prime), self.chunk_size
+        f = KeyedPRF(f_key, self.prime)
+        alphas = [mpz(a) for a in KeyedPRF(alpha_key, self.prime).many(range(self.sectors))]
         per_block = max(1, _READ_BLOCK // size)
-        from_bytes, split = mpz.from_bytes, self._split
         file.seek(0)
         sigma: list[int] = []
         while True:
@@ -371,15 +370,27 @@ class Swizzle:
             if len(sigma) + full >= MAX_CHUNKS:
                 raise HeartbeatError("file too large for one Swizzle encoding")
             f_values = f.many(range(len(sigma), len(sigma) + full))
-            for i, f_value in enumerate(f_values):
-                dot = sum(map(mul, alphas, map(from_bytes, split(data[i * size : (i + 1) * size]))))
-                sigma.append(int((f_value + dot) % p))
+            sigma += self._block_sigmas(data, alphas, f_values, p)
             if len(data) < per_block * size:
                 tail = data[full * size :]
                 if not sigma and not tail:
                     raise HeartbeatError("cannot encode an empty file")
                 sigma.append(int((f(len(sigma)) + sum(self._tail_products(tail, alphas))) % p))
                 return sigma
+
+    def _block_sigmas(
+        self, data: bytes, alphas: Sequence[mpz], f_values: Sequence[int], p: mpz
+    ) -> list[int]:
+        """``(f_i + sum_j alphas[j] * m_ij) mod p`` for the first ``len(f_values)`` chunks
+        of ``data``: per sector one slice, one conversion, one product, one addition (the
+        floor with gmpy2: packing many sectors into one big product needs room for the
+        2048-bit products, which doubles the multiplication and conversion work)."""
+        size, split, from_bytes = self.chunk_size, self._split, mpz.from_bytes
+        sigma = []
+        for i, f_value in enumerate(f_values):
+            sectors = map(from_bytes, split(data[i * size : (i + 1) * size]))
+            sigma.append(int(sum(map(mul, alphas, sectors), f_value) % p))
+        return sigma
 
     def _mac(self, mac_input: bytes) -> bytes:
         return hmac.digest(self.key, mac_input, "sha256")
