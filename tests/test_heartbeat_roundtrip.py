@@ -324,6 +324,27 @@ def test_swizzle_round_trips_with_other_sector_counts(sectors: int) -> None:
     _swizzle_rounds(beat, SeededChunk("sec", 5_000), rounds=2)
 
 
+@pytest.mark.parametrize(
+    ("sectors", "size"),
+    [(1, 16), (1, 33), (3, 48), (3, 5_000), (10, 160), (10, (1 << 20) + 170)],
+)
+def test_swizzle_authenticators_follow_the_definition(sectors: int, size: int) -> None:
+    """sigma_i = f(i) + sum_j alpha(j) * m_ij mod p, one chunk at a time with plain ints
+    (a last partial chunk included; the largest size spans two read blocks)."""
+    beat = Swizzle(prime=SMALL_PRIME, sectors=sectors)
+    data = _reference("def", size)
+    f_key, alpha_key = bytes(range(32)), bytes(range(32, 64))
+    f = KeyedPRF(f_key, SMALL_PRIME)
+    alphas = [KeyedPRF(alpha_key, SMALL_PRIME)(j) for j in range(sectors)]
+    ss, chunk = beat.sectorsize, beat.chunk_size
+    expected = []
+    for i in range(size // chunk + 1):
+        sectors_i = [data[i * chunk + j * ss : i * chunk + (j + 1) * ss] for j in range(sectors)]
+        dot = sum(a * int.from_bytes(m, "big") for a, m in zip(alphas, sectors_i, strict=True))
+        expected.append((f(i) + dot) % SMALL_PRIME)
+    assert beat._authenticators(io.BytesIO(data), f_key, alpha_key) == expected
+
+
 def test_swizzle_round_trips_on_a_real_file(real_file: io.BufferedReader) -> None:
     _swizzle_rounds(Swizzle(prime=PRIME), real_file)
 
