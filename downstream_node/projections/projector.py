@@ -58,9 +58,15 @@ def checkpoint(conn: Connection, tables: ProjectionTables) -> int:
 
 
 def apply_events(
-    conn: Connection, tables: ProjectionTables, recorded: Sequence[RecordedEvent]
+    conn: Connection,
+    tables: ProjectionTables,
+    recorded: Sequence[RecordedEvent],
+    *,
+    at: int | None = None,
 ) -> None:
-    """Fold ``recorded`` (consecutive, in order) and move the checkpoint, in ``conn``'s txn."""
+    """Fold ``recorded`` (consecutive, in order) and move the checkpoint, in ``conn``'s txn.
+
+    ``at``: where the checkpoint must be, when the caller knows it (see ``apply_items``)."""
     if not recorded:
         return
     apply_items(
@@ -78,15 +84,27 @@ def apply_events(
             )
             for r in recorded
         ],
+        at=at,
     )
 
 
 def apply_items(
-    conn: Connection, tables: ProjectionTables, items: Iterable[Item], fold: Fold | None = None
+    conn: Connection,
+    tables: ProjectionTables,
+    items: Iterable[Item],
+    fold: Fold | None = None,
+    *,
+    at: int | None = None,
 ) -> int:
     """``apply_events`` for items (which may be streamed); ``fold`` may carry rows over from
-    an earlier transaction (a rebuild's). Returns the new checkpoint."""
-    done = checkpoint(conn, tables)
+    an earlier transaction (a rebuild's). Returns the new checkpoint.
+
+    ``at``: the checkpoint as the caller knows it, so it is not read first: the live
+    projector passes the head position it found under the ledger lock, which the live
+    generation's checkpoint always equals (both move in the same transactions). Moving the
+    checkpoint then checks it was there, and raises (rolling the append back) if not."""
+    done = checkpoint(conn, tables) if at is None else at
+    start = done
 
     def checked() -> Iterator[Item]:
         nonlocal done
@@ -104,12 +122,23 @@ def apply_items(
             done = position
 
     (fold or Fold(tables)).run(conn, checked())
-    conn.execute(
-        tables.checkpoint.update()
-        .where(tables.checkpoint.c.name == CHECKPOINT)
-        .values(position=done)
-    )
+    if at is None:
+        conn.execute(_move_checkpoint(tables), {"done": done})
+    elif conn.execute(_move_checkpoint_from(tables), {"done": done, "start": start}).rowcount != 1:
+        raise RuntimeError(f"projection checkpoint is not at {start}, where the ledger was")
     return done
+
+
+@functools.cache
+def _move_checkpoint(tables: ProjectionTables) -> sa.Update:
+    t = tables.checkpoint
+    return t.update().where(t.c.name == CHECKPOINT).values(position=sa.bindparam("done"))
+
+
+@functools.cache
+def _move_checkpoint_from(tables: ProjectionTables) -> sa.Update:
+    """Move the checkpoint from ``start`` to ``done``; touches no row if it was elsewhere."""
+    return _move_checkpoint(tables).where(tables.checkpoint.c.position == sa.bindparam("start"))
 
 
 def check_type(event_type: str, schema_version: int) -> None:
@@ -145,7 +174,7 @@ class Projector:
     """Event-store listener that keeps the live generation current."""
 
     def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None:
-        apply_events(conn, tables_for(head.projection_generation), recorded)
+        apply_events(conn, tables_for(head.projection_generation), recorded, at=head.position)
 
 
 # json.dumps(value, sort_keys=True, separators=(",", ":")), with its encoder made once.
