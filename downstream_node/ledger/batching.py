@@ -47,8 +47,9 @@ class Batcher(Generic[In, Out]):
         self._pending.append((item, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain(), name=self.name)
-        # Shielded: a caller that gives up must not cancel a batch other callers share.
-        return await asyncio.shield(future)
+        # A caller that gives up cancels only its own future, which the batch then skips:
+        # the batch itself, shared with other callers, runs on.
+        return await future
 
     async def close(self) -> None:
         """Finish what is queued, then stop taking items."""
