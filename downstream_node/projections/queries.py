@@ -198,7 +198,8 @@ class Reader:
         found: dict[tuple[str, str], ContractView] = {}
         for chunk in _chunks(pairs, IN_LIST // 2):
             # Oldest first, so the newest of a pair is the one left in ``found``.
-            for view in self._views(hot(self.t).contracts_for_pairs, {"pairs": chunk}):
+            params = {"pairs": chunk, "tokens": sorted({token for token, _ in chunk})}
+            for view in self._views(hot(self.t).contracts_for_pairs, params):
                 found[(view.token_hash, view.file_hash)] = view
         return found
 
@@ -334,6 +335,9 @@ def hot(t: ProjectionTables) -> HotQueries:
             t.tokens.c.token_hash.in_(sa.bindparam("tokens", expanding=True))
         ),
         contracts_for_pairs=contracts.where(
+            # The token list lets both databases walk the token_hash index; a row-value IN
+            # alone makes SQLite scan every contract.
+            c.token_hash.in_(sa.bindparam("tokens", expanding=True)),
             sa.tuple_(c.token_hash, c.file_hash).in_(sa.bindparam("pairs", expanding=True)),
             *live,
         ).order_by(*order),
