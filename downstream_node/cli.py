@@ -337,7 +337,7 @@ def serve(
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
-    from .http.server import Demo, DemoStock
+    from .http.server import Demo, DemoStock, settle_heap
     from .http.server import serve as serve_api
     from .ledger.db import is_sqlite
 
@@ -346,6 +346,7 @@ def serve(
         demo = is_sqlite(obj.settings.db_url)
 
     def ready(url: str, stocked: Demo | None) -> None:
+        settle_heap()
         click.echo(f"downstream-node listening on {url}")
         click.echo(f"  API docs: {url}/api/docs   health: {url}/health   metrics: {url}/metrics")
         if stocked is not None:
