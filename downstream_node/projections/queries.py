@@ -360,6 +360,9 @@ class ReadModel:
 
     @contextmanager
     def reader(self) -> Iterator[Reader]:
-        with read_transaction(self.engine) as conn, conn.begin():
+        # Never committed: closing the connection rolls the read transaction back, one round
+        # trip, where a commit would cost one and the pool's reset on return another.
+        with read_transaction(self.engine) as conn:
+            conn.begin()
             head = conn.execute(HEAD).one()
             yield Reader(conn, tables_for(head.projection_generation), head.position)
