@@ -120,6 +120,24 @@ class Served:
     stderr: Path
 
 
+def demo_args(
+    redundancy: int, *, chunks: int = 6, size: int = 16384, interval: int = 2
+) -> list[str]:
+    """``serve`` options for a demo stock with short intervals, so that farmers answer all
+    the time (a challenge every ``interval`` seconds per contract)."""
+    return [
+        "--demo",
+        "--demo-chunks",
+        str(chunks),
+        "--demo-size",
+        str(size),
+        "--demo-interval",
+        str(interval),
+        "--demo-redundancy",
+        str(redundancy),
+    ]
+
+
 async def start_serve(
     db_url: str, workdir: Path, *extra: str, port: int | None = None, name: str = "serve"
 ) -> Served:

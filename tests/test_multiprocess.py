@@ -18,6 +18,7 @@ from reliability_support import (
     Served,
     assert_passes_recorded,
     check_ledger,
+    demo_args,
     farm,
     kill_all,
     start_serve,
@@ -26,17 +27,7 @@ from reliability_support import (
 from downstream_node.farmer import Farmer
 
 mariadb_only = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)
-DEMO = (
-    "--demo",
-    "--demo-chunks",
-    "6",
-    "--demo-size",
-    "16384",
-    "--demo-interval",
-    "2",
-    "--demo-redundancy",
-    "2",
-)
+DEMO = demo_args(redundancy=2)
 
 
 async def start_two(db_url: str, tmp_path: Path) -> list[Served]:

@@ -16,6 +16,7 @@ from reliability_support import (
     Load,
     assert_passes_recorded,
     check_ledger,
+    demo_args,
     farm,
     free_port,
     kill,
@@ -25,17 +26,7 @@ from reliability_support import (
 KILLS = 3
 # Short intervals so that farmers answer all the time: 6 chunks x 3 replicas, a challenge
 # every 2 s per contract, farmers polling every 0.2 s.
-DEMO = (
-    "--demo",
-    "--demo-chunks",
-    "6",
-    "--demo-size",
-    "16384",
-    "--demo-interval",
-    "2",
-    "--demo-redundancy",
-    "3",
-)
+DEMO = demo_args(redundancy=3)
 
 
 async def passes_after(load: Load, count: int, timeout: float = 30) -> None:
