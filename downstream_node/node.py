@@ -2,7 +2,8 @@
 
 Each command reads the projections, lets a pure decision in the ledger say which events to
 write, and appends them with optimistic concurrency (retrying on a conflict with fresh
-state). Database calls and proof work run in threads: the event loop never blocks.
+state). Database calls and proof work run in threads: the event loop never blocks. Answers,
+the hot path, are looked up and verified in batches and recorded through the group commit.
 """
 
 from __future__ import annotations
