@@ -36,6 +36,8 @@ events = sa.Table(
     sa.Index("ix_events_request_id", "request_id"),
     **MYSQL_TABLE_ARGS,
 )
+# Every column of an event row, in table order: the hash chain's content, then the hash.
+EVENT_COLUMNS = tuple(column.name for column in events.columns)
 
 ledger_head = sa.Table(
     "ledger_head",

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from .canonical import canonical, chain_next
 from .clock import from_micros, to_micros
 from .db import is_sqlite, read_transaction, write_transaction
-from .schema import GENESIS_HASH, HEAD_ID, events, ledger_head, metadata
+from .schema import EVENT_COLUMNS, GENESIS_HASH, HEAD_ID, events, ledger_head, metadata
 
 
 class LedgerError(Exception):
@@ -169,20 +169,6 @@ MOVE_HEAD = (
     ledger_head.update()
     .where(ledger_head.c.id == HEAD_ID)
     .values(position=sa.bindparam("new_position"), hash=sa.bindparam("new_hash"))
-)
-# The columns of an event row, in the order the append transaction builds each row's tuple:
-# the hash chain's content (``chain_next``) followed by the hash.
-EVENT_COLUMNS = (
-    "position",
-    "stream_id",
-    "version",
-    "event_type",
-    "schema_version",
-    "payload",
-    "meta",
-    "request_id",
-    "occurred_at",
-    "hash",
 )
 
 

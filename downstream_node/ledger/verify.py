@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from .canonical import chain_hash
 from .db import read_transaction
-from .schema import GENESIS_HASH, HEAD_ID, events, ledger_head
+from .schema import EVENT_COLUMNS, GENESIS_HASH, HEAD_ID, events, ledger_head
 
 
 @dataclass(frozen=True)
@@ -52,21 +52,7 @@ def verify_chain(
     stop = head.position if until is None else min(until, head.position)
 
     expected_pos, prev_hash, checked = 1, GENESIS_HASH, 0
-    columns = [
-        events.c[name]
-        for name in (
-            "position",
-            "stream_id",
-            "version",
-            "event_type",
-            "schema_version",
-            "payload",
-            "meta",
-            "request_id",
-            "occurred_at",
-            "hash",
-        )
-    ]
+    columns = [events.c[name] for name in EVENT_COLUMNS]
     while expected_pos <= stop:
         with read_transaction(engine) as conn:
             rows = conn.execute(
