@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_audit  # its event generator and audit run, reused here
 import sqlalchemy as sa
+from bench_heartbeat import cpu_model
 
 from downstream_node import logs
 from downstream_node.config import Settings
@@ -58,10 +59,9 @@ from downstream_node.ledger.clock import UTC, to_micros
 from downstream_node.ledger.contracts import FileView, decide_assign
 from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
 from downstream_node.ledger.group_commit import GroupCommitter
-from downstream_node.ledger.heartbeat import SeededChunk
 from downstream_node.ledger.schema import events as events_table
 from downstream_node.ledger.store import AppendRequest, EventStore
-from downstream_node.ledger.tokens import make_address
+from downstream_node.ledger.tokens import make_address, token_hash
 from downstream_node.node import Node
 from downstream_node.projections.projector import Projector
 from downstream_node.projections.rebuild import rebuild
@@ -101,16 +101,6 @@ class Sizes:
 
 
 # -- machine ---------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def machine(mysql_url: str | None) -> dict[str, Any]:
@@ -456,18 +446,15 @@ async def seed_http(url: str, secret: Path, sizes: Sizes, files: int) -> dict[st
         address = make_address(hashlib.sha256(b"downstream-node bench").digest()[:20])
         await node.whitelist([(address, "1000000")])
         tokens = [(await node.create_token(address))[0] for _ in range(farmers)]
-        token_hashes = [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
+        token_hashes = [token_hash(t) for t in tokens]
         seeded = []
         now = to_micros(node.clock.now())
         requests: list[AppendRequest] = []
         for i in range(files):
             seed = f"downstream-node-bench-{i}"
             file_hash = await node.add_seeded(sizes.chunk, seed=seed)
-            tag, initial = scheme.encode(
-                SeededChunk(seed, sizes.chunk), sizes.chunk, timestamp=now // 1_000_000
-            )
-            challenge, after = scheme.next_challenge(initial)
             view = FileView(file_hash, sizes.chunk, farmers, 3600, seed, None, 0)
+            tag, initial, challenge, after = node._encode(view, now)  # as `chunk` encodes
             seeded.append(
                 {
                     "file_hash": file_hash,
@@ -477,11 +464,11 @@ async def seed_http(url: str, secret: Path, sizes: Sizes, files: int) -> dict[st
                     "challenge": challenge,
                 }
             )
-            for token_hash in token_hashes:
+            for hashed in token_hashes:
                 assigned = decide_assign(
                     view,
                     contract_id=secrets.token_hex(16),
-                    token_hash=token_hash,
+                    token_hash=hashed,
                     heartbeat=scheme.kind,
                     tag=tag,
                     initial_state=initial,
