@@ -116,10 +116,10 @@ class Node:
         )
         self.scheme = scheme
         self.on_answer: Callable[[str], None] | None = None  # metrics hook: "pass"/"fail"
-        # Single flight: the answer being verified per (contract, challenge index) in this
+        # Single flight: the answer being verified per (token hash, file hash) in this
         # process, settled with (proof digest, verdict) or None; answers arriving meanwhile
         # wait for it, and identical ones take its verdict instead of verifying again.
-        self._answering: dict[tuple[str, int], asyncio.Future[tuple[str, str] | None]] = {}
+        self._answering: dict[tuple[str, str], asyncio.Future[tuple[str, str] | None]] = {}
 
     # -- life cycle -----------------------------------------------------------------------------
 

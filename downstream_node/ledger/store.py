@@ -498,17 +498,6 @@ class EventStore:
         ).scalar()
         return int(value or 0)
 
-    @staticmethod
-    def _find_request(conn: Connection, request_id: str) -> AppendResult | None:
-        found = conn.execute(
-            sa.select(events.c.position, events.c.stream_id, events.c.version)
-            .where(events.c.request_id == request_id)
-            .order_by(events.c.position)
-        ).all()
-        if not found:
-            return None
-        return AppendResult(found[0].stream_id, tuple(r.position for r in found), found[-1].version)
-
     # -- reading ------------------------------------------------------------------------------
 
     def head(self, conn: Connection | None = None) -> Head:
