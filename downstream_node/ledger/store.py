@@ -491,13 +491,6 @@ class EventStore:
             for request_id, found in rows.items()
         }
 
-    @staticmethod
-    def _stream_version(conn: Connection, stream_id: str) -> int:
-        value = conn.execute(
-            sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream_id)
-        ).scalar()
-        return int(value or 0)
-
     # -- reading ------------------------------------------------------------------------------
 
     def head(self, conn: Connection | None = None) -> Head:
@@ -509,7 +502,7 @@ class EventStore:
 
     def stream_version(self, stream_id: str) -> int:
         with read_transaction(self.engine) as conn:
-            return self._stream_version(conn, stream_id)
+            return self._stream_versions(conn, [stream_id])[stream_id]
 
     def read_all(
         self, after: int = 0, *, until: int | None = None, page: int = 2000
