@@ -10,14 +10,19 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 DEFAULT_SQLITE_FILE = "downstream.db"
+# Values per IN list: well under every database's limit on bound parameters.
+IN_LIST = 500
+
+T = TypeVar("T")
 
 
 def default_url() -> str:
@@ -116,6 +121,13 @@ def schema_lock(
     finally:
         conn.execute(sa.select(sa.func.release_lock(name)))
         conn.commit()
+
+
+def in_lists(values: Iterable[T], size: int = IN_LIST) -> Iterator[list[T]]:
+    """``values`` in lists of at most ``size``, one per ``IN (...)`` query."""
+    ordered = list(values)
+    for start in range(0, len(ordered), size):
+        yield ordered[start : start + size]
 
 
 def write_transaction(engine: Engine) -> sa.engine.Connection:

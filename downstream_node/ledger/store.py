@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .canonical import canonical, chain_next
 from .clock import from_micros, to_micros
-from .db import is_sqlite, read_transaction, write_transaction
+from .db import in_lists, is_sqlite, read_transaction, write_transaction
 from .schema import EVENT_COLUMNS, GENESIS_HASH, HEAD_ID, events, ledger_head, metadata
 
 
@@ -161,7 +161,6 @@ class Listener(Protocol):
 BatchOutcome = AppendResult | LedgerError
 
 # The append transaction's statements, built once.
-IN_LIST = 500
 VERSIONS_PER_QUERY = 100  # SQLite allows 500 SELECTs in one compound
 VERSIONS_QUERY_SIZES = (1, 2, 4, 8, 16, 32, 64, VERSIONS_PER_QUERY)
 LOCK_HEAD = sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
@@ -461,9 +460,7 @@ class EventStore:
     def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
         """Each stream's version (0 for a stream with no events), in one query per 100."""
         versions = dict.fromkeys(stream_ids, 0)
-        ordered = sorted(stream_ids)
-        for start in range(0, len(ordered), VERSIONS_PER_QUERY):
-            chunk = ordered[start : start + VERSIONS_PER_QUERY]
+        for chunk in in_lists(sorted(stream_ids), VERSIONS_PER_QUERY):
             # Padded (repeating the last stream) to one of a few sizes, so that only those
             # few statements are ever compiled.
             size = next(n for n in VERSIONS_QUERY_SIZES if n >= len(chunk))
@@ -478,11 +475,8 @@ class EventStore:
     def _find_requests(conn: Connection, request_ids: set[str]) -> dict[str, AppendResult]:
         """The appends already recorded under these request ids, in one query per 500."""
         rows: dict[str, list[Any]] = {}
-        ordered = sorted(request_ids)
-        for start in range(0, len(ordered), IN_LIST):
-            for row in conn.execute(
-                FIND_REQUESTS, {"request_ids": ordered[start : start + IN_LIST]}
-            ):
+        for chunk in in_lists(sorted(request_ids)):
+            for row in conn.execute(FIND_REQUESTS, {"request_ids": chunk}):
                 rows.setdefault(row.request_id, []).append(row)
         return {
             request_id: AppendResult(

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from ..ledger import events as ev
 from ..ledger.clock import to_micros
+from ..ledger.db import in_lists
 from ..ledger.store import Head, RecordedEvent
 from ..ledger.uptime import Coverage
 from .tables import ProjectionTables, tables_for
@@ -34,7 +35,6 @@ CHECKPOINT = "projector"
 # at (UTC microseconds), payload (None for the types no projection reads).
 Item = tuple[int, str, int, str, int, int, dict[str, Any] | None]
 
-IN_LIST = 500
 # A rebuild keeps the rows it touched between its transactions (only it writes the new
 # generation); past this many contracts it starts afresh, so memory stays bounded.
 MAX_CACHED = 50_000
@@ -223,8 +223,7 @@ class Rows:
 
     def prefetch(self, conn: Connection, keys: Iterable[str | None]) -> None:
         wanted = sorted({k for k in keys if k is not None and k not in self.rows})
-        for start in range(0, len(wanted), IN_LIST):
-            chunk = wanted[start : start + IN_LIST]
+        for chunk in in_lists(wanted):
             for k in chunk:
                 self.rows[k] = None
             self.add_found(conn.execute(self._select, {"keys": chunk}))

@@ -12,19 +12,17 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..ledger.contracts import ContractView, FileView
-from ..ledger.db import read_transaction
+from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, events, ledger_head
 from ..ledger.uptime import Coverage
 from .projector import checkpoint
 from .tables import ProjectionTables, tables_for
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class Reader:
     def tokens(self, token_hashes: Collection[str]) -> dict[str, TokenView]:
         """The tokens of these hashes that exist, by hash: one query for a batch of requests."""
         found: dict[str, TokenView] = {}
-        for chunk in _chunks(token_hashes):
+        for chunk in in_lists(token_hashes):
             for row in self.conn.execute(hot(self.t).tokens_in, {"tokens": chunk}):
                 found[row.token_hash] = TokenView(**row._mapping)
         return found
@@ -96,7 +94,7 @@ class Reader:
         """The event types each of these request ids recorded (ids with none are left out),
         in ledger order; one query per 500."""
         found: dict[str, list[str]] = {}
-        for chunk in _chunks(request_ids):
+        for chunk in in_lists(request_ids):
             for request_id, event_type in self.conn.execute(
                 RECORDED_TYPES_IN, {"request_ids": chunk}
             ):
@@ -196,7 +194,7 @@ class Reader:
     ) -> dict[tuple[str, str], ContractView]:
         """``contract_for`` of many (token hash, file hash) pairs in one query per 250."""
         found: dict[tuple[str, str], ContractView] = {}
-        for chunk in _chunks(pairs, IN_LIST // 2):
+        for chunk in in_lists(pairs, IN_LIST // 2):
             # Oldest first, so the newest of a pair is the one left in ``found``.
             params = {"pairs": chunk, "tokens": sorted({token for token, _ in chunk})}
             for view in self._views(hot(self.t).contracts_for_pairs, params):
@@ -287,16 +285,6 @@ def _uptime_view(row: Any) -> UptimeView:
         row.failed,
         row.expired,
     )
-
-
-# Values per IN list: well under every database's limit on bound parameters.
-IN_LIST = 500
-
-
-def _chunks(values: Collection[T], size: int = IN_LIST) -> Iterator[list[T]]:
-    ordered = list(values)
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
 
 
 @dataclass(frozen=True)
