@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.schema import GENESIS_HASH, events
 from downstream_node.ledger.store import (
@@ -415,3 +416,15 @@ def test_identifiers_are_exact_on_every_database(store: EventStore) -> None:
         1,
         0,
     ]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_url_makes_a_working_store(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        store = EventStore(engine)
+        store.create_schema()
+        assert store.append("s", 0, [ev(1)]).positions == (1,)
+        assert store.head().position == 1
+    finally:
+        engine.dispose()

@@ -58,7 +58,8 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
 def _sqlite_engine(url: str, pool_size: int = 8) -> Engine:
     # A file's pool keeps as many connections as the node has threads: opening one runs
     # the pragmas below, which an overflow connection would repeat on every checkout.
-    pool = {} if ":memory:" in url else {"pool_size": pool_size, "max_overflow": pool_size}
+    memory = sa.make_url(url).database in (None, "", ":memory:")  # sqlite:// is in memory too
+    pool = {} if memory else {"pool_size": pool_size, "max_overflow": pool_size}
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
     @sa.event.listens_for(engine, "connect")
@@ -67,7 +68,7 @@ def _sqlite_engine(url: str, pool_size: int = 8) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=30000")
-        if ":memory:" not in url:
+        if not memory:
             _wal(cur)
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA mmap_size=1073741824")
