@@ -43,7 +43,7 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     sep = "&" if "?" in url else "?"
     if "charset=" not in url:
         url += f"{sep}charset=utf8mb4"
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -53,6 +53,35 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         # must too, which REPEATABLE READ's snapshot would not guarantee.
         isolation_level="READ COMMITTED",
     )
+    sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _quick_escape(dbapi_conn))
+    return engine
+
+
+# What a MySQL string literal must not hold raw: PyMySQL's escape table without the double
+# quote, which is harmless inside the single quotes PyMySQL puts around every string.
+MYSQL_SPECIAL = ("\\", "'", "\0", "\n", "\r", "\x1a")
+
+
+def _quick_escape(dbapi_conn: object) -> None:
+    """Let PyMySQL send a string with nothing to escape as it is.
+
+    PyMySQL escapes every string with ``str.translate`` and a table that maps characters to
+    strings, which takes about 20 µs for the 1 KiB of JSON an answer event holds: an
+    append's largest cost after the database's own. Six substring tests find the (rare)
+    strings that need it, which still go through PyMySQL's own escaping. A PyMySQL without
+    this private method keeps its escaping unchanged.
+    """
+    escape = getattr(dbapi_conn, "_escape_string", None)
+    if escape is None:
+        return
+
+    def quick(text: str) -> str:
+        for special in MYSQL_SPECIAL:
+            if special in text:
+                return escape(text)
+        return text
+
+    dbapi_conn._escape_string = quick  # type: ignore[attr-defined]
 
 
 def _sqlite_engine(url: str, pool_size: int = 8) -> Engine:
