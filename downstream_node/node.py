@@ -77,7 +77,7 @@ class AnswerAsk:
     token: str
     hashed: str
     file_hash: str
-    proof: dict[str, Any]
+    proof: Any  # as ProofScheme.parse_proof parsed it
     digest: str
     now: int
 
@@ -538,7 +538,7 @@ class Node:
         assert self.scheme is not None
         hashed = self._token_hash(token)
         try:
-            proof = self.scheme.check_proof(proof)
+            parsed, proof = self.scheme.parse_proof(proof)
         except HeartbeatError as exc:
             await self._token(token)  # an unknown token is no_token, whatever its proof
             raise Refused("bad_proof_format", f"the proof is malformed: {exc}") from exc
@@ -558,7 +558,9 @@ class Node:
             self._answering[key] = done
             outcome: tuple[str, str] | None = None
             try:
-                verdict = await self._answer_once(token, hashed, file_hash, proof, digest, ctx)
+                verdict = await self._answer_once(
+                    token, hashed, file_hash, parsed, proof, digest, ctx
+                )
                 outcome = (digest, verdict)
                 return verdict
             except ConcurrencyConflict:
@@ -573,14 +575,18 @@ class Node:
         token: str,
         hashed: str,
         file_hash: str,
+        parsed: Any,
         proof: dict[str, Any],
         digest: str,
         ctx: Context,
     ) -> str:
-        """One attempt: look up and verify in one worker hop, then append the verdict."""
+        """One attempt: look up and verify in one worker hop, then append the verdict
+        (``parsed`` is the proof as verified, ``proof`` its dict as recorded)."""
         assert self.scheme is not None
         now = self._now()
-        looked = await self._lookups.submit(AnswerAsk(token, hashed, file_hash, proof, digest, now))
+        looked = await self._lookups.submit(
+            AnswerAsk(token, hashed, file_hash, parsed, digest, now)
+        )
         if looked.recorded is not None:
             return looked.recorded
         contract = looked.contract

@@ -108,13 +108,15 @@ class ProofScheme:
         challenge, new_state = self.beat.next_challenge(state)
         return challenge.todict(), new_state.todict()
 
-    def check_proof(self, proof: Any) -> dict[str, Any]:
-        """Parse a farmer's proof; ``HeartbeatError`` when it is not a well-formed proof."""
-        return type(self.beat).Proof.fromdict(proof).todict()
+    def parse_proof(self, proof: Any) -> tuple[Any, dict[str, Any]]:
+        """A farmer's proof parsed, and its normal form as a dict (what the ledger records);
+        ``HeartbeatError`` when it is not a well-formed proof. ``verify`` takes the parsed
+        one as it is, so a proof is parsed once per answer."""
+        parsed = type(self.beat).Proof.fromdict(proof)
+        return parsed, parsed.todict()
 
-    def verify(
-        self, proof: dict[str, Any], challenge: dict[str, Any], state: dict[str, Any]
-    ) -> bool:
+    def verify(self, proof: Any, challenge: dict[str, Any], state: dict[str, Any]) -> bool:
+        """Whether ``proof`` (parsed, or a dict) answers ``challenge`` for ``state``."""
         try:
             return bool(self.beat.verify(proof, challenge, state))
         except HeartbeatError:
