@@ -12,10 +12,11 @@ import sqlalchemy as sa
 from downstream_node.config import Settings
 from downstream_node.ledger.clock import FakeClock
 from downstream_node.ledger.heartbeat import Merkle, SeededChunk
+from downstream_node.ledger.store import EventStore
 from downstream_node.ledger.tokens import make_address, token_hash
 from downstream_node.ledger.verify import verify_chain
 from downstream_node.node import Context, Node
-from downstream_node.projections.rebuild import compare_generations, rebuild
+from downstream_node.projections.rebuild import compare_generations, ensure_projections, rebuild
 from downstream_node.projections.tables import tables_for
 
 FARMER = Context(actor="farmer", remote="10.0.0.1")
@@ -160,3 +161,21 @@ async def test_uptime_projection_counts_online_time(db_url: str, tmp_path: Path)
         assert (up.contracts, up.passed, up.expired) == (1, 1, 1)
     finally:
         await node.close()
+
+
+def test_projection_tables_of_an_older_release_get_the_new_index(store: EventStore) -> None:
+    """The (token, file) index came after the first release: a node starting on tables made
+    without it creates it, and a second start finds it there."""
+    live = ensure_projections(store)
+    name = f"ix_{live.contracts.name}_token_hash_file_hash"
+    [index] = [i for i in live.contracts.indexes if i.name == name]
+    with store.engine.begin() as conn:
+        conn.execute(sa.schema.DropIndex(index))
+    assert name not in _indexes(store, live.contracts.name)
+    for _ in range(2):
+        ensure_projections(store)
+        assert name in _indexes(store, live.contracts.name)
+
+
+def _indexes(store: EventStore, table: str) -> set[str]:
+    return {index["name"] for index in sa.inspect(store.engine).get_indexes(table)}

@@ -42,6 +42,10 @@ MAX_CACHED = 50_000
 
 def create_tables(conn: Connection, tables: ProjectionTables) -> None:
     tables.metadata.create_all(conn)
+    # Tables made by an older release have all their columns but may lack a newer index.
+    for table in tables.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
     if conn.execute(sa.select(tables.checkpoint.c.position)).first() is None:
         conn.execute(tables.checkpoint.insert().values(name=CHECKPOINT, position=0))
 

@@ -299,13 +299,33 @@ class HotQueries:
     contracts_for_pairs: Any  # parameter pairs: (token hash, file hash) tuples
 
 
+# The contract columns a ContractView is made of (see ``Reader._views``).
+VIEW_COLUMNS = (
+    "contract_id",
+    "token_hash",
+    "file_hash",
+    "heartbeat",
+    "seed",
+    "state",
+    "challenge",
+    "challenge_index",
+    "interval",
+    "started_at",
+    "due",
+    "answered",
+    "expiration",
+    "version",
+)
+
+
 @functools.cache
 def hot(t: ProjectionTables) -> HotQueries:
     c, f = t.contracts.c, t.files.c
     contracts = (
-        # Not the tag: the node never needs it once the contract is made, and a Merkle tag
-        # is some 24 KiB of JSON, read and decoded on every answer otherwise.
-        sa.select(*(col for col in t.contracts.columns if col.name != "tag"), f.size).join(
+        # Only what a ContractView holds. Not the tag: the node never needs it once the
+        # contract is made, and a Merkle tag is some 24 KiB of JSON, read and decoded on
+        # every answer otherwise; nor the counters, which PyMySQL would parse for nothing.
+        sa.select(*(c[name] for name in VIEW_COLUMNS), f.size).join(
             t.files, f.file_hash == c.file_hash
         )
     )

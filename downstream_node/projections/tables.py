@@ -79,7 +79,7 @@ def tables_for(generation: int) -> ProjectionTables:
         p + "contracts",
         md,
         sa.Column("contract_id", sa.String(32), primary_key=True),
-        sa.Column("token_hash", sa.String(64), nullable=True, index=True),
+        sa.Column("token_hash", sa.String(64), nullable=True),
         sa.Column("file_hash", sa.String(64), nullable=False, index=True),
         sa.Column("heartbeat", sa.String(16), nullable=False),
         sa.Column("seed", sa.String(128), nullable=False),
@@ -99,6 +99,9 @@ def tables_for(generation: int) -> ProjectionTables:
         sa.Column("failed", sa.Integer, nullable=False),
         sa.Column("rejected", sa.Integer, nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
+        # A token's contracts, and the contract of a (token, file) pair that each answer
+        # looks up: both databases go straight to the pairs of a batch of answers.
+        sa.Index(f"ix_{p}contracts_token_hash_file_hash", "token_hash", "file_hash"),
         **MYSQL_TABLE_ARGS,
     )
     uptime = sa.Table(
