@@ -200,6 +200,22 @@ def stream_versions_query(count: int) -> sa.CompoundSelect | sa.Select:
     return parts[0] if count == 1 else sa.union_all(*parts)
 
 
+def stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
+    """Each stream's version (0 for a stream with no events), in one query per 100, in the
+    caller's transaction."""
+    versions = dict.fromkeys(stream_ids, 0)
+    for chunk in in_lists(sorted(versions), VERSIONS_PER_QUERY):
+        # Padded (repeating the last stream) to one of a few sizes, so that only those
+        # few statements are ever compiled.
+        size = next(n for n in VERSIONS_QUERY_SIZES if n >= len(chunk))
+        chunk += chunk[-1:] * (size - len(chunk))
+        for stream_id, version in conn.execute(
+            stream_versions_query(size), {f"s{i}": stream for i, stream in enumerate(chunk)}
+        ):
+            versions[stream_id] = int(version or 0)
+    return versions
+
+
 FIND_REQUESTS = (
     sa.select(events.c.request_id, events.c.position, events.c.stream_id, events.c.version)
     .where(events.c.request_id.in_(sa.bindparam("request_ids", expanding=True)))
@@ -456,20 +472,7 @@ class EventStore:
             )
         return tuple(recorded), last_hash
 
-    @staticmethod
-    def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
-        """Each stream's version (0 for a stream with no events), in one query per 100."""
-        versions = dict.fromkeys(stream_ids, 0)
-        for chunk in in_lists(sorted(stream_ids), VERSIONS_PER_QUERY):
-            # Padded (repeating the last stream) to one of a few sizes, so that only those
-            # few statements are ever compiled.
-            size = next(n for n in VERSIONS_QUERY_SIZES if n >= len(chunk))
-            chunk += chunk[-1:] * (size - len(chunk))
-            for stream_id, version in conn.execute(
-                stream_versions_query(size), {f"s{i}": stream for i, stream in enumerate(chunk)}
-            ):
-                versions[stream_id] = int(version or 0)
-        return versions
+    _stream_versions = staticmethod(stream_versions)  # an attribute, so tests can spy
 
     @staticmethod
     def _find_requests(conn: Connection, request_ids: set[str]) -> dict[str, AppendResult]:

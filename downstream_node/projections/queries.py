@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..ledger.contracts import ContractView, FileView
 from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, events, ledger_head
+from ..ledger.store import stream_versions
 from ..ledger.uptime import Coverage
 from .projector import checkpoint
 from .tables import ProjectionTables, tables_for
@@ -85,10 +86,7 @@ class Reader:
 
     def stream_version(self, stream_id: str) -> int:
         """A ledger stream's version, read in this reader's transaction."""
-        value = self.conn.execute(
-            sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream_id)
-        ).scalar()
-        return int(value or 0)
+        return stream_versions(self.conn, [stream_id])[stream_id]
 
     def recorded_types_of(self, request_ids: Collection[str]) -> dict[str, list[str]]:
         """The event types each of these request ids recorded (ids with none are left out),
