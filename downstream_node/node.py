@@ -178,9 +178,9 @@ class Node:
     def _read_now(self, fn: Callable[[Reader], T]) -> T:
         """Run ``fn`` in a read transaction; once more if the connection was dropped under it.
 
-        A read has no effect, so repeating it on a fresh connection (the pool pings before
-        handing one out) is safe; a second failure goes to the caller (HTTP 503). Blocking:
-        call it in a worker thread.
+        A read has no effect, so repeating it on a fresh connection is safe (the pool, which
+        does not ping, drops every connection it held when one turns out dead); a second
+        failure goes to the caller (HTTP 503). Blocking: call it in a worker thread.
         """
 
         def work() -> T:

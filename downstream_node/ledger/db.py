@@ -47,7 +47,12 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No ping per checkout: it was a round trip more for every transaction. A pooled
+        # connection that died (a server restart, a KILL) fails its first statement instead;
+        # SQLAlchemy then drops every connection pooled before that moment, the node's reads
+        # are retried once on a fresh connection (Node._read_now), and every farmer command
+        # reads before it writes, so the writes that follow find the pool renewed.
+        pool_pre_ping=False,
         pool_recycle=3600,
         # Locking reads under the ledger head see the latest commits; plain reads after them
         # must too, which REPEATABLE READ's snapshot would not guarantee.
