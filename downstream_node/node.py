@@ -3,14 +3,14 @@
 Each command reads the projections, lets a pure decision in the ledger say which events to
 write, and appends them with optimistic concurrency (retrying on a conflict with fresh
 state). Database calls and proof work run in threads: the event loop never blocks. Answers,
-the hot path, are looked up and verified in batches and recorded through the group commit.
+the hot path, are looked up, verified and recorded in batches, each one unit of work in a group
+commit's transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import secrets
@@ -22,20 +22,20 @@ from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy.exc
 import structlog
+from sqlalchemy.engine import Connection
 
 from . import logs  # noqa: F401 - logs go to stderr even when used as a library
 from .config import Settings
 from .ledger import contracts as cn
 from .ledger import events as ev
 from .ledger import tokens as tk
-from .ledger.batching import Batcher
 from .ledger.canonical import canonical_json
 from .ledger.clock import Clock, SystemClock, from_micros, iso, to_micros
 from .ledger.db import make_engine
 from .ledger.errors import Refused
-from .ledger.group_commit import GroupCommitter
+from .ledger.group_commit import Decision, GroupCommitter
 from .ledger.proofs import HeartbeatError, OutOfChallenges, ProofScheme, SeededChunk
-from .ledger.store import AppendResult, ConcurrencyConflict, EventStore
+from .ledger.store import AppendRequest, AppendResult, ConcurrencyConflict, EventStore, Head
 from .projections.projector import Projector
 from .projections.queries import Reader, ReadModel, TokenView
 from .projections.rebuild import ensure_projections
@@ -72,25 +72,21 @@ OPERATOR = Context(actor="operator")
 
 @dataclass(frozen=True)
 class AnswerAsk:
-    """One answer to look up: the farmer's token, the file, the parsed proof and its digest."""
+    """One answer to decide: the farmer's token, the file, the proof as parsed (to verify)
+    and as sent (to record), its digest, when it arrived and who sent it."""
 
     token: str
     hashed: str
     file_hash: str
     proof: Any  # as ProofScheme.parse_proof parsed it
+    recorded: dict[str, Any]
     digest: str
     now: int
+    ctx: Context
 
 
-@dataclass(frozen=True)
-class AnswerLookup:
-    """What an answer needs, read and verified in one worker hop (see ``Node.answer``)."""
-
-    owner: TokenView
-    contract: cn.ContractView
-    request_id: str
-    recorded: str | None  # the verdict already recorded for this very proof, if any
-    valid: bool | None = None  # the proof's verification; None when not verified
+# The decision value of a late answer: its expiry is recorded, then it is refused.
+EXPIRED = "expired"
 
 
 class Node:
@@ -109,11 +105,6 @@ class Node:
         self.read_model = ReadModel(self.engine)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-db")
         self.committer = GroupCommitter(self.store, executor=self.executor)
-        # Answers arriving together are looked up (and verified) together: one thread hop
-        # and one read transaction for the batch instead of one each.
-        self._lookups: Batcher[AnswerAsk, AnswerLookup] = Batcher(
-            self._look_up_answers, max_batch=256, executor=self.executor, name="answer-lookups"
-        )
         self.scheme = scheme
         self.on_answer: Callable[[str], None] | None = None  # metrics hook: "pass"/"fail"
         # Single flight: the answer being verified per (token hash, file hash) in this
@@ -139,7 +130,6 @@ class Node:
         return self
 
     async def close(self) -> None:
-        await self._lookups.close()
         await self.committer.close()
         # Joining the worker threads blocks; do it off the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
@@ -580,76 +570,75 @@ class Node:
         digest: str,
         ctx: Context,
     ) -> str:
-        """One attempt: look up and verify in one worker hop, then append the verdict
+        """One attempt: looked up, verified, decided and recorded in one unit of work
         (``parsed`` is the proof as verified, ``proof`` its dict as recorded)."""
-        assert self.scheme is not None
-        now = self._now()
-        looked = await self._lookups.submit(
-            AnswerAsk(token, hashed, file_hash, parsed, digest, now)
-        )
-        if looked.recorded is not None:
-            return looked.recorded
-        contract = looked.contract
-        stream = ev.contract_stream(contract.contract_id)
-        guard = self._token_guard(looked.owner)
-        refused = cn.check_answerable(contract, now)  # already_answered raises
-        if refused:
-            await self._append(stream, contract.version, refused, ctx, guards=guard)
+        ask = AnswerAsk(token, hashed, file_hash, parsed, proof, digest, self._now(), ctx)
+        verdict, result = await self.committer.decide(self._decide_answers, ask)
+        if verdict == EXPIRED:
             raise Refused("expired", "the challenge expired before this answer arrived")
-        assert looked.valid is not None
-        events = cn.decide_answer(contract, proof, looked.valid)
-        result = await self._append(
-            stream, contract.version, events, ctx, request_id=looked.request_id, guards=guard
-        )
         # A duplicate request id means this proof for this challenge was recorded already
         # (by another process, or by a commit whose outcome was lost): verification is
         # deterministic, so its verdict is this one.
-        verdict = "pass" if looked.valid else "fail"
-        if self.on_answer is not None and not result.duplicate:
+        if self.on_answer is not None and result is not None and not result.duplicate:
             self.on_answer(verdict)
         return verdict
 
-    def _look_up_answers(self, asks: list[AnswerAsk]) -> list[AnswerLookup | BaseException]:
-        """In a worker: look up a batch of answers in one read transaction (three queries
-        for the whole batch), then verify the proofs that may be verified. A refusal is
-        that answer's own outcome."""
+    def _decide_answers(
+        self, conn: Connection, head: Head, asks: list[AnswerAsk]
+    ) -> list[Decision | BaseException]:
+        """In the group commit's transaction, under the ledger lock: look up a batch of
+        answers (three queries for the whole batch), verify the proofs that may be verified
+        and decide each one's events. A refusal is that answer's own outcome.
 
-        def look(r: Reader) -> list[AnswerLookup | BaseException]:
-            owners = r.tokens({ask.hashed for ask in asks})
-            contracts = r.contracts_for_pairs({(ask.hashed, ask.file_hash) for ask in asks})
-            request_ids = {
-                i: answer_request_id(c.contract_id, c.challenge_index, ask.digest)
-                for i, ask in enumerate(asks)
-                if (c := contracts.get((ask.hashed, ask.file_hash))) is not None
-            }
-            recorded = r.recorded_types_of(set(request_ids.values()))
-            found: list[AnswerLookup | BaseException] = []
-            for i, ask in enumerate(asks):
-                try:
-                    owner = self._check_token(ask.token, owners.get(ask.hashed))
-                    contract = contracts.get((ask.hashed, ask.file_hash))
-                    if contract is None:
-                        raise Refused("no_hash", "this token holds no contract for that file hash")
-                    request_id = request_ids[i]
-                    verdict = recorded_verdict(recorded.get(request_id, ()), contract)
-                    found.append(AnswerLookup(owner, contract, request_id, verdict))
-                except Refused as refused:
-                    found.append(refused)
-            return found
+        Reading under the lock, in the transaction that records the verdicts, costs one
+        thread hop and one transaction per batch instead of two, and what was read cannot
+        move before the commit (the expected versions are still checked)."""
+        r = Reader.under_lock(conn, head)
+        owners = r.tokens({ask.hashed for ask in asks})
+        contracts = r.contracts_for_pairs({(ask.hashed, ask.file_hash) for ask in asks})
+        request_ids = {
+            i: answer_request_id(c.contract_id, c.challenge_index, ask.digest)
+            for i, ask in enumerate(asks)
+            if (c := contracts.get((ask.hashed, ask.file_hash))) is not None
+        }
+        recorded = r.recorded_types_of(set(request_ids.values()))
+        decided: list[Decision | BaseException] = []
+        for i, ask in enumerate(asks):
+            try:
+                owner = self._check_token(ask.token, owners.get(ask.hashed))
+                contract = contracts.get((ask.hashed, ask.file_hash))
+                if contract is None:
+                    raise Refused("no_hash", "this token holds no contract for that file hash")
+                verdict = recorded_verdict(recorded.get(request_ids[i], ()), contract)
+                decided.append(self._decide_answer(ask, owner, contract, request_ids[i], verdict))
+            except Refused as refused:
+                decided.append(refused)
+        return decided
 
-        return [
-            self._verified(ask, looked) if isinstance(looked, AnswerLookup) else looked
-            for ask, looked in zip(asks, self._read_now(look), strict=True)
-        ]
-
-    def _verified(self, ask: AnswerAsk, looked: AnswerLookup) -> AnswerLookup:
-        """The lookup with the proof's verification, when the answer may be verified at all."""
+    def _decide_answer(
+        self,
+        ask: AnswerAsk,
+        owner: TokenView,
+        contract: cn.ContractView,
+        request_id: str,
+        recorded: str | None,
+    ) -> Decision:
+        """One looked-up answer's decision: the recorded verdict, the late answer's expiry
+        (its value ``EXPIRED``), or the verified verdict with its events."""
         assert self.scheme is not None
-        contract = looked.contract
-        if looked.recorded is not None or contract.answered or cn.is_expired(contract, ask.now):
-            return looked
+        if recorded is not None:
+            return Decision(None, recorded)
+        stream = ev.contract_stream(contract.contract_id)
+        at, meta = from_micros(ask.now), ask.ctx.meta()
+        guard = self._token_guard(owner)
+        refused = cn.check_answerable(contract, ask.now)  # already_answered raises
+        if refused:
+            expiry = [e.to_new(at, meta) for e in refused]
+            return Decision(AppendRequest(stream, contract.version, expiry, None, guard), EXPIRED)
         valid = self.scheme.verify(ask.proof, contract.challenge, contract.state)
-        return dataclasses.replace(looked, valid=valid)
+        events = [e.to_new(at, meta) for e in cn.decide_answer(contract, ask.recorded, valid)]
+        request = AppendRequest(stream, contract.version, events, request_id, guard)
+        return Decision(request, "pass" if valid else "fail")
 
     async def remove(self, token: str, file_hash: str, ctx: Context = OPERATOR) -> None:
         owner = await self._token(token)

@@ -63,20 +63,20 @@ async def test_a_failed_append_is_a_retryable_503_never_a_verdict(
     lost (the connection dropped during COMMIT); the farmer must still not be told ``pass``,
     and its retry of the same answer gets the recorded ``pass`` instead of a second event."""
     client, node, me = await farmer(db_url, tmp_path, aiohttp_client)
-    real = node.store.append_batch
+    real = node.store.transact
     failures = []
 
-    def failing(requests: Any) -> Any:
+    def failing(decide: Any) -> Any:
         if not failures:
-            failures.append(requests)
+            failures.append(decide)
             cause = ConnectionResetError("connection lost")
             if before_commit:
                 raise AppendFailed(cause, before_commit=True)
-            real(requests)  # committed ...
+            real(decide)  # committed ...
             raise AppendFailed(cause, before_commit=False)  # ... but the answer never came
-        return real(requests)
+        return real(decide)
 
-    monkeypatch.setattr(node.store, "append_batch", failing)
+    monkeypatch.setattr(node.store, "transact", failing)
     contract = me["contract"]
     url = f"{API}/answer/{me['token']}/{contract['file_hash']}"
     proof = {"proof": prove(me["heartbeat"], contract)}

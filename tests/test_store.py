@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from downstream_node.ledger.db import make_engine
-from downstream_node.ledger.group_commit import GroupCommitter
+from downstream_node.ledger.group_commit import Decision, GroupCommitter
 from downstream_node.ledger.schema import GENESIS_HASH, events
 from downstream_node.ledger.store import (
     AppendFailed,
@@ -428,3 +428,79 @@ def test_an_in_memory_sqlite_url_makes_a_working_store(url: str) -> None:
         assert store.head().position == 1
     finally:
         engine.dispose()
+
+
+# -- units of work: deciding under the ledger lock -------------------------------------------
+
+
+def stream_version_on(conn: Connection, stream_id: str) -> int:
+    query = sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream_id)
+    return int(conn.execute(query).scalar() or 0)
+
+
+def test_transact_decides_on_what_it_read_under_the_lock(store: EventStore) -> None:
+    store.append("a", 0, [ev(1)])
+    heads: list[Head] = []
+
+    def decide(conn: Connection, head: Head) -> list[AppendRequest | None]:
+        heads.append(head)
+        version = stream_version_on(conn, "a")
+        return [AppendRequest("a", version, [ev(2)]), None, AppendRequest("b", 5, [ev(3)])]
+
+    appended, nothing, refused = store.transact(decide)
+    assert heads[0].position == 1
+    assert isinstance(appended, AppendResult) and appended.positions == (2,)
+    assert nothing is None
+    assert isinstance(refused, ConcurrencyConflict) and refused.stream_id == "b"
+    assert positions(store) == [1, 2] and verify_chain(store.engine).ok
+
+
+def test_a_unit_of_work_whose_decision_raises_writes_nothing(store: EventStore) -> None:
+    def decide(conn: Connection, head: Head) -> list[AppendRequest | None]:
+        conn.execute(sa.select(sa.func.count()).select_from(events))
+        raise RuntimeError("a bug in the decision")
+
+    with pytest.raises(AppendFailed) as failed:
+        store.transact(decide)
+    assert failed.value.before_commit
+    assert count_events(store.engine) == 0 and store.head().position == 0
+
+
+async def test_committer_decides_a_batch_in_one_call_beside_plain_appends(
+    store: EventStore,
+) -> None:
+    """Deferred items of one decider are decided together, in the batch's transaction; each
+    caller gets its own value and append, or its own refusal; plain appends ride along."""
+    calls: list[list[str]] = []
+
+    def decider(conn: Connection, head: Head, items: list[str]) -> list[Decision | BaseException]:
+        calls.append(list(items))
+        decided: list[Decision | BaseException] = []
+        for item in items:
+            if item == "refuse":
+                decided.append(ValueError("refused: " + item))
+            elif item == "read-only":
+                decided.append(Decision(None, "nothing to write"))
+            else:
+                version = stream_version_on(conn, item)
+                decided.append(Decision(AppendRequest(item, version, [ev(len(item))]), item))
+        return decided
+
+    committer = GroupCommitter(store)
+    try:
+        results = await asyncio.gather(
+            committer.append("plain", 0, [ev(0)]),
+            *(committer.decide(decider, item) for item in ("x", "refuse", "read-only", "yy")),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.close()
+    plain, x, refused, read_only, yy = results
+    assert isinstance(plain, AppendResult) and plain.stream_version == 1
+    assert isinstance(refused, ValueError) and str(refused) == "refused: refuse"
+    assert read_only == ("nothing to write", None)
+    assert x[0] == "x" and x[1].stream_version == 1  # type: ignore[index]
+    assert yy[0] == "yy" and yy[1].stream_version == 1  # type: ignore[index]
+    assert calls == [["x", "refuse", "read-only", "yy"]]  # one call, in the callers' order
+    assert sorted(e.stream_id for e in store.read_all()) == ["plain", "x", "yy"]
+    assert committer.appended == 3

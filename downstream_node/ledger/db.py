@@ -49,9 +49,9 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         max_overflow=pool_size,
         # No ping per checkout: it was a round trip more for every transaction. A pooled
         # connection that died (a server restart, a KILL) fails its first statement instead;
-        # SQLAlchemy then drops every connection pooled before that moment, the node's reads
-        # are retried once on a fresh connection (Node._read_now), and every farmer command
-        # reads before it writes, so the writes that follow find the pool renewed.
+        # SQLAlchemy then drops every connection pooled before that moment and the node's
+        # reads are retried once on a fresh connection (Node._read_now). Write transactions,
+        # which cannot simply be retried, ping their connection (write_transaction).
         pool_pre_ping=False,
         pool_recycle=3600,
         # Locking reads under the ledger head see the latest commits; plain reads after them
@@ -168,10 +168,18 @@ def in_lists(values: Iterable[T], size: int = IN_LIST) -> Iterator[list[T]]:
 def write_transaction(engine: Engine) -> sa.engine.Connection:
     """A connection whose next ``begin()`` takes the write lock at once on SQLite.
 
-    Use as ``with write_transaction(engine) as conn, conn.begin(): ...``.
+    Use as ``with write_transaction(engine) as conn, conn.begin(): ...``. On MySQL the pooled
+    connection is pinged first and replaced if the server dropped it: a write transaction's
+    first statement may be the one that reads what it decides on (``EventStore.transact``),
+    and failing it would fail the write, where a plain read is simply retried.
     """
     conn = engine.connect()
     conn.info["write"] = True
+    if not is_sqlite(engine):
+        try:
+            conn.connection.dbapi_connection.ping(reconnect=False)  # type: ignore[union-attr]
+        except Exception:
+            conn.invalidate()  # the next statement takes a fresh connection from the pool
     return conn
 
 

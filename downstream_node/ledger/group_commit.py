@@ -1,26 +1,57 @@
 """Group commit: many coroutines' appends share transactions, off the event loop.
 
-Callers await ``append``; a ``Batcher`` drains the queue into batches and commits each batch
-in one transaction in a thread. While a batch is being committed the next one fills, so
-throughput grows with concurrency, and each caller is answered only once its own events are
-durable.
+Callers await ``append`` (a request decided already) or ``decide`` (a request to decide
+inside the transaction, under the ledger lock, from state read there: a unit of work). A
+``Batcher`` drains the queue into batches and commits each batch in one transaction in a
+thread. While a batch is being committed the next one fills, so throughput grows with
+concurrency, and each caller is answered only once its own events are durable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from .batching import Batcher
 from .store import (
     AppendFailed,
     AppendRequest,
     AppendResult,
-    BatchOutcome,
     EventStore,
+    Head,
     LedgerError,
     NewEvent,
 )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a unit of work decided for one item: the request to append (``None``: nothing)
+    and the value its caller gets back with the append's result."""
+
+    request: AppendRequest | None
+    value: Any
+
+
+# Decides a batch of items under the ledger lock, reading on the given connection: one
+# Decision (or the exception that refuses it) per item, in order.
+Decider = Callable[[Connection, Head, list[Any]], list[Decision | BaseException]]
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """An item whose request ``decider`` decides inside the commit's transaction."""
+
+    decider: Decider
+    item: Any
+
+
+Job = AppendRequest | Deferred
+Outcome = AppendResult | tuple[Any, AppendResult | None]
 
 
 class GroupCommitter:
@@ -31,7 +62,7 @@ class GroupCommitter:
         self.appended = 0
         # Whether a batch that raised in its thread committed is unknown; a request id makes
         # a retry safe.
-        self._batcher: Batcher[AppendRequest, AppendResult] = Batcher(
+        self._batcher: Batcher[Job, Outcome] = Batcher(
             self._commit,
             max_batch=max_batch,
             executor=executor,
@@ -66,34 +97,99 @@ class GroupCommitter:
         )
 
     async def submit(self, request: AppendRequest) -> AppendResult:
-        return await self._batcher.submit(request)
+        outcome = await self._batcher.submit(request)
+        assert isinstance(outcome, AppendResult)
+        return outcome
+
+    async def decide(self, decider: Decider, item: Any) -> tuple[Any, AppendResult | None]:
+        """Let ``decider`` decide ``item`` in the next commit's transaction (with the other
+        items of the batch that name the same decider) and wait until its events, if any,
+        are durable: the decision's value and the append's result (``None`` when it
+        appended nothing). Raises what the decider refused the item with, or
+        ``ConcurrencyConflict`` / ``AppendFailed`` as ``append`` does."""
+        outcome = await self._batcher.submit(Deferred(decider, item))
+        assert isinstance(outcome, tuple)
+        return outcome
 
     async def close(self) -> None:
         """Finish what is queued, then stop."""
         await self._batcher.close()
 
-    def _commit(self, requests: list[AppendRequest]) -> list[AppendResult | BaseException]:
-        outcomes = self._commit_all(requests)
+    def _commit(self, jobs: list[Job]) -> list[Outcome | BaseException]:
+        outcomes = self._commit_all(jobs)
         # Counted in the worker thread, one batch at a time (the batcher runs one at once).
-        self.appended += sum(
-            len(o.positions) for o in outcomes if isinstance(o, AppendResult) and not o.duplicate
-        )
+        self.appended += sum(len(r.positions) for r in map(_result, outcomes) if r is not None)
         return outcomes
 
-    def _commit_all(self, requests: list[AppendRequest]) -> list[AppendResult | BaseException]:
+    def _commit_all(self, jobs: list[Job]) -> list[Outcome | BaseException]:
         try:
-            return list(self.store.append_batch(requests))
+            return self._transact(jobs)
         except AppendFailed as failed:
-            if failed.before_commit and len(requests) > 1:
+            if failed.before_commit and len(jobs) > 1:
                 # Nothing was written: retry one by one so a single bad request (or a
                 # listener bug it triggers) fails alone instead of failing its neighbours.
-                return [self._commit_one(req) for req in requests]
-            return [failed] * len(requests)
+                return [self._commit_one(job) for job in jobs]
+            return [failed] * len(jobs)
         except LedgerError as exc:
-            return [exc] * len(requests)
+            return [exc] * len(jobs)
 
-    def _commit_one(self, request: AppendRequest) -> BatchOutcome | BaseException:
+    def _commit_one(self, job: Job) -> Outcome | BaseException:
         try:
-            return self.store.append_batch([request])[0]
+            return self._transact([job])[0]
         except LedgerError as exc:
             return exc
+
+    def _transact(self, jobs: list[Job]) -> list[Outcome | BaseException]:
+        decided: list[AppendRequest | Decision | BaseException] = []
+
+        def decide(conn: Connection, head: Head) -> list[AppendRequest | None]:
+            decided[:] = _decide_all(conn, head, jobs)
+            return [_request(d) for d in decided]
+
+        outcomes: list[Outcome | BaseException] = []
+        for d, appended in zip(decided, self.store.transact(decide), strict=True):
+            if isinstance(d, BaseException):
+                outcomes.append(d)
+            elif isinstance(appended, LedgerError):
+                outcomes.append(appended)
+            elif isinstance(d, Decision):
+                outcomes.append((d.value, appended))
+            else:
+                assert appended is not None
+                outcomes.append(appended)
+        return outcomes
+
+
+def _decide_all(
+    conn: Connection, head: Head, jobs: list[Job]
+) -> list[AppendRequest | Decision | BaseException]:
+    """Each job's request: a plain request as it is, the deferred ones decided, one call per
+    decider for all of its items."""
+    decided: list[AppendRequest | Decision | BaseException] = []
+    by_decider: dict[Decider, list[int]] = {}
+    for i, job in enumerate(jobs):
+        decided.append(job if isinstance(job, AppendRequest) else _PENDING)
+        if isinstance(job, Deferred):
+            by_decider.setdefault(job.decider, []).append(i)
+    for decider, indexes in by_decider.items():
+        items = [jobs[i].item for i in indexes]  # type: ignore[union-attr]
+        for i, d in zip(indexes, decider(conn, head, items), strict=True):
+            decided[i] = d
+    return decided
+
+
+def _request(decided: AppendRequest | Decision | BaseException) -> AppendRequest | None:
+    if isinstance(decided, Decision):
+        return decided.request
+    return decided if isinstance(decided, AppendRequest) else None
+
+
+def _result(outcome: Outcome | BaseException) -> AppendResult | None:
+    """The new (not duplicate) append in an outcome, if any: what ``appended`` counts."""
+    result = outcome[1] if isinstance(outcome, tuple) else outcome
+    if isinstance(result, AppendResult) and not result.duplicate:
+        return result
+    return None
+
+
+_PENDING = LedgerError("not decided")  # a placeholder every decider replaces

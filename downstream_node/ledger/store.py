@@ -159,6 +159,8 @@ class Listener(Protocol):
 
 
 BatchOutcome = AppendResult | LedgerError
+# A unit of work's decision, made under the ledger lock: the requests to append (see transact).
+Decide = Callable[[Connection, Head], Iterable[AppendRequest | None]]
 
 # The append transaction's statements, built once.
 VERSIONS_PER_QUERY = 100  # SQLite allows 500 SELECTs in one compound
@@ -340,14 +342,30 @@ class EventStore:
         Each request succeeds or fails on its own stream version; a database error fails the
         whole batch with ``AppendFailed`` (raised), telling whether the commit was reached.
         """
+        return self.transact(lambda _conn, _head: requests)  # type: ignore[return-value]
+
+    def transact(self, decide: Decide) -> list[BatchOutcome | None]:
+        """One unit of work: ``decide`` reads what it needs on the transaction's connection
+        under the ledger lock (the head it found is given) and returns the requests to append,
+        ``None`` where it appends nothing; they are appended in the same transaction.
+
+        What ``decide`` read cannot change before the commit: the lock holds every writer
+        off, in this process and in any other. One outcome per request, ``None`` for
+        ``None``; a database error (or an exception from ``decide``) fails the whole unit
+        with ``AppendFailed``, as ``append_batch`` does.
+        """
         committing = False
         seen = Seen()
         try:
             with write_transaction(self.engine) as conn, conn.begin():
-                outcomes = self._append_locked(conn, requests, seen)
+                row = conn.execute(LOCK_HEAD).one()
+                head = Head(row.position, row.hash, row.projection_generation)
+                decided = list(decide(conn, head))
+                requests = [req for req in decided if req is not None]
+                appended = iter(self._append_locked(conn, head, requests, seen))
                 committing = True
             self._versions.committed(seen)
-            return outcomes
+            return [None if req is None else next(appended) for req in decided]
         except LedgerError:
             raise
         except Exception as exc:
@@ -356,10 +374,8 @@ class EventStore:
             raise AppendFailed(exc, before_commit=not committing) from exc
 
     def _append_locked(
-        self, conn: Connection, requests: Sequence[AppendRequest], seen: Seen | None = None
+        self, conn: Connection, head: Head, requests: Sequence[AppendRequest], seen: Seen
     ) -> list[BatchOutcome]:
-        row = conn.execute(LOCK_HEAD).one()
-        head = Head(row.position, row.hash, row.projection_generation)
         position, last_hash = head.position, head.hash
         # At most two queries for the whole batch (not two per request): the versions of the
         # streams this process has not seen at this very head position, and every request id
@@ -412,8 +428,7 @@ class EventStore:
             for listener in self.listeners:
                 listener(conn, head, recorded_all)
             conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
-        if seen is not None:
-            seen.before, seen.after, seen.versions = head.position, position, versions
+        seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes
 
     @staticmethod

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..ledger.contracts import ContractView, FileView
 from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, events, ledger_head
-from ..ledger.store import stream_versions
+from ..ledger.store import Head, stream_versions
 from ..ledger.uptime import Coverage
 from .projector import checkpoint
 from .tables import ProjectionTables, tables_for
@@ -58,6 +58,12 @@ class Reader:
         self.conn = conn
         self.t = tables
         self.head_position = head_position
+
+    @classmethod
+    def under_lock(cls, conn: Connection, head: Head) -> Reader:
+        """A reader in a unit of work's transaction (``EventStore.transact``), which found
+        ``head`` under the ledger lock: what it reads cannot change before the commit."""
+        return cls(conn, tables_for(head.projection_generation), head.position)
 
     # -- tokens and whitelist -------------------------------------------------------------------
 
