@@ -22,7 +22,6 @@ from typing import Any, BinaryIO, TypeVar
 
 import sqlalchemy.exc
 import structlog
-from sqlalchemy.engine import Connection
 
 from . import logs  # noqa: F401 - logs go to stderr even when used as a library
 from .config import Settings
@@ -35,7 +34,7 @@ from .ledger.db import make_engine
 from .ledger.errors import Refused
 from .ledger.group_commit import Decision, GroupCommitter
 from .ledger.proofs import HeartbeatError, OutOfChallenges, ProofScheme, SeededChunk
-from .ledger.store import AppendRequest, AppendResult, ConcurrencyConflict, EventStore, Head
+from .ledger.store import AppendRequest, AppendResult, ConcurrencyConflict, EventStore, UnitOfWork
 from .projections.projector import Projector
 from .projections.queries import Reader, ReadModel, TokenView
 from .projections.rebuild import ensure_projections
@@ -584,16 +583,17 @@ class Node:
         return verdict
 
     def _decide_answers(
-        self, conn: Connection, head: Head, asks: list[AnswerAsk]
+        self, unit: UnitOfWork, asks: list[AnswerAsk]
     ) -> list[Decision | BaseException]:
         """In the group commit's transaction, under the ledger lock: look up a batch of
-        answers (three queries for the whole batch), verify the proofs that may be verified
+        answers (three queries for the whole batch, the last one the store's own lookup of
+        request ids, which the append then reuses), verify the proofs that may be verified
         and decide each one's events. A refusal is that answer's own outcome.
 
         Reading under the lock, in the transaction that records the verdicts, costs one
         thread hop and one transaction per batch instead of two, and what was read cannot
         move before the commit (the expected versions are still checked)."""
-        r = Reader.under_lock(conn, head)
+        r = Reader.under_lock(unit.conn, unit.head)
         owners = r.tokens({ask.hashed for ask in asks})
         contracts = r.contracts_for_pairs({(ask.hashed, ask.file_hash) for ask in asks})
         request_ids = {
@@ -601,7 +601,7 @@ class Node:
             for i, ask in enumerate(asks)
             if (c := contracts.get((ask.hashed, ask.file_hash))) is not None
         }
-        recorded = r.recorded_types_of(set(request_ids.values()))
+        recorded = unit.recorded(request_ids.values())
         decided: list[Decision | BaseException] = []
         for i, ask in enumerate(asks):
             try:
@@ -609,7 +609,8 @@ class Node:
                 contract = contracts.get((ask.hashed, ask.file_hash))
                 if contract is None:
                     raise Refused("no_hash", "this token holds no contract for that file hash")
-                verdict = recorded_verdict(recorded.get(request_ids[i], ()), contract)
+                earlier = recorded.get(request_ids[i])
+                verdict = recorded_verdict(earlier.event_types if earlier else (), contract)
                 decided.append(self._decide_answer(ask, owner, contract, request_ids[i], verdict))
             except Refused as refused:
                 decided.append(refused)

@@ -9,11 +9,13 @@ import asyncio
 import datetime as dt
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from downstream_node.ledger import store as store_module
 from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.group_commit import Decision, GroupCommitter
 from downstream_node.ledger.schema import GENESIS_HASH, events
@@ -26,6 +28,7 @@ from downstream_node.ledger.store import (
     Head,
     NewEvent,
     RecordedEvent,
+    UnitOfWork,
 )
 from downstream_node.ledger.verify import verify_chain
 
@@ -442,9 +445,9 @@ def test_transact_decides_on_what_it_read_under_the_lock(store: EventStore) -> N
     store.append("a", 0, [ev(1)])
     heads: list[Head] = []
 
-    def decide(conn: Connection, head: Head) -> list[AppendRequest | None]:
-        heads.append(head)
-        version = stream_version_on(conn, "a")
+    def decide(unit: UnitOfWork) -> list[AppendRequest | None]:
+        heads.append(unit.head)
+        version = stream_version_on(unit.conn, "a")
         return [AppendRequest("a", version, [ev(2)]), None, AppendRequest("b", 5, [ev(3)])]
 
     appended, nothing, refused = store.transact(decide)
@@ -456,8 +459,8 @@ def test_transact_decides_on_what_it_read_under_the_lock(store: EventStore) -> N
 
 
 def test_a_unit_of_work_whose_decision_raises_writes_nothing(store: EventStore) -> None:
-    def decide(conn: Connection, head: Head) -> list[AppendRequest | None]:
-        conn.execute(sa.select(sa.func.count()).select_from(events))
+    def decide(unit: UnitOfWork) -> list[AppendRequest | None]:
+        unit.conn.execute(sa.select(sa.func.count()).select_from(events))
         raise RuntimeError("a bug in the decision")
 
     with pytest.raises(AppendFailed) as failed:
@@ -473,7 +476,7 @@ async def test_committer_decides_a_batch_in_one_call_beside_plain_appends(
     caller gets its own value and append, or its own refusal; plain appends ride along."""
     calls: list[list[str]] = []
 
-    def decider(conn: Connection, head: Head, items: list[str]) -> list[Decision | BaseException]:
+    def decider(unit: UnitOfWork, items: list[str]) -> list[Decision | BaseException]:
         calls.append(list(items))
         decided: list[Decision | BaseException] = []
         for item in items:
@@ -482,7 +485,7 @@ async def test_committer_decides_a_batch_in_one_call_beside_plain_appends(
             elif item == "read-only":
                 decided.append(Decision(None, "nothing to write"))
             else:
-                version = stream_version_on(conn, item)
+                version = stream_version_on(unit.conn, item)
                 decided.append(Decision(AppendRequest(item, version, [ev(len(item))]), item))
         return decided
 
@@ -504,3 +507,31 @@ async def test_committer_decides_a_batch_in_one_call_beside_plain_appends(
     assert calls == [["x", "refuse", "read-only", "yy"]]  # one call, in the callers' order
     assert sorted(e.stream_id for e in store.read_all()) == ["plain", "x", "yy"]
     assert committer.appended == 3
+
+
+def test_a_unit_of_work_looks_each_request_id_up_once(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the decision learnt of request ids (recorded or not) is what the append uses:
+    a recorded id is a duplicate, an unknown one is appended, and neither is asked twice."""
+    first = store.append("a", 0, [ev(1), ev(2)], request_id="done")
+    queries: list[set[str]] = []
+    real = store_module.find_requests
+
+    def counting(conn: Connection, request_ids: Any) -> Any:
+        queries.append(set(request_ids))
+        return real(conn, request_ids)
+
+    monkeypatch.setattr(store_module, "find_requests", counting)
+    seen: dict[str, Any] = {}
+
+    def decide(unit: UnitOfWork) -> list[AppendRequest | None]:
+        seen.update(unit.recorded(["done", "new"]))
+        return [AppendRequest("a", 2, [ev(3)], "done"), AppendRequest("b", 0, [ev(4)], "new")]
+
+    again, new = store.transact(decide)
+    assert seen["done"].positions == first.positions and "new" not in seen
+    assert seen["done"].event_types == ("test.happened", "test.happened")
+    assert isinstance(again, AppendResult) and again.duplicate and again.positions == (1, 2)
+    assert isinstance(new, AppendResult) and not new.duplicate and new.positions == (3,)
+    assert queries == [{"done", "new"}]

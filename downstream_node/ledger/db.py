@@ -53,6 +53,10 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         # reads are retried once on a fresh connection (Node._read_now). Write transactions,
         # which cannot simply be retried, ping their connection (write_transaction).
         pool_pre_ping=False,
+        # No rollback when a connection goes back to the pool: every transaction here is a
+        # SQLAlchemy one, which the connection's close() rolls back itself if it is still
+        # open; after a commit the pool's rollback was one more round trip for nothing.
+        pool_reset_on_return=None,
         pool_recycle=3600,
         # Locking reads under the ledger head see the latest commits; plain reads after them
         # must too, which REPEATABLE READ's snapshot would not guarantee.

@@ -14,17 +14,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from .batching import Batcher
 from .store import (
     AppendFailed,
     AppendRequest,
     AppendResult,
     EventStore,
-    Head,
     LedgerError,
     NewEvent,
+    UnitOfWork,
 )
 
 
@@ -37,9 +35,9 @@ class Decision:
     value: Any
 
 
-# Decides a batch of items under the ledger lock, reading on the given connection: one
-# Decision (or the exception that refuses it) per item, in order.
-Decider = Callable[[Connection, Head, list[Any]], list[Decision | BaseException]]
+# Decides a batch of items under the ledger lock, reading in the unit of work: one Decision
+# (or the exception that refuses it) per item, in order.
+Decider = Callable[[UnitOfWork, list[Any]], list[Decision | BaseException]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class Deferred:
 
 
 Job = AppendRequest | Deferred
+Decided = AppendRequest | Decision | BaseException  # a job once its decider has run
 Outcome = AppendResult | tuple[Any, AppendResult | None]
 
 
@@ -140,10 +139,10 @@ class GroupCommitter:
             return exc
 
     def _transact(self, jobs: list[Job]) -> list[Outcome | BaseException]:
-        decided: list[AppendRequest | Decision | BaseException] = []
+        decided: list[Decided] = []
 
-        def decide(conn: Connection, head: Head) -> list[AppendRequest | None]:
-            decided[:] = _decide_all(conn, head, jobs)
+        def decide(unit: UnitOfWork) -> list[AppendRequest | None]:
+            decided[:] = _decide_all(unit, jobs)
             return [_request(d) for d in decided]
 
         outcomes: list[Outcome | BaseException] = []
@@ -160,12 +159,10 @@ class GroupCommitter:
         return outcomes
 
 
-def _decide_all(
-    conn: Connection, head: Head, jobs: list[Job]
-) -> list[AppendRequest | Decision | BaseException]:
+def _decide_all(unit: UnitOfWork, jobs: list[Job]) -> list[Decided]:
     """Each job's request: a plain request as it is, the deferred ones decided, one call per
     decider for all of its items."""
-    decided: list[AppendRequest | Decision | BaseException] = []
+    decided: list[Decided] = []
     by_decider: dict[Decider, list[int]] = {}
     for i, job in enumerate(jobs):
         decided.append(job if isinstance(job, AppendRequest) else _PENDING)
@@ -173,12 +170,12 @@ def _decide_all(
             by_decider.setdefault(job.decider, []).append(i)
     for decider, indexes in by_decider.items():
         items = [jobs[i].item for i in indexes]  # type: ignore[union-attr]
-        for i, d in zip(indexes, decider(conn, head, items), strict=True):
+        for i, d in zip(indexes, decider(unit, items), strict=True):
             decided[i] = d
     return decided
 
 
-def _request(decided: AppendRequest | Decision | BaseException) -> AppendRequest | None:
+def _request(decided: Decided) -> AppendRequest | None:
     if isinstance(decided, Decision):
         return decided.request
     return decided if isinstance(decided, AppendRequest) else None

@@ -160,7 +160,7 @@ class Listener(Protocol):
 
 BatchOutcome = AppendResult | LedgerError
 # A unit of work's decision, made under the ledger lock: the requests to append (see transact).
-Decide = Callable[[Connection, Head], Iterable[AppendRequest | None]]
+Decide = Callable[["UnitOfWork"], Iterable[AppendRequest | None]]
 
 # The append transaction's statements, built once.
 VERSIONS_PER_QUERY = 100  # SQLite allows 500 SELECTs in one compound
@@ -219,10 +219,63 @@ def stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, in
 
 
 FIND_REQUESTS = (
-    sa.select(events.c.request_id, events.c.position, events.c.stream_id, events.c.version)
+    sa.select(
+        events.c.request_id,
+        events.c.position,
+        events.c.stream_id,
+        events.c.version,
+        events.c.event_type,
+    )
     .where(events.c.request_id.in_(sa.bindparam("request_ids", expanding=True)))
     .order_by(events.c.position)
 )
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """What an earlier append under a request id recorded: where, and which events."""
+
+    stream_id: str
+    positions: tuple[int, ...]
+    stream_version: int
+    event_types: tuple[str, ...]
+
+
+def find_requests(conn: Connection, request_ids: Iterable[str]) -> dict[str, RecordedRequest]:
+    """The appends already recorded under these request ids, in one query per 500."""
+    rows: dict[str, list[Any]] = {}
+    for chunk in in_lists(sorted(request_ids)):
+        for row in conn.execute(FIND_REQUESTS, {"request_ids": chunk}):
+            rows.setdefault(row.request_id, []).append(row)
+    return {
+        request_id: RecordedRequest(
+            found[0].stream_id,
+            tuple(r.position for r in found),
+            found[-1].version,
+            tuple(r.event_type for r in found),
+        )
+        for request_id, found in rows.items()
+    }
+
+
+class UnitOfWork:
+    """What ``EventStore.transact`` hands a decision: the transaction's connection, the head
+    found under the ledger lock, and the appends recorded under request ids, each id looked
+    up once per unit (the append that follows the decision does not ask again)."""
+
+    def __init__(self, conn: Connection, head: Head) -> None:
+        self.conn = conn
+        self.head = head
+        self._requests: dict[str, RecordedRequest | None] = {}
+
+    def recorded(self, request_ids: Iterable[str]) -> dict[str, RecordedRequest]:
+        """The appends recorded under these request ids (ids with none are left out)."""
+        ids = set(request_ids)
+        unknown = ids - self._requests.keys()
+        if unknown:
+            self._requests.update(dict.fromkeys(unknown))
+            self._requests.update(find_requests(self.conn, unknown))
+        return {r: found for r in ids if (found := self._requests[r]) is not None}
 
 
 @dataclass
@@ -342,12 +395,12 @@ class EventStore:
         Each request succeeds or fails on its own stream version; a database error fails the
         whole batch with ``AppendFailed`` (raised), telling whether the commit was reached.
         """
-        return self.transact(lambda _conn, _head: requests)  # type: ignore[return-value]
+        return self.transact(lambda _unit: requests)  # type: ignore[return-value]
 
     def transact(self, decide: Decide) -> list[BatchOutcome | None]:
         """One unit of work: ``decide`` reads what it needs on the transaction's connection
-        under the ledger lock (the head it found is given) and returns the requests to append,
-        ``None`` where it appends nothing; they are appended in the same transaction.
+        under the ledger lock (``UnitOfWork``) and returns the requests to append, ``None``
+        where it appends nothing; they are appended in the same transaction.
 
         What ``decide`` read cannot change before the commit: the lock holds every writer
         off, in this process and in any other. One outcome per request, ``None`` for
@@ -359,10 +412,10 @@ class EventStore:
         try:
             with write_transaction(self.engine) as conn, conn.begin():
                 row = conn.execute(LOCK_HEAD).one()
-                head = Head(row.position, row.hash, row.projection_generation)
-                decided = list(decide(conn, head))
+                unit = UnitOfWork(conn, Head(row.position, row.hash, row.projection_generation))
+                decided = list(decide(unit))
                 requests = [req for req in decided if req is not None]
-                appended = iter(self._append_locked(conn, head, requests, seen))
+                appended = iter(self._append_locked(unit, requests, seen))
                 committing = True
             self._versions.committed(seen)
             return [None if req is None else next(appended) for req in decided]
@@ -374,8 +427,9 @@ class EventStore:
             raise AppendFailed(exc, before_commit=not committing) from exc
 
     def _append_locked(
-        self, conn: Connection, head: Head, requests: Sequence[AppendRequest], seen: Seen
+        self, unit: UnitOfWork, requests: Sequence[AppendRequest], seen: Seen
     ) -> list[BatchOutcome]:
+        conn, head = unit.conn, unit.head
         position, last_hash = head.position, head.hash
         # At most two queries for the whole batch (not two per request): the versions of the
         # streams this process has not seen at this very head position, and every request id
@@ -385,10 +439,10 @@ class EventStore:
         }
         versions = self._versions.get(head.position, streams)
         versions.update(self._stream_versions(conn, streams - versions.keys()))
-        recorded_requests = self._find_requests(
-            conn, {req.request_id for req in requests if req.request_id is not None}
+        recorded_requests = unit.recorded(
+            req.request_id for req in requests if req.request_id is not None
         )
-        seen_requests: dict[str, AppendResult] = {}
+        seen_requests: dict[str, AppendResult | RecordedRequest] = {}
         outcomes: list[BatchOutcome] = []
         rows: list[tuple[Any, ...]] = []
         recorded_all: list[RecordedEvent] = []
@@ -488,20 +542,6 @@ class EventStore:
         return tuple(recorded), last_hash
 
     _stream_versions = staticmethod(stream_versions)  # an attribute, so tests can spy
-
-    @staticmethod
-    def _find_requests(conn: Connection, request_ids: set[str]) -> dict[str, AppendResult]:
-        """The appends already recorded under these request ids, in one query per 500."""
-        rows: dict[str, list[Any]] = {}
-        for chunk in in_lists(sorted(request_ids)):
-            for row in conn.execute(FIND_REQUESTS, {"request_ids": chunk}):
-                rows.setdefault(row.request_id, []).append(row)
-        return {
-            request_id: AppendResult(
-                found[0].stream_id, tuple(r.position for r in found), found[-1].version
-            )
-            for request_id, found in rows.items()
-        }
 
     # -- reading ------------------------------------------------------------------------------
 

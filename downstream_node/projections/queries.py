@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..ledger.contracts import ContractView, FileView
 from ..ledger.db import IN_LIST, in_lists, read_transaction
-from ..ledger.schema import HEAD_ID, events, ledger_head
+from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import Head, stream_versions
 from ..ledger.uptime import Coverage
 from .projector import checkpoint
@@ -93,17 +93,6 @@ class Reader:
     def stream_version(self, stream_id: str) -> int:
         """A ledger stream's version, read in this reader's transaction."""
         return stream_versions(self.conn, [stream_id])[stream_id]
-
-    def recorded_types_of(self, request_ids: Collection[str]) -> dict[str, list[str]]:
-        """The event types each of these request ids recorded (ids with none are left out),
-        in ledger order; one query per 500."""
-        found: dict[str, list[str]] = {}
-        for chunk in in_lists(request_ids):
-            for request_id, event_type in self.conn.execute(
-                RECORDED_TYPES_IN, {"request_ids": chunk}
-            ):
-                found.setdefault(request_id, []).append(event_type)
-        return found
 
     def tokens_for_ip(self, ip: str) -> int:
         c = self.t.tokens.c
@@ -356,11 +345,6 @@ def hot(t: ProjectionTables) -> HotQueries:
     )
 
 
-RECORDED_TYPES_IN = (
-    sa.select(events.c.request_id, events.c.event_type)
-    .where(events.c.request_id.in_(sa.bindparam("request_ids", expanding=True)))
-    .order_by(events.c.position)
-)
 HEAD = sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
     ledger_head.c.id == HEAD_ID
 )
