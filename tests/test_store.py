@@ -535,3 +535,28 @@ def test_a_unit_of_work_looks_each_request_id_up_once(
     assert isinstance(again, AppendResult) and again.duplicate and again.positions == (1, 2)
     assert isinstance(new, AppendResult) and not new.duplicate and new.positions == (3,)
     assert queries == [{"done", "new"}]
+
+
+def test_pooled_connections_come_back_without_a_transaction(store: EventStore) -> None:
+    """Connections go back to the pool without the pool's own rollback: every transaction,
+    a committed unit of work, a failed one, a read, must have ended itself, or a pooled
+    connection would keep the ledger lock from every other writer."""
+    store.append("a", 0, [ev(1)])
+    with pytest.raises(AppendFailed):
+        store.transact(lambda unit: (_ for _ in ()).throw(RuntimeError("decision failed")))
+    assert store.head().position == 1  # a read on a pooled connection
+    other = sa.create_engine(
+        str(store.engine.url.render_as_string(hide_password=False)),
+        poolclass=sa.NullPool,
+        connect_args={"timeout": 1} if store.engine.dialect.name == "sqlite" else {},
+    )
+    try:
+        with other.connect() as conn:
+            if other.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits 1 s at most for the lock
+            else:
+                conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
+                conn.exec_driver_sql("SELECT position FROM ledger_head FOR UPDATE")
+            conn.rollback()
+    finally:
+        other.dispose()
