@@ -14,7 +14,7 @@ from aiohttp import web
 from downstream_node.config import Settings
 from downstream_node.http.app import create_app
 from downstream_node.ledger.clock import FakeClock
-from downstream_node.ledger.heartbeat import Merkle, SeededChunk
+from downstream_node.ledger.heartbeat import Merkle, SeededChunk, Swizzle
 from downstream_node.ledger.tokens import make_address
 from downstream_node.node import Node
 
@@ -76,13 +76,11 @@ def make_app(node: Node, **kwargs: Any) -> web.Application:
 
 
 def prove(public: dict, contract: dict, challenge: dict | None = None) -> dict:
-    """An honest proof for a chunk contract, straight from its seed."""
+    """An honest proof for a chunk contract, straight from its seed (a Swizzle node's public
+    heartbeat carries its prime, a Merkle node's does not)."""
     chunk = SeededChunk(contract["seed"], contract["size"])
-    return (
-        Merkle.fromdict(public)
-        .prove(chunk, challenge or contract["challenge"], contract["tag"])
-        .todict()
-    )
+    beat = Swizzle.fromdict(public) if "prime" in public else Merkle.fromdict(public)
+    return beat.prove(chunk, challenge or contract["challenge"], contract["tag"]).todict()
 
 
 def head(node: Node) -> int:

@@ -261,3 +261,28 @@ def test_nodes_creating_the_secret_at_once_end_up_with_one(tmp_path: Path) -> No
     assert sum(created for _, created in made) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["node-secret.json"]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_swizzle_node_verifies_answers_decided_together(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Proofs are verified in the unit of work that records them, whatever the scheme: a
+    Swizzle node's honest and wrong answers, arriving together, get their own verdicts."""
+    node, _ = new_node(db_url, tmp_path, heartbeat="Swizzle")
+    await node.start()
+    try:
+        await stock(node, files=4)
+        calls = []
+        for i in range(4):
+            token, public = await node.create_token(ADDRESS)
+            assert "prime" in public  # a Swizzle node
+            contract = await node.chunk(token)
+            proof = prove(public, contract)
+            calls.append(
+                node.answer(token, contract["file_hash"], corrupt_proof(proof) if i % 2 else proof)
+            )
+        assert await asyncio.gather(*calls) == ["pass", "fail", "pass", "fail"]
+    finally:
+        await node.close()
+    recorded = [e.event_type for e in check_ledger(db_url).events]
+    assert recorded.count("AnswerPassed") == 2 and recorded.count("AnswerFailed") == 2
