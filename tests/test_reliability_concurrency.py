@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, CHUNK, new_node, prove, stock
 from reliability_support import check_ledger, live_contracts_of
@@ -94,18 +95,21 @@ async def test_the_same_answer_posted_50_times_at_once_is_verified_once(
     assert len(answers_recorded(db_url, "AnswerFailed")) == 1
 
 
+@pytest.mark.parametrize("heartbeat", ["Merkle", "Swizzle"])
 async def test_answers_arriving_together_each_get_their_own_outcome(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, heartbeat: str
 ) -> None:
-    """Answers that arrive together are looked up and verified as one batch: a wrong proof,
-    an unknown token or a file the token does not hold refuses that answer alone."""
-    node, _ = new_node(db_url, tmp_path)
+    """Answers that arrive together are looked up, verified and recorded as one batch (the
+    proofs verified in that unit of work, whatever the scheme): a wrong proof, an unknown
+    token or a file the token does not hold refuses that answer alone."""
+    node, _ = new_node(db_url, tmp_path, heartbeat=heartbeat)
     await node.start()
     try:
         await stock(node, files=8)
         farmers = []
         for _ in range(8):
             token, public = await node.create_token(ADDRESS)
+            assert ("prime" in public) == (heartbeat == "Swizzle")  # the scheme asked for
             farmers.append((token, public, await node.chunk(token)))
         calls, expected = [], []
         for i, (token, public, contract) in enumerate(farmers):
@@ -261,28 +265,3 @@ def test_nodes_creating_the_secret_at_once_end_up_with_one(tmp_path: Path) -> No
     assert sum(created for _, created in made) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["node-secret.json"]
     assert path.stat().st_mode & 0o777 == 0o600
-
-
-async def test_a_swizzle_node_verifies_answers_decided_together(
-    db_url: str, tmp_path: Path
-) -> None:
-    """Proofs are verified in the unit of work that records them, whatever the scheme: a
-    Swizzle node's honest and wrong answers, arriving together, get their own verdicts."""
-    node, _ = new_node(db_url, tmp_path, heartbeat="Swizzle")
-    await node.start()
-    try:
-        await stock(node, files=4)
-        calls = []
-        for i in range(4):
-            token, public = await node.create_token(ADDRESS)
-            assert "prime" in public  # a Swizzle node
-            contract = await node.chunk(token)
-            proof = prove(public, contract)
-            calls.append(
-                node.answer(token, contract["file_hash"], corrupt_proof(proof) if i % 2 else proof)
-            )
-        assert await asyncio.gather(*calls) == ["pass", "fail", "pass", "fail"]
-    finally:
-        await node.close()
-    recorded = [e.event_type for e in check_ledger(db_url).events]
-    assert recorded.count("AnswerPassed") == 2 and recorded.count("AnswerFailed") == 2
