@@ -198,7 +198,6 @@ def _chunk_encoded(
             file_hash=e.file_hash,
             heartbeat=e.heartbeat,
             seed=e.seed,
-            tag=_dump(e.tag),
             state=_dump(e.state),
             answered=False,
             challenges=0,

@@ -179,3 +179,43 @@ def test_projection_tables_of_an_older_release_get_the_new_index(store: EventSto
 
 def _indexes(store: EventStore, table: str) -> set[str]:
     return {index["name"] for index in sa.inspect(store.engine).get_indexes(table)}
+
+
+async def test_projection_tables_of_an_older_layout_are_rebuilt_on_start(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Releases before this one kept each contract's tag (some 24 KiB) in its projection
+    row: a node starting on such tables folds the ledger into a new generation of this
+    release's layout, with the same rows, and a second start leaves it alone."""
+    clock = FakeClock()
+    node = await start_node(db_url, tmp_path, clock)
+    try:
+        address = make_address(b"\x13" * 20)
+        await node.whitelist([(address, "50000")])
+        for _ in range(2):
+            await node.add_seeded(8 * 1024)
+        tokens = await farm_a_while(node, clock, address, rounds=1)
+        old = node.store.head().projection_generation
+        before = {name: table_rows(node, old, name) for name in ("contracts", "uptime")}
+        with node.engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {tables_for(old).contracts.name} ADD COLUMN tag TEXT"
+            )
+    finally:
+        await node.close()
+
+    node = await start_node(db_url, tmp_path, clock)
+    try:
+        new = node.store.head().projection_generation
+        assert new == old + 1
+        columns = sa.inspect(node.engine).get_columns(tables_for(new).contracts.name)
+        assert "tag" not in {c["name"] for c in columns}
+        assert {name: table_rows(node, new, name) for name in before} == before
+        assert len((await node.due(tokens[1], FARMER))["all_contracts"]) == 2
+    finally:
+        await node.close()
+    node = await start_node(db_url, tmp_path, clock)
+    try:
+        assert node.store.head().projection_generation == new
+    finally:
+        await node.close()

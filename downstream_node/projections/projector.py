@@ -216,6 +216,8 @@ class Rows:
         self.key = key
         self.columns = tuple(columns)
         self.mutable = tuple(mutable)
+        # Every column: a row read back is whole, so the MySQL upsert below can insert it.
+        assert set(self.columns) == set(table.columns.keys()), table.name
         self.rows: dict[str, dict[str, Any] | None] = {}
         self.new: dict[str, dict[str, Any]] = {}
         self.dirty: set[str] = set()
@@ -272,10 +274,6 @@ class Rows:
             new = list(self.new.values())
             self._encode(new)
             _executemany(conn, self._insert, new)
-            columns = self.columns
-            for row in new:
-                for extra in [c for c in row if c not in columns]:
-                    del row[extra]  # e.g. a contract's tag: written, never read back here
         if self.dirty:
             rows = self.rows
             dirty = [row for k in sorted(self.dirty) if (row := rows[k]) is not None]
@@ -285,10 +283,7 @@ class Rows:
                 # PyMySQL sends an executemany of UPDATEs one statement at a time; an insert
                 # that always finds its row goes in one statement (the rows all exist: they
                 # were read from the table or written there by this fold).
-                filler = {c.name: "" for c in self.table.columns if c.name not in self.columns}
-                _executemany(
-                    conn, _upsert(self.table, mutable), [{**filler, **row} for row in dirty]
-                )
+                _executemany(conn, _upsert(self.table, mutable), dirty)
             else:
                 _executemany(
                     conn,
@@ -395,7 +390,6 @@ CONTRACT_MUTABLE = (
     "rejected",
     "version",
 )
-# Read back without ``tag``: it is written once, with the contract, and never read here.
 CONTRACT_READ = ("contract_id", "file_hash", "heartbeat", "seed", *CONTRACT_MUTABLE)
 UPTIME_FIELDS = (
     "first_start",
@@ -647,7 +641,6 @@ class Fold:
             "file_hash": p["file_hash"],
             "heartbeat": p["heartbeat"],
             "seed": p["seed"],
-            "tag": Json(p["tag"]),
             "state": Json(p["state"]),
             "challenge": None,
             "challenge_index": None,

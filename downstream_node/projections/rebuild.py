@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Connection, Engine
 
 from ..ledger.db import read_transaction, schema_lock, write_transaction
@@ -20,6 +21,8 @@ from ..ledger.schema import HEAD_ID, events, ledger_head
 from ..ledger.store import EventStore
 from .projector import HANDLED, Fold, Item, apply_items, checkpoint, create_tables, drop_tables
 from .tables import NAMES, ProjectionTables, tables_for
+
+log = structlog.get_logger("downstream.projections")
 
 
 @dataclass(frozen=True)
@@ -31,16 +34,39 @@ class RebuildReport:
 
 
 def ensure_projections(store: EventStore) -> ProjectionTables:
-    """Create the live generation's tables (and catch them up) if they are missing.
+    """Create the live generation's tables (and catch them up) if they are missing; rebuild
+    them into the next generation if an older release made them with other columns.
 
-    Safe when several nodes start at once (on MySQL under a named server lock).
+    Safe when several nodes start at once (on MySQL under a named server lock, which a node
+    holds while it rebuilds: the others wait, then find the new generation).
     """
-    head = store.head()
-    tables = tables_for(head.projection_generation)
-    with write_transaction(store.engine) as conn, schema_lock(conn), conn.begin():
-        create_tables(conn, tables)
+    with write_transaction(store.engine) as conn, schema_lock(conn):
+        with conn.begin():
+            tables = tables_for(store.head(conn).projection_generation)
+            create_tables(conn, tables)
+            outdated = outdated_tables(conn, tables)
+        if outdated:
+            # The projections are derived data: folding the ledger again is the migration.
+            log.warning("projections_outdated", generation=tables.generation, tables=outdated)
+            report = rebuild(store)
+            log.info(
+                "projections_rebuilt",
+                generation=report.new_generation,
+                events=report.events,
+            )
+            return tables_for(report.new_generation)
     _catch_up(store, tables, locked=True)
     return tables
+
+
+def outdated_tables(conn: Connection, tables: ProjectionTables) -> list[str]:
+    """The tables whose columns are not this release's (an older release made them)."""
+    inspector = sa.inspect(conn)
+    return [
+        table.name
+        for table in tables.all()
+        if {c["name"] for c in inspector.get_columns(table.name)} != set(table.columns.keys())
+    ]
 
 
 REBUILD_BATCH = 20_000

@@ -12,7 +12,7 @@ from functools import cache
 
 import sqlalchemy as sa
 
-from ..ledger.schema import MYSQL_TABLE_ARGS, LongText
+from ..ledger.schema import MYSQL_TABLE_ARGS
 
 NAMES = ("checkpoint", "whitelist", "tokens", "files", "contracts", "uptime")
 
@@ -83,7 +83,6 @@ def tables_for(generation: int) -> ProjectionTables:
         sa.Column("file_hash", sa.String(64), nullable=False, index=True),
         sa.Column("heartbeat", sa.String(16), nullable=False),
         sa.Column("seed", sa.String(128), nullable=False),
-        sa.Column("tag", LongText, nullable=False),
         sa.Column("state", sa.Text, nullable=False),
         sa.Column("challenge", sa.Text, nullable=True),
         sa.Column("challenge_index", sa.Integer, nullable=True),
