@@ -586,16 +586,16 @@ class Node:
         self, unit: UnitOfWork, asks: list[AnswerAsk]
     ) -> list[Decision | BaseException]:
         """In the group commit's transaction, under the ledger lock: look up a batch of
-        answers (three queries for the whole batch, the last one the store's own lookup of
-        request ids, which the append then reuses), verify the proofs that may be verified
-        and decide each one's events. A refusal is that answer's own outcome.
+        answers (two queries for the whole batch: the contracts with their tokens, and the
+        store's own lookup of request ids, which the append then reuses), verify the proofs
+        that may be verified and decide each one's events. A refusal is that answer's own
+        outcome.
 
         Reading under the lock, in the transaction that records the verdicts, costs one
         thread hop and one transaction per batch instead of two, and what was read cannot
         move before the commit (the expected versions are still checked)."""
         r = Reader.under_lock(unit.conn, unit.head)
-        owners = r.tokens({ask.hashed for ask in asks})
-        contracts = r.contracts_for_pairs({(ask.hashed, ask.file_hash) for ask in asks})
+        contracts, owners = r.contracts_for_pairs({(ask.hashed, ask.file_hash) for ask in asks})
         request_ids = {
             i: answer_request_id(c.contract_id, c.challenge_index, ask.digest)
             for i, ask in enumerate(asks)

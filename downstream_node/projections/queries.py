@@ -184,15 +184,26 @@ class Reader:
 
     def contracts_for_pairs(
         self, pairs: Collection[tuple[str, str]]
-    ) -> dict[tuple[str, str], ContractView]:
-        """``contract_for`` of many (token hash, file hash) pairs in one query per 250."""
+    ) -> tuple[dict[tuple[str, str], ContractView], dict[str, TokenView]]:
+        """``contract_for`` of many (token hash, file hash) pairs, and the tokens named: one
+        query per 250 pairs, which brings each contract's token along; the tokens of pairs
+        with no contract (an error for the caller, rarely met) take one more."""
         found: dict[tuple[str, str], ContractView] = {}
+        owners: dict[str, TokenView] = {}
         for chunk in in_lists(pairs, IN_LIST // 2):
             # Oldest first, so the newest of a pair is the one left in ``found``.
             params = {"pairs": chunk, "tokens": sorted({token for token, _ in chunk})}
-            for view in self._views(hot(self.t).contracts_for_pairs, params):
+            rows = self.conn.execute(hot(self.t).contracts_for_pairs, params).all()
+            for view in self._views(rows):
                 found[(view.token_hash, view.file_hash)] = view
-        return found
+            for r in rows:
+                owners[r.token_hash] = TokenView(
+                    r.token_hash, r.address, r.ip, r.created_at, r.deleted_at, r.token_version
+                )
+        missing = {token for token, _ in pairs} - owners.keys()
+        if missing:
+            owners.update(self.tokens(missing))
+        return found, owners
 
     def expired_contracts(
         self, now: int, limit: int = 500, token_hash: str | None = None
@@ -211,6 +222,8 @@ class Reader:
         return self._views(query)
 
     def _views(self, query: Any, params: dict[str, Any] | None = None) -> list[ContractView]:
+        """Contract views of a query's rows (or of ``query`` itself, when it is the rows)."""
+        rows = self.conn.execute(query, params) if isinstance(query, sa.Executable) else query
         return [
             ContractView(
                 contract_id=r.contract_id,
@@ -230,7 +243,7 @@ class Reader:
                 version=r.version,
                 size=r.size,
             )
-            for r in self.conn.execute(query, params)
+            for r in rows
         ]
 
     def bytes_held_by_address(self, address: str, now: int) -> int:
@@ -289,7 +302,7 @@ class HotQueries:
     contracts_for_token: Any
     contract_for: Any
     tokens_in: Any  # parameter tokens: the token hashes
-    contracts_for_pairs: Any  # parameter pairs: (token hash, file hash) tuples
+    contracts_for_pairs: Any  # parameters pairs, (token hash, file hash) tuples, and tokens
 
 
 # The contract columns a ContractView is made of (see ``Reader._views``).
@@ -313,7 +326,7 @@ VIEW_COLUMNS = (
 
 @functools.cache
 def hot(t: ProjectionTables) -> HotQueries:
-    c, f = t.contracts.c, t.files.c
+    c, f, tk = t.contracts.c, t.files.c, t.tokens.c
     contracts = (
         # Only what a ContractView holds. Not the tag: the node never needs it once the
         # contract is made, and a Merkle tag is some 24 KiB of JSON, read and decoded on
@@ -335,13 +348,18 @@ def hot(t: ProjectionTables) -> HotQueries:
         tokens_in=sa.select(t.tokens).where(
             t.tokens.c.token_hash.in_(sa.bindparam("tokens", expanding=True))
         ),
-        contracts_for_pairs=contracts.where(
+        contracts_for_pairs=contracts.add_columns(
+            tk.address, tk.ip, tk.created_at, tk.deleted_at, tk.version.label("token_version")
+        )
+        .join(t.tokens, tk.token_hash == c.token_hash)
+        .where(
             # The token list lets both databases walk the token_hash index; a row-value IN
             # alone makes SQLite scan every contract.
             c.token_hash.in_(sa.bindparam("tokens", expanding=True)),
             sa.tuple_(c.token_hash, c.file_hash).in_(sa.bindparam("pairs", expanding=True)),
             *live,
-        ).order_by(*order),
+        )
+        .order_by(*order),
     )
 
 
