@@ -50,8 +50,9 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         # No ping per checkout: it was a round trip more for every transaction. A pooled
         # connection that died (a server restart, a KILL) fails its first statement instead;
         # SQLAlchemy then drops every connection pooled before that moment and the node's
-        # reads are retried once on a fresh connection (Node._read_now). Write transactions,
-        # which cannot simply be retried, ping their connection (write_transaction).
+        # reads are retried once on a fresh connection (Node._read_now), and so is a unit of
+        # work whose first statement found the connection dead (EventStore.transact); other
+        # write transactions ping their connection first (write_transaction).
         pool_pre_ping=False,
         # No rollback when a connection goes back to the pool: every transaction here is a
         # SQLAlchemy one, which the connection's close() rolls back itself if it is still
@@ -169,17 +170,18 @@ def in_lists(values: Iterable[T], size: int = IN_LIST) -> Iterator[list[T]]:
         yield ordered[start : start + size]
 
 
-def write_transaction(engine: Engine) -> sa.engine.Connection:
+def write_transaction(engine: Engine, *, ping: bool = True) -> sa.engine.Connection:
     """A connection whose next ``begin()`` takes the write lock at once on SQLite.
 
     Use as ``with write_transaction(engine) as conn, conn.begin(): ...``. On MySQL the pooled
-    connection is pinged first and replaced if the server dropped it: a write transaction's
-    first statement may be the one that reads what it decides on (``EventStore.transact``),
-    and failing it would fail the write, where a plain read is simply retried.
+    connection is pinged first and replaced if the server dropped it, so that a write does
+    not fail for a connection that died in the pool (where a plain read is simply retried).
+    ``ping=False``: the caller retries a transaction whose first statement failed that way
+    (``EventStore.transact``, which saves the round trip on every batch).
     """
     conn = engine.connect()
     conn.info["write"] = True
-    if not is_sqlite(engine):
+    if ping and not is_sqlite(engine):
         try:
             conn.connection.dbapi_connection.ping(reconnect=False)  # type: ignore[union-attr]
         except Exception:

@@ -52,6 +52,10 @@ class AppendFailed(LedgerError):
         self.before_commit = before_commit
 
 
+class _Dropped(Exception):
+    """A unit of work's first statement found its pooled connection dead (see transact)."""
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """An event to append: its type, schema version, JSON payload and when it happened."""
@@ -407,11 +411,26 @@ class EventStore:
         ``None``; a database error (or an exception from ``decide``) fails the whole unit
         with ``AppendFailed``, as ``append_batch`` does.
         """
+        try:
+            return self._transact(decide, retry_dropped=True)
+        except _Dropped:
+            # The pooled connection had died (a server restart, a KILL, also one that came
+            # while it waited for the lock): its first statement failed and nothing was done
+            # in it, so the unit runs once more on a fresh connection. This replaces a ping
+            # per transaction, a round trip on every batch.
+            return self._transact(decide, retry_dropped=False)
+
+    def _transact(self, decide: Decide, *, retry_dropped: bool) -> list[BatchOutcome | None]:
         committing = False
         seen = Seen()
         try:
-            with write_transaction(self.engine) as conn, conn.begin():
-                row = conn.execute(LOCK_HEAD).one()
+            with write_transaction(self.engine, ping=False) as conn, conn.begin():
+                try:
+                    row = conn.execute(LOCK_HEAD).one()
+                except sa.exc.DBAPIError as exc:
+                    if retry_dropped and exc.connection_invalidated:
+                        raise _Dropped from exc
+                    raise
                 unit = UnitOfWork(conn, Head(row.position, row.hash, row.projection_generation))
                 decided = list(decide(unit))
                 requests = [req for req in decided if req is not None]
@@ -419,7 +438,7 @@ class EventStore:
                 committing = True
             self._versions.committed(seen)
             return [None if req is None else next(appended) for req in decided]
-        except LedgerError:
+        except (LedgerError, _Dropped):
             raise
         except Exception as exc:
             if committing:
