@@ -29,8 +29,14 @@ async def start_node(db_url: str, tmp_path: Path, clock: FakeClock) -> Node:
     return await Node(settings, clock=clock).start()
 
 
-async def farm_a_while(node: Node, clock: FakeClock, address: str, rounds: int) -> list[str]:
-    """Two farmers take contracts, answer (one wrongly once), let one expire, remove one."""
+async def farm_a_while(
+    node: Node, clock: FakeClock, address: str, rounds: int, *, files: int, size: int
+) -> list[str]:
+    """``files`` seeded chunks of ``size`` bytes; two farmers of ``address`` take contracts,
+    answer (one wrongly once), let one expire, remove one."""
+    await node.whitelist([(address, "50000")])
+    for _ in range(files):
+        await node.add_seeded(size)
     tokens = [(await node.create_token(address, FARMER))[0] for _ in range(2)]
     public = Merkle.fromdict(node.scheme.public())  # type: ignore[union-attr]
     held: dict[str, dict] = {}
@@ -68,10 +74,7 @@ async def test_reads_its_own_writes_and_rebuild_equals_live(db_url: str, tmp_pat
     node = await start_node(db_url, tmp_path, clock)
     try:
         address = make_address(b"\x11" * 20)
-        await node.whitelist([(address, "50000")])
-        for _ in range(3):
-            await node.add_seeded(16 * 1024)
-        tokens = await farm_a_while(node, clock, address, rounds=3)
+        tokens = await farm_a_while(node, clock, address, 3, files=3, size=16 * 1024)
         # Read your writes: the contract list reflects the removal at once.
         due = await node.due(tokens[0], FARMER)
         assert len(due["all_contracts"]) == 1
@@ -101,10 +104,7 @@ async def test_rebuild_while_the_node_writes(db_url: str, tmp_path: Path) -> Non
     node = await start_node(db_url, tmp_path, clock)
     try:
         address = make_address(b"\x12" * 20)
-        await node.whitelist([(address, "50000")])
-        for _ in range(4):
-            await node.add_seeded(8 * 1024)
-        await farm_a_while(node, clock, address, rounds=2)
+        await farm_a_while(node, clock, address, 2, files=4, size=8 * 1024)
 
         stop = threading.Event()
         reports = []
@@ -190,11 +190,8 @@ async def test_projection_tables_of_an_older_layout_are_rebuilt_on_start(
     clock = FakeClock()
     node = await start_node(db_url, tmp_path, clock)
     try:
-        address = make_address(b"\x13" * 20)
-        await node.whitelist([(address, "50000")])
-        for _ in range(2):
-            await node.add_seeded(8 * 1024)
-        tokens = await farm_a_while(node, clock, address, rounds=1)
+        address = make_address(b"\x14" * 20)
+        tokens = await farm_a_while(node, clock, address, 1, files=2, size=8 * 1024)
         old = node.store.head().projection_generation
         before = {name: table_rows(node, old, name) for name in ("contracts", "uptime")}
         with node.engine.begin() as conn:
