@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -173,11 +173,15 @@ class Reader:
 
     def contracts_for_token(self, token_hash: str) -> list[ContractView]:
         """Contracts not yet ended (some may have expired without being marked yet)."""
-        return self._views(hot(self.t).contracts_for_token, {"token_hash": token_hash})
+        return self._views(
+            self.conn.execute(hot(self.t).contracts_for_token, {"token_hash": token_hash})
+        )
 
     def contract_for(self, token_hash: str, file_hash: str) -> ContractView | None:
         found = self._views(
-            hot(self.t).contract_for, {"token_hash": token_hash, "file_hash": file_hash}
+            self.conn.execute(
+                hot(self.t).contract_for, {"token_hash": token_hash, "file_hash": file_hash}
+            )
         )
         # The newest: an older one that lapsed may not have been marked expired yet.
         return found[-1] if found else None
@@ -219,11 +223,11 @@ class Reader:
         query = hot(self.t).contracts.where(where).order_by(c.started_at, c.contract_id)
         if limit is not None:
             query = query.limit(limit)
-        return self._views(query)
+        return self._views(self.conn.execute(query))
 
-    def _views(self, query: Any, params: dict[str, Any] | None = None) -> list[ContractView]:
-        """Contract views of a query's rows (or of ``query`` itself, when it is the rows)."""
-        rows = self.conn.execute(query, params) if isinstance(query, sa.Executable) else query
+    @staticmethod
+    def _views(rows: Iterable[Any]) -> list[ContractView]:
+        """The contract views of rows of ``hot(t).contracts`` (or of a query adding columns)."""
         return [
             ContractView(
                 contract_id=r.contract_id,
