@@ -63,8 +63,8 @@ class Metrics:
             ["verdict"],
             registry=self.registry,
         )
-        for verdict in ("pass", "fail"):
-            self.answers.labels(verdict=verdict)
+        # Made once: a labelled child's lookup costs more than counting, on every answer.
+        self._verdicts = {v: self.answers.labels(verdict=v) for v in ("pass", "fail")}
         self.position = Gauge(
             "downstream_ledger_position",
             "Position of the ledger's head (events ever appended).",
@@ -86,7 +86,7 @@ class Metrics:
         node.on_answer = self.on_answer
 
     def on_answer(self, verdict: str) -> None:
-        self.answers.labels(verdict=verdict).inc()
+        self._verdicts[verdict].inc()
         if self._chain is not None:
             self._chain(verdict)
 
