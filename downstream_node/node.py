@@ -594,7 +594,7 @@ class Node:
         Reading under the lock, in the transaction that records the verdicts, costs one
         thread hop and one transaction per batch instead of two, and what was read cannot
         move before the commit (the expected versions are still checked)."""
-        r = Reader.under_lock(unit.conn, unit.head)
+        r = Reader.under_lock(unit)
         contracts, owners = r.contracts_for_pairs({(ask.hashed, ask.file_hash) for ask in asks})
         request_ids = {
             i: answer_request_id(c.contract_id, c.challenge_index, ask.digest)

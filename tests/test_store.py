@@ -260,9 +260,10 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[int, list[int]]] = []
 
-    def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None:
+    def __call__(self, unit: UnitOfWork, recorded: Sequence[RecordedEvent]) -> None:
+        head = unit.head
         self.calls.append((head.position, [e.position for e in recorded]))
-        conn.execute(
+        unit.conn.execute(
             side.insert(),
             [{"position": e.position, "head_before": head.position} for e in recorded],
         )
@@ -272,7 +273,7 @@ class Exploding:
     def __init__(self, when: str = "always") -> None:
         self.when = when
 
-    def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None:
+    def __call__(self, unit: UnitOfWork, recorded: Sequence[RecordedEvent]) -> None:
         if self.when == "always" or any(e.payload.get("bad") for e in recorded):
             raise RuntimeError("projection bug")
 

@@ -81,7 +81,7 @@ def test_a_failed_transaction_leaves_no_version_behind(
 ) -> None:
     store, _ = stores
 
-    def failing(conn: sa.Connection, head: object, recorded: object) -> None:
+    def failing(unit: object, recorded: object) -> None:
         raise RuntimeError("listener failed")
 
     store.append("s", 0, [ev(1)])

@@ -157,9 +157,10 @@ class Head:
 
 
 class Listener(Protocol):
-    """Folds freshly appended events inside the append's transaction (a projection)."""
+    """Folds freshly appended events inside the append's transaction (a projection): on
+    ``unit.conn``, the head as ``unit.head`` found it under the lock."""
 
-    def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None: ...
+    def __call__(self, unit: UnitOfWork, recorded: Sequence[RecordedEvent]) -> None: ...
 
 
 BatchOutcome = AppendResult | LedgerError
@@ -263,13 +264,20 @@ def find_requests(conn: Connection, request_ids: Iterable[str]) -> dict[str, Rec
 
 
 class UnitOfWork:
-    """What ``EventStore.transact`` hands a decision: the transaction's connection, the head
-    found under the ledger lock, and the appends recorded under request ids, each id looked
-    up once per unit (the append that follows the decision does not ask again)."""
+    """What ``EventStore.transact`` hands a decision and then its listeners: the transaction's
+    connection, the head found under the ledger lock, and the appends recorded under request
+    ids, each id looked up once per unit (the append that follows the decision does not ask
+    again).
+
+    ``memo``: what a step of the unit read and a later step may reuse instead of reading it
+    again, under keys of the reader's choosing. It holds until the unit ends: nothing else
+    writes while the unit holds the lock, and the unit's own appends come after its decision.
+    """
 
     def __init__(self, conn: Connection, head: Head) -> None:
         self.conn = conn
         self.head = head
+        self.memo: dict[str, Any] = {}
         self._requests: dict[str, RecordedRequest | None] = {}
 
     def recorded(self, request_ids: Iterable[str]) -> dict[str, RecordedRequest]:
@@ -499,7 +507,7 @@ class EventStore:
         if rows:
             conn.exec_driver_sql(self._insert_events, rows)
             for listener in self.listeners:
-                listener(conn, head, recorded_all)
+                listener(unit, recorded_all)
             conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
         seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes

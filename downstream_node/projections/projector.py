@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from ..ledger import events as ev
 from ..ledger.clock import to_micros
 from ..ledger.db import in_lists
-from ..ledger.store import Head, RecordedEvent
+from ..ledger.store import RecordedEvent, UnitOfWork
 from ..ledger.uptime import Coverage
 from .tables import ProjectionTables, tables_for
 
@@ -67,6 +67,7 @@ def apply_events(
     recorded: Sequence[RecordedEvent],
     *,
     at: int | None = None,
+    fold: Fold | None = None,
 ) -> None:
     """Fold ``recorded`` (consecutive, in order) and move the checkpoint, in ``conn``'s txn.
 
@@ -88,6 +89,7 @@ def apply_events(
             )
             for r in recorded
         ],
+        fold,
         at=at,
     )
 
@@ -174,11 +176,20 @@ HANDLED = frozenset(
 """The event types that change a projection (the others only move the checkpoint)."""
 
 
+# The unit of work's memo key under which the read model leaves the contract rows (in
+# ``CONTRACT_READ`` order) that a decision read under the lock: the live projector holds
+# them instead of reading them again (``queries.Reader.contracts_for_pairs``).
+CONTRACT_ROWS = "projections.contract_rows"
+
+
 class Projector:
     """Event-store listener that keeps the live generation current."""
 
-    def __call__(self, conn: Connection, head: Head, recorded: Sequence[RecordedEvent]) -> None:
-        apply_events(conn, tables_for(head.projection_generation), recorded, at=head.position)
+    def __call__(self, unit: UnitOfWork, recorded: Sequence[RecordedEvent]) -> None:
+        tables = tables_for(unit.head.projection_generation)
+        fold = Fold(tables)
+        fold.hold_contracts(unit.memo.get(CONTRACT_ROWS, ()))
+        apply_events(unit.conn, tables, recorded, at=unit.head.position, fold=fold)
 
 
 # json.dumps(value, sort_keys=True, separators=(",", ":")), with its encoder made once.
@@ -465,6 +476,12 @@ class Fold:
         self.complete_files: set[str] = set()
         self.all_held = False
         self.conn: Connection | None = None
+
+    def hold_contracts(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Hold contract rows (in ``CONTRACT_READ`` order) read in this transaction before any
+        of its events were folded, as if this fold had read them."""
+        for row in self.contracts.add_found(rows):
+            self._index(row)
 
     def _all_rows(self) -> tuple[Rows, ...]:
         return (self.whitelist, self.tokens, self.files, self.contracts, self.uptime)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from sqlalchemy.engine import Connection, Engine
 from ..ledger.contracts import ContractView, FileView
 from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, ledger_head
-from ..ledger.store import Head, stream_versions
+from ..ledger.store import UnitOfWork, stream_versions
 from ..ledger.uptime import Coverage
-from .projector import checkpoint
+from .projector import CONTRACT_READ, CONTRACT_ROWS, checkpoint
 from .tables import ProjectionTables, tables_for
 
 
@@ -54,16 +55,25 @@ class UptimeView:
 
 
 class Reader:
-    def __init__(self, conn: Connection, tables: ProjectionTables, head_position: int) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        tables: ProjectionTables,
+        head_position: int,
+        memo: dict[str, Any] | None = None,
+    ) -> None:
         self.conn = conn
         self.t = tables
         self.head_position = head_position
+        self.memo = memo
 
     @classmethod
-    def under_lock(cls, conn: Connection, head: Head) -> Reader:
+    def under_lock(cls, unit: UnitOfWork) -> Reader:
         """A reader in a unit of work's transaction (``EventStore.transact``), which found
-        ``head`` under the ledger lock: what it reads cannot change before the commit."""
-        return cls(conn, tables_for(head.projection_generation), head.position)
+        its head under the ledger lock: what it reads cannot change before the commit, and
+        the contract rows it reads are left in the unit's memo for the projector."""
+        head = unit.head
+        return cls(unit.conn, tables_for(head.projection_generation), head.position, unit.memo)
 
     # -- tokens and whitelist -------------------------------------------------------------------
 
@@ -200,6 +210,9 @@ class Reader:
             rows = self.conn.execute(hot(self.t).contracts_for_pairs, params).all()
             for view in self._views(rows):
                 found[(view.token_hash, view.file_hash)] = view
+            if self.memo is not None:
+                whole = _contract_row
+                self.memo.setdefault(CONTRACT_ROWS, []).extend(whole(r) for r in rows)
             for r in rows:
                 owners[r.token_hash] = TokenView(
                     r.token_hash, r.address, r.ip, r.created_at, r.deleted_at, r.token_version
@@ -353,7 +366,13 @@ def hot(t: ProjectionTables) -> HotQueries:
             t.tokens.c.token_hash.in_(sa.bindparam("tokens", expanding=True))
         ),
         contracts_for_pairs=contracts.add_columns(
-            tk.address, tk.ip, tk.created_at, tk.deleted_at, tk.version.label("token_version")
+            # The rest of each contract's row, for the projector (CONTRACT_ROWS), and its token.
+            *(c[name] for name in CONTRACT_READ if name not in VIEW_COLUMNS),
+            tk.address,
+            tk.ip,
+            tk.created_at,
+            tk.deleted_at,
+            tk.version.label("token_version"),
         )
         .join(t.tokens, tk.token_hash == c.token_hash)
         .where(
@@ -365,6 +384,10 @@ def hot(t: ProjectionTables) -> HotQueries:
         )
         .order_by(*order),
     )
+
+
+# A contracts_for_pairs row as the projector holds it: its contract's columns, in order.
+_contract_row = operator.attrgetter(*CONTRACT_READ)
 
 
 HEAD = sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
