@@ -227,8 +227,6 @@ class Rows:
         self.key = key
         self.columns = tuple(columns)
         self.mutable = tuple(mutable)
-        # Every column: a row read back is whole, so the MySQL upsert below can insert it.
-        assert set(self.columns) == set(table.columns.keys()), table.name
         self.rows: dict[str, dict[str, Any] | None] = {}
         self.new: dict[str, dict[str, Any]] = {}
         self.dirty: set[str] = set()
@@ -360,6 +358,9 @@ def _statements(
     table: sa.Table, key: str, columns: tuple[str, ...], mutable: tuple[str, ...]
 ) -> tuple[sa.Select, sa.Insert, sa.Update]:
     """Built once per table: read by keys, insert, update the mutable columns by key."""
+    # Every column: a row read back is whole, so the MySQL upsert of ``Rows.flush`` can
+    # insert it.
+    assert set(columns) == set(table.columns.keys()), table.name
     k = table.c[key]
     select = sa.select(*(table.c[c] for c in columns)).where(
         k.in_(sa.bindparam("keys", expanding=True))
