@@ -561,3 +561,36 @@ def test_pooled_connections_come_back_without_a_transaction(store: EventStore) -
             conn.rollback()
     finally:
         other.dispose()
+
+
+def test_request_ids_are_looked_up_by_their_index_whatever_the_statistics(
+    store: EventStore,
+) -> None:
+    """A batch's request-id lookup must not scan the ledger under the ledger lock. Most events
+    carry no request id; InnoDB's statistics count all of those NULLs as one value, and with
+    more ids than the optimizer dives into (200) it has chosen a scan of the whole table,
+    which grows with the ledger (SQLite does the same once ``ANALYZE`` has run). A 250-id
+    lookup uses the index on a ledger whose statistics say a scan would be better."""
+    requests = [
+        AppendRequest(f"s{n}", 0, [ev(n)], f"req-{n}" if n % 250 == 0 else None)
+        for n in range(3000)
+    ]
+    for start in range(0, len(requests), 500):
+        store.append_batch(requests[start : start + 500])
+    ids = [f"req-{n}" for n in range(0, 250 * 250, 250)]  # 12 of them recorded
+    mysql = store.engine.dialect.name != "sqlite"
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE TABLE events" if mysql else "ANALYZE events")
+        query = store_module.FIND_REQUESTS if mysql else store_module.FIND_REQUESTS_SQLITE
+        bound = query.params(request_ids=ids)
+        sql = str(bound.compile(conn, compile_kwargs={"literal_binds": True}))
+        if mysql:
+            plan = conn.exec_driver_sql(f"EXPLAIN {sql}").mappings().all()
+            assert [(row["type"], row["key"]) for row in plan] == [
+                ("range", "ix_events_request_id")
+            ]
+        else:
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+            assert any("INDEX ix_events_request_id" in row[-1] for row in plan), plan
+        found = store_module.find_requests(conn, ids)
+    assert sorted(found) == sorted(f"req-{n}" for n in range(0, 3000, 250))

@@ -18,6 +18,7 @@ MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 GENESIS_HASH = "0" * 64
+REQUEST_ID_INDEX = "ix_events_request_id"
 
 events = sa.Table(
     "events",
@@ -33,7 +34,7 @@ events = sa.Table(
     sa.Column("occurred_at", sa.BigInteger, nullable=False),  # UTC microseconds
     sa.Column("hash", sa.String(64), nullable=False),
     sa.UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
-    sa.Index("ix_events_request_id", "request_id"),
+    sa.Index(REQUEST_ID_INDEX, "request_id"),
     **MYSQL_TABLE_ARGS,
 )
 # Every column of an event row, in table order: the hash chain's content, then the hash.
