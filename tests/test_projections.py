@@ -216,3 +216,43 @@ async def test_projection_tables_of_an_older_layout_are_rebuilt_on_start(
         assert node.store.head().projection_generation == new
     finally:
         await node.close()
+
+
+async def test_contracts_of_many_token_and_file_pairs_are_read_in_one_go(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A batch of answers reads its contracts by (token, file) pairs: each held pair gives
+    its contract, a pair without one gives none, and every token named comes back. On
+    SQLite each pair is one index seek, not a walk through all of the token's contracts."""
+    clock = FakeClock()
+    node = await start_node(db_url, tmp_path, clock)
+    try:
+        address = make_address(b"\x12" * 20)
+        tokens = await farm_a_while(node, clock, address, 1, files=3, size=16 * 1024)
+        hashes = [token_hash(t) for t in tokens]
+        with node.read_model.reader() as reader:
+            files = [f["file_hash"] for f in reader.files()]
+            pairs = {(h, f) for h in hashes for f in files}  # 6 pairs: some held, some not
+            found, owners = reader.contracts_for_pairs(pairs)
+            expected = {
+                pair: contract
+                for pair in pairs
+                if (contract := reader.contract_for(*pair)) is not None
+            }
+            plan = _pairs_plan(reader) if node.engine.dialect.name == "sqlite" else None
+        assert found == expected and 0 < len(found) < len(pairs)
+        assert set(owners) == set(hashes)
+        if plan is not None:
+            assert "MULTI-INDEX OR" in plan and "token_hash=? AND file_hash=?" in plan
+    finally:
+        await node.close()
+
+
+def _pairs_plan(reader) -> str:  # type: ignore[no-untyped-def]
+    from downstream_node.projections.queries import contracts_for_pairs_sqlite
+
+    query = contracts_for_pairs_sqlite(reader.t, 2)
+    sql = str(query.compile(reader.conn))
+    params = ("a", "b", "c", "d")
+    rows = reader.conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
+    return "\n".join(row[-1] for row in rows)
