@@ -256,3 +256,83 @@ def _pairs_plan(reader) -> str:  # type: ignore[no-untyped-def]
     params = ("a", "b", "c", "d")
     rows = reader.conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
     return "\n".join(row[-1] for row in rows)
+
+
+def test_the_sweep_and_the_replica_count_read_only_open_contracts(store: EventStore) -> None:
+    """Ended contracts stay in the projection for ever; the sweep (every 30 s) and /chunk's
+    count of live replicas must not read them all. On a projection where most contracts
+    ended, and whose statistics say so, their queries go through the open-contracts index,
+    and still find exactly the lapsed open contracts and the files with a free replica."""
+    from downstream_node.projections.queries import Reader
+
+    t = ensure_projections(store)
+    now = 10_000
+    files = [f"{n:064x}" for n in range(10)]
+    tokens = [f"{n:064x}" for n in range(100, 120)]
+    contract = {
+        "heartbeat": "merkle", "seed": "s", "state": "{}", "challenge": "{}",
+        "challenge_index": 0, "interval": 60, "answered": False, "end_reason": None,
+        "challenges": 0, "passed": 0, "failed": 0, "rejected": 0, "version": 2,
+    }  # fmt: skip
+    rows = [
+        {
+            **contract,
+            "contract_id": f"{n:032x}",
+            "token_hash": tokens[n % 20],
+            "file_hash": files[n % 10],
+            "started_at": n,
+            "due": n + 60,
+            # 3,000 ended; of the 30 open, the first 5 lapsed before now
+            "expiration": now - 1 if 3000 <= n < 3005 else now + 1000,
+            "ended_at": n + 100 if n < 3000 else None,
+        }
+        for n in range(3030)
+    ]
+    sqlite = store.engine.dialect.name == "sqlite"
+    with store.engine.begin() as conn:
+        conn.execute(
+            t.files.insert(),
+            [
+                {"file_hash": f, "size": 1, "redundancy": 4, "interval": 60, "seed": "s",
+                 "path": None, "added_at": 0, "removed_at": None, "version": 1}
+                for f in files
+            ],
+        )  # fmt: skip
+        conn.execute(t.contracts.insert(), rows)
+        conn.exec_driver_sql("ANALYZE" if sqlite else f"ANALYZE TABLE {t.contracts.name}")
+
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if t.contracts.name in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        with store.engine.connect() as conn:
+            reader = Reader(conn, t, 0)
+            expired = reader.expired_contracts(now)
+            candidates = reader.candidate_files(tokens[0], now)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", capture)
+    assert sorted(c.contract_id for c in expired) == [f"{n:032x}" for n in range(3000, 3005)]
+    # Three open contracts per file, the lapsed ones (on files 0-4) not counted: files 1-4
+    # first (2 live), then 5-8 (3 live, limit 8); token 0 holds file 0 (contract 3020).
+    assert [f.file_hash for f in candidates] == files[1:9]
+    assert [f.live_contracts for f in candidates] == [2, 2, 2, 2, 3, 3, 3, 3]
+    assert len(statements) == 2
+    with store.engine.connect() as conn:
+        for statement, parameters in statements:
+            # No step reads the contracts table whole (only the open-contracts index may be
+            # walked), and both queries go through that index.
+            if sqlite:
+                plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+                steps = [row[-1] for row in plan if t.contracts.name in row[-1]]
+                scans = [step for step in steps if step.startswith("SCAN")]
+                assert all(step.endswith("contracts_open") for step in scans), steps
+                assert any("contracts_open" in step for step in steps), steps
+            else:
+                plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).mappings().all()
+                steps = [row for row in plan if row["table"] == t.contracts.name]
+                assert all(row["type"] not in ("ALL", "index") for row in steps), plan
+                assert any(row["key"].endswith("contracts_open") for row in steps), plan
