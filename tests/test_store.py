@@ -594,3 +594,19 @@ def test_request_ids_are_looked_up_by_their_index_whatever_the_statistics(
             assert any("INDEX ix_events_request_id" in row[-1] for row in plan), plan
         found = store_module.find_requests(conn, ids)
     assert sorted(found) == sorted(f"req-{n}" for n in range(0, 3000, 250))
+
+
+def test_a_ledger_that_lost_the_request_id_index_gets_it_back(store: EventStore) -> None:
+    """The request-id lookup names its index to the database; a start puts a dropped one
+    back, and a retried append is then still answered with its recorded positions."""
+    first = store.append("a", 0, [ev(1)], request_id="r1")
+    [index] = [i for i in events.indexes if i.name == store_module.REQUEST_ID_INDEX]
+    with store.engine.begin() as conn:
+        conn.execute(sa.schema.DropIndex(index))
+    names = {i["name"] for i in sa.inspect(store.engine).get_indexes("events")}
+    assert index.name not in names
+    store.create_schema()
+    names = {i["name"] for i in sa.inspect(store.engine).get_indexes("events")}
+    assert index.name in names
+    again = store.append("a", 0, [ev(1)], request_id="r1")
+    assert again.duplicate and again.positions == first.positions

@@ -390,6 +390,10 @@ class EventStore:
             try:
                 with conn.begin():
                     metadata.create_all(conn)
+                    # The request-id lookup names its index (FORCE INDEX / INDEXED BY), so a
+                    # ledger that lost it would refuse every answer: put it back.
+                    for index in events.indexes:
+                        index.create(conn, checkfirst=True)
                     exists = conn.execute(
                         sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID)
                     ).first()
