@@ -237,7 +237,8 @@ class Rows:
         # changed or not (MySQL compares the values): an answer, which moves no indexed
         # column, took twice as long to write for it. So the mutable columns some index
         # holds, and their values as the table has them, to leave them out when unchanged.
-        self.indexed = tuple(c for c in self.mutable if c in _indexed_columns(table))
+        indexed = _indexed_columns(table)
+        self.indexed = tuple(c for c in self.mutable if c in indexed)
         self._stored: dict[str, tuple[Any, ...]] = {}
         self._select, self._insert, self._update = _statements(
             table, key, self.columns, self.mutable
@@ -336,7 +337,8 @@ class Rows:
                     row[column] = _dump(value.value)
 
 
-def _indexed_columns(table: sa.Table) -> set[str]:
+@functools.cache
+def _indexed_columns(table: sa.Table) -> frozenset[str]:
     """The columns an index of ``table`` holds, or a partial one's condition reads."""
     names = set()
     for index in table.indexes:
@@ -344,7 +346,7 @@ def _indexed_columns(table: sa.Table) -> set[str]:
         where = index.dialect_options["sqlite"].get("where")
         if where is not None:
             names.update(e.name for e in visitors.iterate(where) if isinstance(e, sa.Column))
-    return names
+    return frozenset(names)
 
 
 def _executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
