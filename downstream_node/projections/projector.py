@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -181,6 +181,8 @@ HANDLED = frozenset(
 # ``CONTRACT_READ`` order) that a decision read under the lock: the live projector holds
 # them instead of reading them again (``queries.Reader.contracts_for_pairs``).
 CONTRACT_ROWS = "projections.contract_rows"
+# And the uptime rows of those contracts' tokens, by token hash (None: the token has none).
+UPTIME_ROWS = "projections.uptime_rows"
 
 
 class Projector:
@@ -190,6 +192,7 @@ class Projector:
         tables = tables_for(unit.head.projection_generation)
         fold = Fold(tables)
         fold.hold_contracts(unit.memo.get(CONTRACT_ROWS, ()))
+        fold.hold_uptime(unit.memo.get(UPTIME_ROWS, {}))
         apply_events(unit.conn, tables, recorded, at=unit.head.position, fold=fold)
 
 
@@ -524,6 +527,14 @@ class Fold:
         of its events were folded, as if this fold had read them."""
         for row in self.contracts.add_found(rows):
             self._index(row)
+
+    def hold_uptime(self, rows: Mapping[str, Sequence[Any] | None]) -> None:
+        """Hold uptime rows (token hash, then ``UPTIME_FIELDS``; None for a token with no row)
+        read in this transaction before any of its events were folded."""
+        self.uptime.add_found(row for row in rows.values() if row is not None)
+        for token_hash, row in rows.items():
+            if row is None:
+                self.uptime.rows.setdefault(token_hash, None)
 
     def _all_rows(self) -> tuple[Rows, ...]:
         return (self.whitelist, self.tokens, self.files, self.contracts, self.uptime)

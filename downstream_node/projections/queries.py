@@ -23,7 +23,7 @@ from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import UnitOfWork, stream_versions
 from ..ledger.uptime import Coverage
-from .projector import CONTRACT_READ, CONTRACT_ROWS, checkpoint
+from .projector import CONTRACT_READ, CONTRACT_ROWS, UPTIME_FIELDS, UPTIME_ROWS, checkpoint
 from .tables import ProjectionTables, tables_for
 
 
@@ -221,6 +221,10 @@ class Reader:
             if self.memo is not None:
                 whole = _contract_row
                 self.memo.setdefault(CONTRACT_ROWS, []).extend(whole(r) for r in rows)
+                uptime = self.memo.setdefault(UPTIME_ROWS, {})
+                for r in rows:  # first_start is NOT NULL: a NULL one means no uptime row
+                    has_row = r.uptime_first_start is not None
+                    uptime[r.token_hash] = _uptime_row(r) if has_row else None
             for r in rows:
                 owners[r.token_hash] = TokenView(
                     r.token_hash, r.address, r.ip, r.created_at, r.deleted_at, r.token_version
@@ -385,9 +389,10 @@ def hot(t: ProjectionTables) -> HotQueries:
 
 
 def _pairs_query(t: ProjectionTables) -> sa.Select:
-    """Live contract views, each with the rest of its row (for the projector,
-    ``CONTRACT_ROWS``) and its token; the pairs are the caller's condition."""
-    c, tk = t.contracts.c, t.tokens.c
+    """Live contract views, each with the rest of its row and its token's uptime row (for
+    the projector: ``CONTRACT_ROWS``, ``UPTIME_ROWS``) and its token; the pairs are the
+    caller's condition."""
+    c, tk, u = t.contracts.c, t.tokens.c, t.uptime.c
     return (
         hot_contracts(t)
         .add_columns(
@@ -397,8 +402,11 @@ def _pairs_query(t: ProjectionTables) -> sa.Select:
             tk.created_at,
             tk.deleted_at,
             tk.version.label("token_version"),
+            # The projector would read these next, in a round trip of their own.
+            *(u[name].label(f"uptime_{name}") for name in UPTIME_FIELDS),
         )
         .join(t.tokens, tk.token_hash == c.token_hash)
+        .outerjoin(t.uptime, u.token_hash == c.token_hash)
         .where(c.ended_at.is_(None), c.started_at.is_not(None))
         .order_by(c.started_at, c.contract_id)
     )
@@ -431,8 +439,10 @@ def _pair_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return params
 
 
-# A contracts_for_pairs row as the projector holds it: its contract's columns, in order.
+# A contracts_for_pairs row as the projector holds it: its contract's columns, in order;
+# and its token's uptime row (token hash, then UPTIME_FIELDS).
 _contract_row = operator.attrgetter(*CONTRACT_READ)
+_uptime_row = operator.attrgetter("token_hash", *(f"uptime_{name}" for name in UPTIME_FIELDS))
 
 
 HEAD = sa.select(ledger_head.c.position, ledger_head.c.projection_generation).where(
