@@ -243,9 +243,7 @@ class Rows:
         indexed = _indexed_columns(table)
         self.indexed = tuple(c for c in self.mutable if c in indexed)
         self._stored: dict[str, tuple[Any, ...]] = {}
-        self._select, self._insert, self._update = _statements(
-            table, key, self.columns, self.mutable
-        )
+        self._select, self._insert = _statements(table, key, self.columns)
         self._unindexed = tuple(c for c in self.mutable if c not in self.indexed)
 
     def prefetch(self, conn: Connection, keys: Iterable[str | None]) -> None:
@@ -393,10 +391,8 @@ def _upsert(table: sa.Table, mutable: tuple[str, ...]) -> sa.Insert:
 
 
 @functools.cache
-def _statements(
-    table: sa.Table, key: str, columns: tuple[str, ...], mutable: tuple[str, ...]
-) -> tuple[sa.Select, sa.Insert, sa.Update]:
-    """Built once per table: read by keys, insert, update the mutable columns by key."""
+def _statements(table: sa.Table, key: str, columns: tuple[str, ...]) -> tuple[sa.Select, sa.Insert]:
+    """Built once per table: read by keys, insert (updates: ``_update``)."""
     # Every column: a row read back is whole, so the MySQL upsert of ``Rows.flush`` can
     # insert it.
     assert set(columns) == set(table.columns.keys()), table.name
@@ -404,7 +400,7 @@ def _statements(
     select = sa.select(*(table.c[c] for c in columns)).where(
         k.in_(sa.bindparam("keys", expanding=True))
     )
-    return select, table.insert(), _update(table, key, mutable)
+    return select, table.insert()
 
 
 @functools.cache
