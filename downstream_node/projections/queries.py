@@ -201,7 +201,9 @@ class Reader:
     ) -> tuple[dict[tuple[str, str], ContractView], dict[str, TokenView]]:
         """``contract_for`` of many (token hash, file hash) pairs, and the tokens named: one
         query per 250 pairs, which brings each contract's token along; the tokens of pairs
-        with no contract (an error for the caller, rarely met) take one more."""
+        with no contract (an error for the caller, rarely met) take one more. Under a unit of
+        work (``memo``) the whole contract rows and their tokens' uptime rows are left there
+        for the projector."""
         found: dict[tuple[str, str], ContractView] = {}
         owners: dict[str, TokenView] = {}
         sqlite = self.conn.dialect.name == "sqlite"
