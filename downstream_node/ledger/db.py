@@ -170,6 +170,15 @@ def in_lists(values: Iterable[T], size: int = IN_LIST) -> Iterator[list[T]]:
         yield ordered[start : start + size]
 
 
+def create_all(conn: sa.engine.Connection, metadata: sa.MetaData) -> None:
+    """Create ``metadata``'s missing tables, and the indexes that tables an older release
+    made lack (``create_all`` leaves a table that exists as it is)."""
+    metadata.create_all(conn)
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
 def write_transaction(engine: Engine, *, ping: bool = True) -> sa.engine.Connection:
     """A connection whose next ``begin()`` takes the write lock at once on SQLite.
 

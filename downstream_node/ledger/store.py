@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .canonical import canonical, chain_next
 from .clock import from_micros, to_micros
-from .db import in_lists, is_sqlite, read_transaction, write_transaction
+from .db import create_all, in_lists, is_sqlite, read_transaction, write_transaction
 from .schema import (
     EVENT_COLUMNS,
     GENESIS_HASH,
@@ -389,11 +389,9 @@ class EventStore:
                     raise LedgerError("timed out waiting for another node to create the schema")
             try:
                 with conn.begin():
-                    metadata.create_all(conn)
-                    # The request-id lookup names its index (FORCE INDEX / INDEXED BY), so a
-                    # ledger that lost it would refuse every answer: put it back.
-                    for index in events.indexes:
-                        index.create(conn, checkfirst=True)
+                    # With any index missing put back: the request-id lookup names its index
+                    # (FORCE INDEX / INDEXED BY), and would refuse every answer without it.
+                    create_all(conn, metadata)
                     exists = conn.execute(
                         sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID)
                     ).first()

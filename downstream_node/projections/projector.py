@@ -25,7 +25,7 @@ from sqlalchemy.sql import visitors
 
 from ..ledger import events as ev
 from ..ledger.clock import to_micros
-from ..ledger.db import in_lists
+from ..ledger.db import create_all, in_lists
 from ..ledger.store import RecordedEvent, UnitOfWork
 from ..ledger.uptime import Coverage
 from .tables import ProjectionTables, tables_for
@@ -42,11 +42,7 @@ MAX_CACHED = 50_000
 
 
 def create_tables(conn: Connection, tables: ProjectionTables) -> None:
-    tables.metadata.create_all(conn)
-    # Tables made by an older release have all their columns but may lack a newer index.
-    for table in tables.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
+    create_all(conn, tables.metadata)
     if conn.execute(sa.select(tables.checkpoint.c.position)).first() is None:
         conn.execute(tables.checkpoint.insert().values(name=CHECKPOINT, position=0))
 

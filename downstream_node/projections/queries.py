@@ -71,7 +71,7 @@ class Reader:
     def under_lock(cls, unit: UnitOfWork) -> Reader:
         """A reader in a unit of work's transaction (``EventStore.transact``), which found
         its head under the ledger lock: what it reads cannot change before the commit, and
-        the contract rows it reads are left in the unit's memo for the projector."""
+        the contract and uptime rows it reads are left in the unit's memo for the projector."""
         head = unit.head
         return cls(unit.conn, tables_for(head.projection_generation), head.position, unit.memo)
 
