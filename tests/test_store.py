@@ -422,6 +422,24 @@ def test_identifiers_are_exact_on_every_database(store: EventStore) -> None:
     ]
 
 
+def test_stream_versions_of_many_streams_at_once(store: EventStore) -> None:
+    # More streams than one query takes on either database (100 on SQLite, 500 on MySQL),
+    # with 0 to 3 events each, names differing only in case, and streams with no events.
+    names = [f"s-{i}" for i in range(600)] + [f"S-{i}" for i in range(0, 600, 7)]
+    wanted = {name: i % 4 for i, name in enumerate(names)}
+    store.append_batch(
+        [
+            AppendRequest(name, 0, [ev(v) for v in range(count)])
+            for name, count in wanted.items()
+            if count
+        ]
+    )
+    asked = [*names, "never-written", "s-0 x"]
+    with store.engine.connect() as conn:
+        found = store_module.stream_versions(conn, asked)
+    assert found == {**wanted, "never-written": 0, "s-0 x": 0}
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
 def test_an_in_memory_sqlite_url_makes_a_working_store(url: str) -> None:
     engine = make_engine(url)

@@ -203,9 +203,9 @@ def insert_events_sql(dialect: sa.Dialect) -> str:
 def stream_versions_query(count: int) -> sa.CompoundSelect | sa.Select:
     """``(stream_id, max version)`` of ``count`` streams (parameters ``s0``...), one query.
 
-    A scalar ``MAX`` per stream, which both databases answer from the (stream_id, version)
-    index in a few page reads; ``GROUP BY stream_id`` over an ``IN`` list would make SQLite
-    read every version of every stream named.
+    SQLite's form: a scalar ``MAX`` per stream, answered from the (stream_id, version) index
+    in a few page reads; ``GROUP BY stream_id`` over an ``IN`` list would make SQLite read
+    every version of every stream named.
     """
     parts = []
     for i in range(count):
@@ -215,10 +215,25 @@ def stream_versions_query(count: int) -> sa.CompoundSelect | sa.Select:
     return parts[0] if count == 1 else sa.union_all(*parts)
 
 
+# MySQL's form: a range or a loose index scan of the (stream_id, version) index, picked on
+# cost (loose when streams hold many versions). Parsing and planning the UNION of a scalar
+# MAX per stream took MariaDB twice as long: 1.7-2.3 against 1.1-1.4 ms for 100 streams.
+STREAM_VERSIONS_GROUPED = (
+    sa.select(events.c.stream_id, sa.func.max(events.c.version))
+    .where(events.c.stream_id.in_(sa.bindparam("stream_ids", expanding=True)))
+    .group_by(events.c.stream_id)
+)
+
+
 def stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
-    """Each stream's version (0 for a stream with no events), in one query per 100, in the
-    caller's transaction."""
+    """Each stream's version (0 for a stream with no events), in the caller's transaction:
+    one query per 100 streams on SQLite, per 500 on MySQL."""
     versions = dict.fromkeys(stream_ids, 0)
+    if conn.dialect.name != "sqlite":
+        for chunk in in_lists(sorted(versions)):
+            for stream_id, version in conn.execute(STREAM_VERSIONS_GROUPED, {"stream_ids": chunk}):
+                versions[stream_id] = int(version)
+        return versions
     for chunk in in_lists(sorted(versions), VERSIONS_PER_QUERY):
         # Padded (repeating the last stream) to one of a few sizes, so that only those
         # few statements are ever compiled.
