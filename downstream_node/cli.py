@@ -341,7 +341,7 @@ def serve(
     from .http.server import serve as serve_api
     from .ledger.db import is_sqlite
 
-    configure_logging(log_format, level=log_level)
+    configure_logging(log_format, level=log_level, cache_loggers=True)
     if demo is None:
         demo = is_sqlite(obj.settings.db_url)
 

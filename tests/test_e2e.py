@@ -179,6 +179,7 @@ async def test_serve_demo_answers_health(tmp_path: Path) -> None:
             async with http.get(f"{url}/api/downstream/new/{address}") as response:
                 assert response.status == 200
                 token = (await response.json())["token"]
+                new_request = response.headers["X-Request-Id"]
             async with http.get(f"{url}/api/downstream/chunk/{token}") as response:
                 contract = await response.json()
         assert health["status"] == "ok" and health["position"] >= 5
@@ -190,6 +191,10 @@ async def test_serve_demo_answers_health(tmp_path: Path) -> None:
     assert {"listening", "request", "stopping"} <= {e["event"] for e in logged}
     assert all("timestamp" in e and "level" in e for e in logged)
     assert token not in err
+    # The node's own line and the access line of a request carry its id (the server caches
+    # its loggers: the id comes from the request's context, not from the logger).
+    of_new = [e["event"] for e in logged if e.get("request_id") == new_request]
+    assert of_new == ["token_created", "request"]
 
     # a restart finds the demo stock and adds nothing
     process, lines = await _start_serve(db)  # SQLite: --demo is the default

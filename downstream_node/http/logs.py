@@ -32,8 +32,19 @@ def _without_request_lines(record: logging.LogRecord) -> bool:
 
 
 def configure_logging(
-    fmt: str = "console", *, level: str | int = "INFO", stream: TextIO | None = None
+    fmt: str = "console",
+    *,
+    level: str | int = "INFO",
+    stream: TextIO | None = None,
+    cache_loggers: bool = False,
 ) -> None:
+    """Configure structlog and the standard ``logging`` module alike.
+
+    ``cache_loggers``: each logger keeps this configuration from its first use on, for a
+    process that configures once (``serve``): otherwise structlog builds the logger anew on
+    every call, a third of the cost of an access-log line. Off where the configuration may
+    change again (tests capture logs by reconfiguring).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}: one of {', '.join(FORMATS)}")
     stream = stream or sys.stderr
@@ -62,7 +73,7 @@ def configure_logging(
         processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache_loggers,
     )
 
     handler = logging.StreamHandler(stream)
