@@ -28,7 +28,7 @@ from .config import Settings
 from .ledger import contracts as cn
 from .ledger import events as ev
 from .ledger import tokens as tk
-from .ledger.canonical import canonical_json
+from .ledger.canonical import digest_text
 from .ledger.clock import Clock, SystemClock, from_micros, iso, to_micros
 from .ledger.db import make_engine
 from .ledger.errors import Refused
@@ -531,7 +531,7 @@ class Node:
         except HeartbeatError as exc:
             await self._token(token)  # an unknown token is no_token, whatever its proof
             raise Refused("bad_proof_format", f"the proof is malformed: {exc}") from exc
-        digest = hashlib.sha256(canonical_json(proof).encode()).hexdigest()
+        digest = hashlib.sha256(digest_text(proof).encode()).hexdigest()
         key = (hashed, file_hash)
         conflicts = 0
         while conflicts < RETRIES:  # waiting for another answer's flight is not a conflict

@@ -58,6 +58,14 @@ def canonical_json(value: Any) -> str:
     return canonical(value)[0]
 
 
+def digest_text(value: Any) -> str:
+    """The text ``canonical_json`` gives ``value``, without its check for floats and
+    non-string keys: for hashing a value into an identifier (a proof into its answer's
+    request id), where a float would only make a different identifier. What goes into the
+    ledger is checked when it is written."""
+    return _encode_canonical(value)
+
+
 def canonical(value: Any) -> tuple[str, Any]:
     """The canonical text of ``value`` and what that text decodes to (what readers get back).
 
