@@ -398,9 +398,9 @@ def _pairs_query(t: ProjectionTables) -> sa.Select:
 
 
 def _view(r: Any) -> ContractView:
-    """A row's ``VIEW_COLUMNS`` and size as a ContractView, taken by position: a row's named
-    attributes cost ten times as much as its items, and a batch of answers reads 35 columns
-    of each of hundreds of rows."""
+    """A row's ``VIEW_COLUMNS`` and size as a ContractView (fields in the same order), taken
+    by position: a row's named attribute costs about eight times its item, and a batch of
+    answers reads 35 columns of each of hundreds of rows."""
     cid, token, file, hb, seed, state, challenge, index, interval, started, due = r[:11]
     answered, expiration, version, size = r[11:15]
     return ContractView(
