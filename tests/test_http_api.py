@@ -13,7 +13,7 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from http_support import ADDRESS, INTERVAL, head, new_node, prove, stock
+from http_support import ADDRESS, CHUNK, INTERVAL, head, new_node, prove, stock
 from structlog.testing import capture_logs
 
 from downstream_node.http import schemas as sc
@@ -76,6 +76,35 @@ async def test_the_farmer_routes(served: tuple[TestClient, Node]) -> None:
         200,
         {"all_contracts": [], "due_contracts": []},
     )
+
+
+async def test_due_brings_each_contract_up_to_date(served: tuple[TestClient, Node]) -> None:
+    client, node = served
+    clock = node.test_clock  # type: ignore[attr-defined]
+    _, created = await get_json(client, f"{API}/new/{ADDRESS}")
+    token, heartbeat = created["token"], created["heartbeat"]
+    _, a = await get_json(client, f"{API}/chunk/{token}")
+    _, b = await get_json(client, f"{API}/chunk/{token}")
+    async with client.post(
+        f"{API}/answer/{token}/{a['file_hash']}", json={"proof": prove(heartbeat, a)}
+    ) as response:
+        assert await response.json() == {"status": "pass"}
+    clock.advance(INTERVAL / 2)
+    await node.add_seeded(CHUNK, seed="a third chunk")
+    _, c = await get_json(client, f"{API}/chunk/{token}")
+    before = head(node)
+    clock.advance(INTERVAL / 2)  # a is due for its next challenge, b lapsed unanswered, c is open
+
+    status, due = await get_json(client, f"{API}/due/{token}")
+    assert status == 200
+    assert [x["hash"] for x in due["all_contracts"]] == [a["file_hash"], c["file_hash"]]
+    challenges = {x["hash"]: x["challenge"] for x in due["due_contracts"]}
+    assert set(challenges) == {a["file_hash"], c["file_hash"]}
+    assert challenges[a["file_hash"]] != a["challenge"]  # a's next challenge
+    assert challenges[c["file_hash"]] == c["challenge"]
+    assert b["file_hash"] not in challenges
+    written = [e.event_type for e in node.store.read_all(after=before)]
+    assert sorted(written) == ["ChallengeIssued", "ContractExpired"]
 
 
 async def test_request_ids_and_the_access_log(served: tuple[TestClient, Node]) -> None:
