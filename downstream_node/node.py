@@ -29,7 +29,7 @@ from .ledger import contracts as cn
 from .ledger import events as ev
 from .ledger import tokens as tk
 from .ledger.canonical import digest_text
-from .ledger.clock import Clock, SystemClock, from_micros, iso, to_micros
+from .ledger.clock import Clock, SystemClock, from_micros, iso_micros, to_micros
 from .ledger.db import make_engine
 from .ledger.errors import Refused
 from .ledger.group_commit import Decision, GroupCommitter
@@ -437,8 +437,8 @@ class Node:
                 "size": chosen.size,
                 "challenge": challenge,
                 "tag": tag,
-                "due": iso(from_micros(assigned.due)),
-                "expiration": iso(from_micros(assigned.due)),
+                "due": iso_micros(assigned.due),
+                "expiration": iso_micros(assigned.due),
             }
         raise Refused("busy", "too much contention for chunks; try again")
 
@@ -485,8 +485,8 @@ class Node:
                 {
                     "hash": c.file_hash,
                     "challenge": c.challenge,
-                    "due": iso(from_micros(c.due)),
-                    "expiration": iso(from_micros(c.expiration)),
+                    "due": iso_micros(c.due),
+                    "expiration": iso_micros(c.expiration),
                 }
                 for c in live
                 if not c.answered

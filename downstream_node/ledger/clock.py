@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from typing import Protocol
 
 UTC = dt.UTC
@@ -58,6 +59,12 @@ def from_micros(micros: int) -> dt.datetime:
 def iso(when: dt.datetime) -> str:
     """ISO 8601 UTC with a Z, seconds precision, as the API writes expirations."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_micros(micros: int) -> str:
+    """``iso(from_micros(micros))`` without making a datetime: a farmer's poll writes two per
+    contract (2.5 -> 0.9 us each)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(micros // 1_000_000))
 
 
 def parse_time(text: str) -> dt.datetime:
