@@ -470,15 +470,10 @@ class Node:
         now = self._now()
         # Only the contracts whose challenge lapsed or fell due need work (a coroutine each,
         # which re-checks); a farmer polling holds mostly the others.
-        stale = [i for i, c in enumerate(contracts) if cn.is_expired(c, now) or cn.is_due(c, now)]
-        refreshed: list[cn.ContractView | None] = list(contracts)
-        for i, fresh in zip(
-            stale,
-            await asyncio.gather(*(self._refresh(contracts[i], ctx, guard) for i in stale)),
-            strict=True,
-        ):
-            refreshed[i] = fresh
-        live = [c for c in refreshed if c is not None]
+        stale = [c for c in contracts if cn.is_expired(c, now) or cn.is_due(c, now)]
+        refreshed = await asyncio.gather(*(self._refresh(c, ctx, guard) for c in stale))
+        fresh = dict(zip((c.contract_id for c in stale), refreshed, strict=True))
+        live = [c for c in (fresh.get(c.contract_id, c) for c in contracts) if c is not None]
         return {
             "all_contracts": [{"hash": c.file_hash} for c in live],
             "due_contracts": [

@@ -56,14 +56,9 @@ def from_micros(micros: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=micros)
 
 
-def iso(when: dt.datetime) -> str:
-    """ISO 8601 UTC with a Z, seconds precision, as the API writes expirations."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def iso_micros(micros: int) -> str:
-    """``iso(from_micros(micros))`` without making a datetime: a farmer's poll writes two per
-    contract (2.5 -> 0.9 us each)."""
+    """ISO 8601 UTC with a Z, seconds precision, as the API writes times, from microseconds
+    without making a datetime: a farmer's poll writes two per contract (2.5 -> 0.9 us)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(micros // 1_000_000))
 
 
