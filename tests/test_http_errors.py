@@ -3,7 +3,11 @@ malformed requests append nothing to the ledger."""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import io
 import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,11 +15,23 @@ from typing import Any
 import pytest
 import sqlalchemy.exc
 from aiohttp.test_utils import TestClient
-from http_support import ADDRESS, INTERVAL, POOR, STRANGER, head, new_node, prove, stock
+from http_support import (
+    ADDRESS,
+    INTERVAL,
+    POOR,
+    STRANGER,
+    head,
+    new_node,
+    prove,
+    real_server,
+    stock,
+)
 from structlog.testing import capture_logs
 
+from downstream_node import logs as library_logs
 from downstream_node.farmer import corrupt_proof
 from downstream_node.http.app import create_app
+from downstream_node.http.logs import configure_logging
 from downstream_node.http.schemas import STATUS_WORDS
 from downstream_node.ledger.clock import FakeClock
 from downstream_node.ledger.errors import Refused
@@ -239,6 +255,76 @@ async def test_bad_request_bodies(api: Api) -> None:
         status, body = await api.post(url, data=raw, headers={"Content-Type": "application/json"})
         assert_error(status, body, "bad_request", 400)
     assert head(api.node) == before
+
+
+async def test_a_body_its_content_encoding_does_not_describe_is_400(api: Api) -> None:
+    token, heartbeat = await api.token()
+    _, contract = await api.get(f"{API}/chunk/{token}")
+    url = f"{API}/answer/{token}/{contract['file_hash']}"
+    before = head(api.node)
+    for encoding, raw in (("gzip", b"not gzip at all"), ("deflate", b"\x00\x01garbage")):
+        with capture_logs() as logs:
+            status, body = await api.post(url, data=raw, headers={"Content-Encoding": encoding})
+        assert_error(status, body, "bad_request", 400)
+        assert "Content-Encoding" in body["message"]
+        assert not [e for e in logs if e["log_level"] == "error"], logs
+    assert head(api.node) == before
+    # a body encoded as it says is read as any other
+    proof = json.dumps({"proof": prove(heartbeat, contract)}).encode()
+    status, body = await api.post(
+        url, data=gzip.compress(proof), headers={"Content-Encoding": "gzip"}
+    )
+    assert (status, body) == (200, {"status": "pass"})
+    assert head(api.node) == before + 1
+
+
+async def test_a_client_gone_before_its_body_is_499_and_no_error(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A farmer that hangs up halfway through its body is logged as 499 (as nginx would), not
+    as the node's 500 with a traceback; aiohttp's own complaint about draining an undecodable
+    body is one warning line, without the body or a traceback."""
+    node, _ = new_node(db_url, tmp_path)
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    try:
+        async with real_server(create_app(node)) as server:
+            await stock(node)
+            token, _ = await node.create_token(ADDRESS)
+            before = head(node)
+            host, port = server.url.removeprefix("http://").split(":")
+
+            async def send(raw: bytes, *, hang_up: bool) -> bytes:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(raw)
+                await writer.drain()
+                reply = b"" if hang_up else await asyncio.wait_for(reader.read(65536), 5)
+                writer.close()
+                return reply
+
+            start = f"POST {API}/answer/{token}/{UNKNOWN_HASH} HTTP/1.1\r\nHost: node\r\n"
+            await send(f'{start}Content-Length: 100\r\n\r\n{{"proof"'.encode(), hang_up=True)
+            reply = await send(
+                f"{start}Content-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc".encode(),
+                hang_up=False,
+            )
+            assert reply.startswith(b"HTTP/1.1 400 "), reply
+            for _ in range(100):  # the server notices the hang-up in its own time
+                if '"status": 499' in out.getvalue() and "decoded" in out.getvalue():
+                    break
+                await asyncio.sleep(0.02)
+            assert head(node) == before
+    finally:
+        configure_logging("console", stream=sys.stderr)
+        library_logs.configure()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    access = [line["status"] for line in lines if line["event"] == "request"]
+    assert sorted(access) == [400, 499], lines
+    assert [line["level"] for line in lines if line["level"] not in ("info", "debug")] == [
+        "warning"
+    ], lines
+    assert not any("exception" in line or "Traceback" in str(line) for line in lines), lines
+    assert token not in out.getvalue()
 
 
 async def test_too_large(api: Api) -> None:

@@ -42,8 +42,10 @@ from .routes import (
     NEW_LIMITER,
     NODE,
     REQUEST_ID,
+    ClientGone,
     RateLimited,
     RateLimiter,
+    UnreadableBody,
     add_routes,
 )
 
@@ -59,6 +61,8 @@ HEX_RUN = re.compile(r"[0-9a-fA-F]{32,}")
 DATABASE_RETRY_AFTER = "5"
 # How long a refused /new should wait: a slot frees only when a token is deleted.
 TOKENS_RETRY_AFTER = "60"
+# As nginx records it: the client closed the connection before the node could answer.
+CLIENT_GONE = 499
 HTTP_WORDS = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -103,7 +107,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = incoming if REQUEST_ID_RE.match(incoming) else secrets.token_hex(16)
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
-    status = 499  # the client went away before an answer
+    status = CLIENT_GONE  # unless an answer comes
     try:
         # Bound for the handler only: one connection's requests share one task (keep-alive).
         bound = structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -142,6 +146,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if length is not None and length > max_body:
             raise Refused("too_large", f"the body has {length} bytes; at most {max_body} allowed")
         return await handler(request)
+    except ClientGone:
+        # Nobody reads this reply; its code is what the access log and the metrics record.
+        return web.Response(status=CLIENT_GONE)
     except RateLimited as refused:
         response = error_response(refused.status, refused.message)
         response.headers["Retry-After"] = str(refused.retry_after)
@@ -154,6 +161,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             response.headers["Retry-After"] = TOKENS_RETRY_AFTER
         elif refused.status not in sc.STATUS_WORDS:
             log.warning("unmapped_status_word", status=refused.status)
+        if isinstance(refused, UnreadableBody):
+            response.force_close()  # tells the client not to send more on this connection
         return response
     except web.HTTPException as exc:
         return _http_error(exc, max_body)

@@ -14,20 +14,31 @@ from typing import Any, TextIO
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 FORMATS = ("console", "json")
 
 
-def _without_request_lines(record: logging.LogRecord) -> bool:
-    """aiohttp logs a request it cannot parse with the parser's error, which quotes the start
-    of the request line: a token in the path would be written whole. Keep the fact, drop
-    the quote (and the traceback: a client's malformed request is not the node's bug)."""
+def _client_faults(record: logging.LogRecord) -> bool:
+    """Client mistakes that aiohttp logs as the server's errors, kept as one-line warnings.
+
+    A request it cannot parse is logged with the parser's error, which quotes the start of
+    the request line: a token in the path would be written whole, so the quote goes. A body
+    its Content-Encoding does not describe is refused (400) by the route, then aiohttp fails
+    on it once more while draining it and logs an "unhandled exception". Neither traceback
+    is the node's bug.
+    """
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, HttpProcessingError):
         record.msg = f"{record.getMessage()}: {type(exc).__name__} (HTTP {exc.code})"
-        record.args = None
-        record.exc_info = None
-        record.exc_text = None
+    elif isinstance(exc, RequestPayloadError):
+        record.msg = "a request body could not be decoded (refused with 400); connection closed"
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    else:
+        return True
+    record.args = None
+    record.exc_info = None
+    record.exc_text = None
     return True
 
 
@@ -91,7 +102,7 @@ def configure_logging(
     for old in list(root.handlers):
         if getattr(old, "_downstream", False):
             root.removeHandler(old)
-    handler.addFilter(_without_request_lines)
+    handler.addFilter(_client_faults)
     handler._downstream = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError
 
 from ..ledger import tokens as tk
@@ -32,6 +33,16 @@ B58 = set(tk.B58_ALPHABET)
 
 NODE = web.AppKey("node", Node)
 REQUEST_ID = web.RequestKey("request_id", str)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request's body arrived: nobody is left to
+    answer (the access log records 499), and it is not the node's fault."""
+
+
+class UnreadableBody(Refused):
+    """``bad_request`` for a body that cannot be decoded: where it ends is unknown, so the
+    connection closes after the reply."""
 
 
 class RateLimited(Refused):
@@ -111,7 +122,18 @@ def _reject_constant(name: str) -> NoReturn:
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; ``bad_request`` otherwise (413 comes from ``read``)."""
-    body = await request.read()
+    try:
+        body = await request.read()
+    except RequestPayloadError:
+        # A body its Content-Encoding does not describe (gzip that is not gzip): the
+        # client's mistake, not a 500.
+        raise UnreadableBody(
+            "bad_request",
+            "the body could not be decoded as its Content-Encoding says; send it as it is "
+            "or encoded as declared",
+        ) from None
+    except ConnectionResetError:
+        raise ClientGone from None
     if not body.strip():
         raise Refused("bad_request", 'the body is empty; send a JSON object like {"proof": {}}')
     try:
