@@ -129,10 +129,18 @@ async def test_path_parameters_are_length_and_alphabet_checked(
         "\uff10" * 32,  # full-width digits: Unicode's \d would take them
         "%00" * 11,
         "0" * 31 + "\n",
+        token + "%0A",  # a final newline, which ``$`` would let through
         "<script>" + "0" * 24,
         "a" * 4_000,
     ]
-    bad_hashes = ["ab" * 31, "ab" * 33, "zz" * 32, "ab" * 31 + "é", "<svg>" + "a" * 59]
+    bad_hashes = [
+        "ab" * 31,
+        "ab" * 33,
+        "zz" * 32,
+        "ab" * 31 + "é",
+        "<svg>" + "a" * 59,
+        "ab" * 32 + "%0A",
+    ]
     for bad in bad_tokens:
         for path in (f"/chunk/{bad}", f"/due/{bad}", f"/remove/{bad}/{'ab' * 32}"):
             status, body = await call(client, "GET", API + path)

@@ -55,7 +55,7 @@ access_log = structlog.get_logger("downstream.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}\Z")
 # Any run of 32 or more hex digits may hold a token (a mistyped or padded one included).
 HEX_RUN = re.compile(r"[0-9a-fA-F]{32,}")
 DATABASE_RETRY_AFTER = "5"

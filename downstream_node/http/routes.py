@@ -26,8 +26,8 @@ from . import schemas as sc
 log = structlog.get_logger("downstream.http")
 
 PREFIX = "/api/downstream"
-TOKEN_RE = re.compile(r"^[0-9a-fA-F]{32}$")
-HASH_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+TOKEN_RE = re.compile(r"^[0-9a-fA-F]{32}\Z")
+HASH_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
 ADDRESS_MIN, ADDRESS_MAX = 26, 35
 B58 = set(tk.B58_ALPHABET)
 

@@ -18,7 +18,7 @@ from .errors import Refused
 
 B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {ch: i for i, ch in enumerate(B58_ALPHABET)}
-TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+TOKEN_RE = re.compile(r"^[0-9a-f]{32}\Z")
 # Bitcoin-style versions: P2PKH, P2SH, and their testnet forms.
 ADDRESS_VERSIONS = {0x00, 0x05, 0x6F, 0xC4}
 
