@@ -381,7 +381,9 @@ class Node:
         # End this token's lapsed contracts first, so a file it let lapse can be offered to
         # it again without two unended contracts on the same file.
         await self.sweep_expired(ctx, token_hash=owner.token_hash)
-        for _ in range(RETRIES):
+        unreadable: set[str] = set()  # real files that could not be encoded just now
+        conflicts = 0
+        while conflicts < RETRIES:
             now = self._now()
 
             def state(
@@ -396,13 +398,23 @@ class Node:
 
             candidates, held = await self._read(state)
             candidates = [
-                f for f in candidates if held + f.size <= self.settings.max_bytes_per_address
+                f
+                for f in candidates
+                if held + f.size <= self.settings.max_bytes_per_address
+                and f.file_hash not in unreadable
             ]
             if not candidates:
                 raise Refused("no_chunks", "no chunk is available for this token right now")
             chosen = candidates[0]
             contract_id = secrets.token_hex(16)
-            tag, initial, challenge, state_after = await self._run(self._encode, chosen, now)
+            try:
+                tag, initial, challenge, state_after = await self._run(self._encode, chosen, now)
+            except (OSError, HeartbeatError) as exc:
+                # A monitored real file that was moved, shrunk or made unreadable: the
+                # operator's to mend; the farmer gets the next candidate meanwhile.
+                log.error("file_unreadable", file_hash=chosen.file_hash, error=str(exc))
+                unreadable.add(chosen.file_hash)
+                continue
             events = cn.decide_assign(
                 chosen,
                 contract_id=contract_id,
@@ -428,6 +440,7 @@ class Node:
                 # Another farmer took a replica meanwhile (look again), or the token was
                 # deleted (then this raises no_token).
                 owner = await self._token(token)
+                conflicts += 1
                 continue
             assigned = events[1]
             assert isinstance(assigned, ev.ContractAssigned)

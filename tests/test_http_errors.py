@@ -349,6 +349,33 @@ async def test_too_large(api: Api) -> None:
     assert head(api.node) == before + 1
 
 
+async def test_a_real_file_gone_or_shrunk_is_skipped_not_a_500(api: Api, tmp_path: Path) -> None:
+    """A monitored real file that was deleted or truncated on disk cannot be encoded: /chunk
+    offers the other files, then no_chunks, and logs which file the operator must mend."""
+    paths = [tmp_path / "gone.bin", tmp_path / "shrunk.bin"]
+    broken = []
+    for i, path in enumerate(paths):
+        path.write_bytes(bytes([i + 1]) * 70_000)
+        broken.append(await api.node.add_file(path))
+    paths[0].unlink()
+    paths[1].write_bytes(b"short")
+    token, _ = await api.token()
+    before = head(api.node)
+    got = []
+    with capture_logs() as logs:
+        for _ in range(len(api.files) + 1):
+            status, body = await api.get(f"{API}/chunk/{token}")
+            if status != 200:
+                break
+            got.append(body["file_hash"])
+    assert_error(status, body, "no_chunks", 404)
+    assert sorted(got) == sorted(api.files)
+    assert sorted({e["file_hash"] for e in logs if e["event"] == "file_unreadable"}) == sorted(
+        broken
+    )
+    assert head(api.node) == before + 2 * len(api.files)  # ChunkEncoded, ContractAssigned
+
+
 async def test_too_many_tokens(db_url: str, tmp_path: Path, aiohttp_client: Any) -> None:
     api = await make_api(
         db_url, tmp_path, aiohttp_client, token_policy=replace(TokenPolicy(), max_tokens_per_ip=2)
