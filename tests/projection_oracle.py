@@ -148,19 +148,23 @@ def _token_deleted(
 def _file_added(
     conn: Connection, t: ProjectionTables, e: ev.FileAdded, item: RecordedEvent
 ) -> None:
-    conn.execute(
-        t.files.insert().values(
-            file_hash=e.file_hash,
-            size=e.size,
-            redundancy=e.redundancy,
-            interval=e.interval,
-            seed=e.seed,
-            path=e.path,
-            added_at=_t(item),
-            removed_at=None,
-            version=item.version,
-        )
+    values = dict(
+        size=e.size,
+        redundancy=e.redundancy,
+        interval=e.interval,
+        seed=e.seed,
+        path=e.path,
+        added_at=_t(item),
+        removed_at=None,
+        version=item.version,
     )
+    readded = conn.execute(
+        t.files.update()
+        .where(t.files.c.file_hash == e.file_hash, t.files.c.removed_at.is_not(None))
+        .values(**values)
+    )
+    if readded.rowcount == 0:
+        conn.execute(t.files.insert().values(file_hash=e.file_hash, **values))
 
 
 @handles(ev.FileRemoved)

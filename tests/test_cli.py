@@ -52,6 +52,10 @@ def test_operator_workflow(db_url: str, tmp_path: Path) -> None:
     assert len(seeded.split()) == 2
     cli(db_url, tmp_path, "file", "remove", file_hash)
     assert "no_hash" in cli(db_url, tmp_path, "file", "remove", file_hash, code=1)
+    # monitored again, on new terms, after its removal
+    again = cli(db_url, tmp_path, "file", "add", str(real), "--redundancy", "3").strip()
+    assert again == file_hash
+    assert "file_exists" in cli(db_url, tmp_path, "file", "add", str(real), code=1)
 
     cli(db_url, tmp_path, "token", "delete", token)
     assert "no_token" in cli(db_url, tmp_path, "token", "delete", token, code=1)

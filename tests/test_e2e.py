@@ -200,3 +200,13 @@ async def test_serve_demo_answers_health(tmp_path: Path) -> None:
     process, lines = await _start_serve(db)  # SQLite: --demo is the default
     await _stop(process)
     assert any("3 seeded chunks (0 added now)" in line for line in lines)
+    # ... and adds back a demo chunk the operator removed
+    removed = await asyncio.to_thread(  # the CLI runs its own event loop
+        CliRunner().invoke,
+        main,
+        ["--db", f"sqlite:///{db}", "file", "remove", contract["file_hash"]],
+    )
+    assert removed.exit_code == 0, removed.output
+    process, lines = await _start_serve(db)
+    await _stop(process)
+    assert any("3 seeded chunks (1 added now)" in line for line in lines), lines

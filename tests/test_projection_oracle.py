@@ -29,7 +29,12 @@ from downstream_node.projections.tables import tables_for
 async def farm_randomly(node: Node, clock: FakeClock, rng: random.Random, steps: int) -> None:
     addresses = [make_address(bytes([i + 1]) * 20) for i in range(3)]
     await node.whitelist([(a, "50000") for a in addresses])
-    files = [await node.add_seeded(4096, interval=60) for _ in range(3)]
+    seeds = {  # file hash -> seed: a removed file may be added again
+        await node.add_seeded(4096, seed=f"oracle-{i}", interval=60): f"oracle-{i}"
+        for i in range(3)
+    }
+    files = list(seeds)
+    removed: list[str] = []
     public = Merkle.fromdict(node.scheme.public())  # type: ignore[union-attr]
     tokens: list[str] = []
     held: dict[tuple[str, str], dict] = {}  # (token, file hash) -> chunk and current challenge
@@ -92,10 +97,20 @@ async def farm_randomly(node: Node, clock: FakeClock, rng: random.Random, steps:
             elif roll < 0.79 and len(files) > 1:
                 file_hash = files.pop(rng.randrange(len(files)))
                 await node.remove_file(file_hash)
+                removed.append(file_hash)
                 for key in [k for k in held if k[1] == file_hash]:
                     held.pop(key)
+            elif roll < 0.81 and removed:
+                file_hash = removed.pop(rng.randrange(len(removed)))
+                readded = await node.add_seeded(
+                    4096, seed=seeds[file_hash], interval=rng.choice([30, 60])
+                )
+                assert readded == file_hash
+                files.append(file_hash)
             elif roll < 0.84:
-                files.append(await node.add_seeded(4096, interval=rng.choice([30, 60])))
+                seed = f"oracle-{rng.getrandbits(64):x}"
+                files.append(await node.add_seeded(4096, seed=seed, interval=rng.choice([30, 60])))
+                seeds[files[-1]] = seed
             elif roll < 0.90:
                 await node.whitelist([(rng.choice(addresses), str(rng.randrange(10_000, 90_000)))])
             else:
@@ -137,6 +152,8 @@ async def test_projector_equals_the_oracle(
                 sa.select(tables_for(live).contracts.c.end_reason).distinct()
             ).scalars()
             assert len({r for r in ended if r}) >= 2  # the history ended contracts variously
+        added = [e.stream_id for e in node.store.read_all() if e.event_type == "FileAdded"]
+        assert len(added) > len(set(added))  # and added a removed file again
 
         oracle_fold(node, 90, chunk=rng.choice([1, 7, 50]))
         assert compare_generations(node.engine, live, 90) == {}

@@ -502,7 +502,7 @@ class Fold:
         t = self.t
         self.whitelist = Rows(t.whitelist, "address", ("address", "balance"), ("balance",))
         self.tokens = Rows(t.tokens, "token_hash", TOKEN_COLUMNS, ("deleted_at", "version"))
-        self.files = Rows(t.files, "file_hash", FILE_COLUMNS, ("removed_at", "version"))
+        self.files = Rows(t.files, "file_hash", FILE_COLUMNS, FILE_COLUMNS[1:])
         self.contracts = Rows(t.contracts, "contract_id", CONTRACT_READ, CONTRACT_MUTABLE)
         self.uptime = Rows(t.uptime, "token_hash", ("token_hash", *UPTIME_FIELDS), UPTIME_FIELDS)
         # Every contract held, by token and by file; and the tokens and files whose contracts
@@ -669,20 +669,26 @@ class Fold:
                 self._end_contract(contract["contract_id"], item[5], "token_deleted")
 
     def _file_added(self, p: dict[str, Any], item: Item) -> None:
-        self.files.insert(
-            p["file_hash"],
-            {
-                "file_hash": p["file_hash"],
-                "size": p["size"],
-                "redundancy": p["redundancy"],
-                "interval": p["interval"],
-                "seed": p["seed"],
-                "path": p["path"],
-                "added_at": item[5],
-                "removed_at": None,
-                "version": item[2],
-            },
-        )
+        file_hash = p["file_hash"]
+        row = {
+            "file_hash": file_hash,
+            "size": p["size"],
+            "redundancy": p["redundancy"],
+            "interval": p["interval"],
+            "seed": p["seed"],
+            "path": p["path"],
+            "added_at": item[5],
+            "removed_at": None,
+            "version": item[2],
+        }
+        held = self.files.get(self.conn, file_hash)
+        if held is not None and held["removed_at"] is not None:
+            # Monitored again after its removal, on the terms of this addition (its old
+            # contracts ended with the removal).
+            held.update(row)
+            self.files.touch(file_hash)
+        else:
+            self.files.insert(file_hash, row)  # a second addition of a live file fails here
 
     def _file_removed(self, p: dict[str, Any], item: Item) -> None:
         file_hash = p["file_hash"]
