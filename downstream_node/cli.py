@@ -220,7 +220,12 @@ def projections_rebuild(obj: Obj, batch: int) -> None:
     from tqdm import tqdm
 
     from .projections.projector import Projector
-    from .projections.rebuild import compare_generations, ensure_projections, rebuild
+    from .projections.rebuild import (
+        RebuildRunning,
+        compare_generations,
+        ensure_projections,
+        rebuild,
+    )
 
     store = EventStore(make_engine(obj.settings.db_url), [Projector()])
     store.create_schema()
@@ -234,7 +239,10 @@ def projections_rebuild(obj: Obj, batch: int) -> None:
             bar.n = done
             bar.refresh()
 
-        report = rebuild(store, batch=batch, progress=progress)
+        try:
+            report = rebuild(store, batch=batch, progress=progress)
+        except RebuildRunning as running:
+            raise click.ClickException(f"{running}; try again once it has finished") from None
     differences = compare_generations(store.engine, report.old_generation, report.new_generation)
     click.echo(
         json.dumps(

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from downstream_node.config import Settings
@@ -16,7 +17,12 @@ from downstream_node.ledger.store import EventStore
 from downstream_node.ledger.tokens import make_address, token_hash
 from downstream_node.ledger.verify import verify_chain
 from downstream_node.node import Context, Node
-from downstream_node.projections.rebuild import compare_generations, ensure_projections, rebuild
+from downstream_node.projections.rebuild import (
+    RebuildRunning,
+    compare_generations,
+    ensure_projections,
+    rebuild,
+)
 from downstream_node.projections.tables import tables_for
 
 FARMER = Context(actor="farmer", remote="10.0.0.1")
@@ -132,6 +138,43 @@ async def test_rebuild_while_the_node_writes(db_url: str, tmp_path: Path) -> Non
             assert reader.lag() == 0
             assert reader.balance(make_address(b"\xee" + bytes([0]) * 19)) is not None
     finally:
+        await node.close()
+
+
+async def test_one_rebuild_at_a_time(db_url: str, tmp_path: Path) -> None:
+    """A second rebuild started while one runs is refused (or, told to wait, runs after it):
+    two at once would both fill generation g+1, and the second would drop the tables the
+    first had just swapped in."""
+    clock = FakeClock()
+    node = await start_node(db_url, tmp_path, clock)
+    try:
+        address = make_address(b"\x13" * 20)
+        await farm_a_while(node, clock, address, 2, files=3, size=8 * 1024)
+        paused, release = threading.Event(), threading.Event()
+
+        def progress(done: int, total: int) -> None:
+            paused.set()
+            release.wait(30)
+
+        first = asyncio.create_task(
+            asyncio.to_thread(rebuild, node.store, batch=3, progress=progress)
+        )
+        assert await asyncio.to_thread(paused.wait, 30)
+        with pytest.raises(RebuildRunning):
+            await asyncio.to_thread(rebuild, node.store)
+        second = asyncio.create_task(asyncio.to_thread(rebuild, node.store, wait=30))
+        await node.create_token(address)  # the node writes meanwhile
+        await asyncio.sleep(0.3)
+        assert not second.done()
+        release.set()
+        one, two = await first, await second
+        assert (
+            two.old_generation == one.new_generation == node.store.head().projection_generation - 1
+        )
+        final = await asyncio.to_thread(rebuild, node.store)
+        assert compare_generations(node.engine, two.new_generation, final.new_generation) == {}
+    finally:
+        release.set()
         await node.close()
 
 

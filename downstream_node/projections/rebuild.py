@@ -8,17 +8,21 @@ next rebuild.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from ..ledger.db import read_transaction, schema_lock, write_transaction
+from ..ledger.db import is_sqlite, read_transaction, schema_lock, write_transaction
 from ..ledger.schema import HEAD_ID, events, ledger_head
-from ..ledger.store import EventStore
+from ..ledger.store import EventStore, LedgerError
 from .projector import HANDLED, Fold, Item, apply_items, checkpoint, create_tables, drop_tables
 from .tables import NAMES, ProjectionTables, tables_for
 
@@ -48,7 +52,9 @@ def ensure_projections(store: EventStore) -> ProjectionTables:
         if outdated:
             # The projections are derived data: folding the ledger again is the migration.
             log.warning("projections_outdated", generation=tables.generation, tables=outdated)
-            report = rebuild(store)
+            # A rebuild already running (an operator's, or another node's) is waited for;
+            # this one then folds again, into the generation after it.
+            report = rebuild(store, wait=STARTUP_REBUILD_WAIT)
             log.info(
                 "projections_rebuilt",
                 generation=report.new_generation,
@@ -70,6 +76,54 @@ def outdated_tables(conn: Connection, tables: ProjectionTables) -> list[str]:
 
 
 REBUILD_BATCH = 20_000
+STARTUP_REBUILD_WAIT = 3600  # seconds: a rebuild of a large ledger takes minutes
+
+
+class RebuildRunning(LedgerError):
+    """Another rebuild of this ledger is running (in this process or another)."""
+
+
+# MySQL named lock (server-wide) that a rebuild holds from start to swap.
+REBUILD_LOCK = "downstream_node.rebuild"
+
+
+@contextmanager
+def rebuild_lock(engine: Engine, *, wait: float = 0) -> Iterator[None]:
+    """One rebuild at a time per ledger, across processes: two would both fill and swap in
+    generation g+1, the second dropping the tables the first had just made live. MySQL: a
+    named lock held by one pooled connection for the duration; SQLite: an advisory lock on a
+    file beside the database (``<database>.rebuild-lock``). Both go with their process if it
+    dies. Raises ``RebuildRunning`` if the lock is not had within ``wait`` seconds."""
+    if not is_sqlite(engine):
+        with engine.connect() as conn:
+            got = conn.execute(sa.select(sa.func.get_lock(REBUILD_LOCK, math.ceil(wait))))
+            if got.scalar() != 1:
+                raise RebuildRunning("another rebuild of this ledger is running")
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.select(sa.func.release_lock(REBUILD_LOCK)))
+                conn.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield  # a private in-memory ledger: one process
+        return
+    with open(f"{database}.rebuild-lock", "a") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RebuildRunning("another rebuild of this ledger is running") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def rebuild(
@@ -77,13 +131,22 @@ def rebuild(
     *,
     batch: int = REBUILD_BATCH,
     progress: Callable[[int, int], None] | None = None,
+    wait: float = 0,
 ) -> RebuildReport:
     """Fold the whole ledger into generation g+1 and make it live. ``progress(done, total)``.
 
     ``batch`` events per transaction: each writes every row it changed once, so larger
     batches write less; on SQLite a batch holds the single write lock (live appends wait),
-    some 0.4 s for 20,000 events on a small machine.
+    some 0.4 s for 20,000 events on a small machine. Waits ``wait`` seconds for another
+    rebuild to end, then raises ``RebuildRunning``.
     """
+    with rebuild_lock(store.engine, wait=wait):
+        return _rebuild(store, batch=batch, progress=progress)
+
+
+def _rebuild(
+    store: EventStore, *, batch: int, progress: Callable[[int, int], None] | None
+) -> RebuildReport:
     old = store.head().projection_generation
     new_tables = tables_for(old + 1)
     with write_transaction(store.engine) as conn, conn.begin():
@@ -99,6 +162,11 @@ def rebuild(
         head = conn.execute(
             sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
         ).one()
+        if head.projection_generation != old:
+            # Swapped by a rebuild that took no lock (an older release): leave it live.
+            raise RebuildRunning(
+                f"generation {head.projection_generation} was swapped in during this rebuild"
+            )
         start = checkpoint(conn, new_tables)
         done += apply_items(conn, new_tables, read_items(conn, start, head.position)) - start
         conn.execute(
