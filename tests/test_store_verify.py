@@ -179,6 +179,24 @@ def test_row_beyond_the_head_is_found(store: EventStore) -> None:
     assert report.checked == N
 
 
+@pytest.mark.parametrize("position", [0, -7])
+def test_row_before_the_first_position_is_found(store: EventStore, position: int) -> None:
+    """A row outside the chain at the low end: the store would read it (a stream's version, a
+    recorded request id), so a forged verdict could sit there."""
+    first = row(store.engine, 1)
+    forged = {c: getattr(first, c) for c in first._fields} | {
+        "position": position,
+        "version": 50,
+        "request_id": "forged-verdict",
+    }
+    with store.engine.begin() as conn:
+        conn.execute(events.insert().values(**forged))
+    for until in (None, K):
+        report = verify_chain(store.engine, until=until)
+        assert not report.ok and report.first_broken == position, report
+        assert "before the chain's first position" in report.reason
+
+
 def test_tampered_head_hash_is_found(store: EventStore) -> None:
     with store.engine.begin() as conn:
         conn.execute(ledger_head.update().values(hash="e" * 64))

@@ -115,6 +115,21 @@ def verify_chain(
         beyond = conn.execute(
             sa.select(sa.func.count()).select_from(events).where(events.c.position > head.position)
         ).scalar()
+        # A row before position 1 is outside the chain the walk checks, yet the store reads
+        # it (stream versions, request ids): a forged "recorded" answer could hide there.
+        before = conn.execute(
+            sa.select(sa.func.min(events.c.position)).where(events.c.position < 1)
+        )
+        before = before.scalar()
+    if before is not None:
+        return VerifyReport(
+            False,
+            checked,
+            last,
+            prev_hash,
+            before,
+            f"an event at position {before}, before the chain's first position (1)",
+        )
     if until is None and beyond:
         return VerifyReport(
             False,
