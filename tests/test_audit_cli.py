@@ -239,6 +239,37 @@ async def test_a_broken_chain_is_reported_and_exits_1(
     assert "VERIFICATION FAILED" in html_out.read_text()
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "says"),
+    [
+        ("event_type", "Bogus", "unknown event type 'Bogus'"),
+        ("payload", "{", "unreadable payload"),
+        ("payload", "[1]", "TypeError"),
+    ],
+)
+async def test_an_event_the_auditor_cannot_read_is_a_clear_error(
+    ledger: tuple[str, list[str]], column: str, value: str, says: str
+) -> None:
+    """Altered into something unreadable: the audit stops with an error naming the position
+    (and the broken chain), not a traceback."""
+    db_url, _ = ledger
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        position = conn.execute(
+            sa.text("SELECT MIN(position) FROM events WHERE event_type = 'AnswerPassed'")
+        ).scalar()
+        conn.execute(
+            sa.text(f"UPDATE events SET {column} = :v WHERE position = :pos"),
+            {"v": value, "pos": position},
+        )
+    engine.dispose()
+    result = CliRunner().invoke(main, ["--db", db_url, "audit", "uptime"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert not isinstance(result.exception, (ValueError, KeyError)), result.exception
+    assert says in result.stderr and f"position {position}" in result.stderr
+    assert f"does not verify from position {position}" in result.stderr
+
+
 async def test_a_read_only_user_can_audit(ledger: tuple[str, list[str]], tmp_path: Path) -> None:
     db_url, _ = ledger
     expected = audit(db_url, "--format", "json")

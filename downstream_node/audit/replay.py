@@ -72,7 +72,11 @@ def stream_events(engine: Engine, *, after: int = 0, until: int, page: int = 500
                 if (event_type, schema_version) not in known:
                     _check_type(event_type, schema_version, position)
                     known.add((event_type, schema_version))
-                yield Row(position, event_type, occurred_at, None if text is None else loads(text))
+                try:
+                    decoded = None if text is None else loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"unreadable payload at position {position}: {exc}") from None
+                yield Row(position, event_type, occurred_at, decoded)
             after = rows[-1][0]
 
 

@@ -113,7 +113,18 @@ def run_audit(
         params=options.params,
         buckets=buckets,
     )
-    replay.run(stream_events(engine, until=position, page=options.page), progress=on_replay)
+    try:
+        replay.run(stream_events(engine, until=position, page=options.page), progress=on_replay)
+    except (ValueError, KeyError, TypeError) as exc:
+        # An event this auditor cannot read: stop rather than report figures that miss it.
+        cause = str(exc) if isinstance(exc, ValueError) else f"position {replay.position}: {exc!r}"
+        broken = (
+            ""
+            if verified.ok
+            else f"; the hash chain does not verify from position {verified.first_broken} "
+            f"({verified.reason})"
+        )
+        raise AuditError(f"cannot replay the ledger: {cause}{broken}") from exc
     report = build_report(
         replay, now=now, now_source=now_source, position=position, verified=verified
     )
