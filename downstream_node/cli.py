@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import sqlalchemy.exc
 
 from .audit.cli import audit as audit_commands
 from .config import Settings
 from .ledger.clock import SystemClock
-from .ledger.db import default_url, make_engine
+from .ledger.db import NoLedger, default_url, existing_ledger, make_engine
 from .ledger.errors import Refused
 from .ledger.store import EventStore
 from .ledger.verify import verify_chain
@@ -51,7 +52,31 @@ def run_node(obj: Obj, work: Callable[[Node], Awaitable[T]]) -> T:
         sys.exit(1)
 
 
-@click.group()
+class Commands(click.Group):
+    """The command group; a database that cannot be reached or named is an error message,
+    not a traceback (the URL is not repeated: it may hold a password)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoLedger as missing:
+            raise CannotRun(str(missing)) from None
+        except sqlalchemy.exc.ArgumentError:
+            raise click.ClickException(
+                "invalid database URL; expected mysql+pymysql://user:password@host/database "
+                "or sqlite:///path/to/file.db"
+            ) from None
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            raise click.ClickException(f"the database failed: {exc.orig}") from None
+
+
+class CannotRun(click.ClickException):
+    """The command cannot run as asked (exit status 2, as the auditors' errors)."""
+
+    exit_code = 2
+
+
+@click.group(cls=Commands)
 @click.option(
     "--db",
     default=default_url,
@@ -98,23 +123,37 @@ def whitelist() -> None:
 @click.pass_obj
 def whitelist_import(obj: Obj, file: Path) -> None:
     """Import FILE: CSV lines ``address,balance`` or JSON (a list or an object)."""
-    entries = read_whitelist(file)
+    try:
+        entries = read_whitelist(file)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read {file}: {exc}") from None
     count = run_node(obj, lambda node: node.whitelist(entries))
     click.echo(f"whitelisted {count} addresses")
 
 
 def read_whitelist(file: Path) -> list[tuple[str, str]]:
+    """(address, balance) pairs; ``ValueError`` saying what is wrong with the file."""
     text = file.read_text()
     if file.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
-        data: Any = json.loads(text)
+        try:
+            data: Any = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
         if isinstance(data, dict):
             return [(str(a), str(b)) for a, b in data.items()]
+        if not isinstance(data, list):
+            raise ValueError("JSON must be a list of entries or an object of address: balance")
         out = []
-        for item in data:
-            if isinstance(item, dict):
+        for n, item in enumerate(data, 1):
+            if isinstance(item, dict) and "address" in item:
                 out.append((str(item["address"]), str(item.get("balance", 0))))
-            else:
+            elif isinstance(item, list) and len(item) == 2:
                 out.append((str(item[0]), str(item[1])))
+            else:
+                raise ValueError(
+                    f"entry {n} is neither {{'address': ..., 'balance': ...}} nor "
+                    f"[address, balance]: {json.dumps(item)[:80]}"
+                )
         return out
     rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
     if rows and rows[0][0].strip().lower() == "address":
@@ -269,7 +308,7 @@ def ledger_verify(obj: Obj) -> None:
     """Walk the hash chain; report the first broken position (exit 1 if any)."""
     from tqdm import tqdm
 
-    engine = make_engine(obj.settings.db_url)
+    engine = existing_ledger(obj.settings.db_url)
     with tqdm(unit="ev", disable=not sys.stderr.isatty(), desc="verify") as bar:
         report = verify_chain(engine, progress=bar.update)
     click.echo(json.dumps(report.todict()))

@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -239,6 +240,13 @@ class Node:
         bad = [a for a, _ in entries if not tk.is_valid_address(a)]
         if bad:
             raise Refused("invalid_address", f"not Base58Check addresses: {', '.join(bad[:5])}")
+        # A balance the read model cannot parse would whitelist the address with none.
+        unreadable = [f"{a}: {b!r}" for a, b in entries if not _is_balance(str(b))]
+        if unreadable:
+            raise Refused(
+                "invalid_balance",
+                f"balances must be non-negative decimal numbers: {', '.join(unreadable[:5])}",
+            )
         events = [ev.AddressWhitelisted(address=a, balance=str(b)) for a, b in entries]
         for start in range(0, len(events), 1000):
             await self._append(ev.WHITELIST_STREAM, None, events[start : start + 1000], ctx)
@@ -738,3 +746,11 @@ def _sha256_stream(handle: Any) -> str:
     while block := handle.read(HASH_BLOCK):
         digest.update(block)
     return digest.hexdigest()
+
+
+def _is_balance(text: str) -> bool:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return False
+    return value.is_finite() and value >= 0

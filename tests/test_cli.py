@@ -88,3 +88,47 @@ def test_ledger_verify_finds_a_row_altered_in_sql(db_url: str, tmp_path: Path) -
     report = json.loads(cli(db_url, tmp_path, "ledger", "verify", code=1))
     assert report["ok"] is False
     assert report["first_broken"] == target.position
+
+
+def test_a_whitelist_file_it_cannot_read_is_refused_whole(db_url: str, tmp_path: Path) -> None:
+    cli(db_url, tmp_path, "initdb")
+    before = json.loads(cli(db_url, tmp_path, "ledger", "verify"))["last_position"]
+    cases = {
+        "broken.json": ('[{"address": ', "not valid JSON"),
+        "keys.json": ('[{"addr": "x"}]', "entry 1 is neither"),
+        "scalar.json": ("42", "must be a list"),
+        "balance.csv": (f"{ADDRESS},25000\n{POOR},abc\n", "invalid_balance"),
+        "negative.csv": (f"{ADDRESS},-5\n", "invalid_balance"),
+    }
+    for name, (text, says) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        output = cli(db_url, tmp_path, "whitelist", "import", str(path), code=1)
+        assert says in output and "Traceback" not in output, (name, output)
+    after = json.loads(cli(db_url, tmp_path, "ledger", "verify"))["last_position"]
+    assert after == before  # not even the good lines of a refused file
+
+
+def test_reading_commands_refuse_a_database_without_a_ledger(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.db"
+    for command in (["ledger", "verify"], ["audit", "uptime"]):
+        output = cli(f"sqlite:///{missing}", tmp_path, *command, code=2)
+        assert "no database file" in output, output
+        assert not missing.exists()  # not created on the way
+    empty = tmp_path / "empty.db"
+    sa.create_engine(f"sqlite:///{empty}").connect().close()
+    for command in (["ledger", "verify"], ["audit", "uptime"]):
+        assert "holds no ledger" in cli(f"sqlite:///{empty}", tmp_path, *command, code=2)
+
+
+def test_a_database_that_cannot_be_reached_or_named_is_a_message(
+    db_url: str, tmp_path: Path
+) -> None:
+    if db_url.startswith("sqlite"):
+        unreachable = f"sqlite:///{tmp_path / 'no-such-dir' / 'ledger.db'}"
+    else:
+        unreachable = db_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    output = cli(unreachable, tmp_path, "initdb", code=1)
+    assert "the database failed" in output and "Traceback" not in output, output
+    output = cli("bogus://user:hunter2@host/db", tmp_path, "ledger", "verify", code=1)
+    assert "invalid database URL" in output and "hunter2" not in output

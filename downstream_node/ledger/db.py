@@ -18,6 +18,8 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .schema import ledger_head
+
 DEFAULT_SQLITE_FILE = "downstream.db"
 # Values per IN list: well under every database's limit on bound parameters.
 IN_LIST = 500
@@ -33,6 +35,28 @@ def default_url() -> str:
 def is_sqlite(engine_or_url: Engine | str) -> bool:
     url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
     return url.startswith("sqlite")
+
+
+class NoLedger(Exception):
+    """The database holds no ledger: nothing for a reading command to read."""
+
+
+def existing_ledger(url: str) -> Engine:
+    """An engine on a database that already holds a ledger, for commands that only read it
+    (``ledger verify``, ``audit uptime``): a missing SQLite file is not created on the way,
+    and a database without the ledger's tables is ``NoLedger``, not a failed query."""
+    if is_sqlite(url):
+        parsed = sa.engine.make_url(url)
+        database = parsed.database or ""
+        if parsed.query.get("uri") == "true":
+            database = database.removeprefix("file:")  # file:/path?mode=ro&uri=true
+        if database not in ("", ":memory:") and not Path(database).exists():
+            raise NoLedger(f"no database file at {database}; 'initdb' creates a ledger")
+    engine = make_engine(url)
+    if not sa.inspect(engine).has_table(ledger_head.name):
+        engine.dispose()
+        raise NoLedger("this database holds no ledger; 'initdb' creates one")
+    return engine
 
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
