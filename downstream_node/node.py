@@ -467,7 +467,7 @@ class Node:
         assert self.scheme is not None
         with self._open(file) as handle:
             tag, state = self.scheme.encode(handle, file.size, timestamp=now // 1_000_000)
-        challenge, after = self.scheme.next_challenge(state)
+        challenge, after = self.scheme.next_challenge(state, file.size)
         return tag, state, challenge, after
 
     @staticmethod
@@ -520,7 +520,9 @@ class Node:
                 events = cn.decide_expire(contract)
             elif cn.is_due(contract, now):
                 try:
-                    challenge, state = await self._run(self.scheme.next_challenge, contract.state)
+                    challenge, state = await self._run(
+                        self.scheme.next_challenge, contract.state, contract.size
+                    )
                     events = cn.decide_next_challenge(
                         contract, challenge, contract.challenge_index + 1, state
                     )

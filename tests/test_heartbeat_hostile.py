@@ -370,6 +370,28 @@ def test_swizzle_out_of_range_proof_values_are_rejected() -> None:
     assert beat.verify(shifted, rnd["challenge"], rnd["state_after"]) is False
 
 
+@pytest.mark.parametrize("whole_chunks", [1, 2])
+def test_swizzle_challenges_of_whole_chunk_files_need_the_data(whole_chunks: int) -> None:
+    """A file of whole chunks ends with an authenticator of no data (the original's format);
+    a challenge sampling only that one passes a proof made without the file. Told the
+    file's size, the challenger never issues one: a proof from other bytes always fails."""
+    beat = Swizzle()
+    size = whole_chunks * beat.chunk_size
+    tag, state = beat.encode(io.BytesIO(os.urandom(size)))
+    assert len(tag.sigma) == whole_chunks + 1  # the empty tail
+    public, forged = beat.get_public(), io.BytesIO(bytes(size))
+
+    def forged_passes(challenge: Any) -> bool:
+        return beat.verify(public.prove(forged, challenge, tag), challenge, state)
+
+    rounds = 300
+    told = [beat.next_challenge(state, file_size=size)[0] for _ in range(rounds)]
+    assert not any(forged_passes(c) for c in told)
+    if whole_chunks == 1:  # untold, a quarter of them or more would pass: the test can fail
+        untold = [beat.next_challenge(state)[0] for _ in range(rounds)]
+        assert sum(forged_passes(c) for c in untold) > rounds // 10
+
+
 @pytest.mark.parametrize("size", range(1, 12))
 def test_tiny_files_never_get_an_empty_window(size: int) -> None:
     beat = Merkle(check_fraction=0.01)

@@ -103,9 +103,15 @@ class ProofScheme:
             tag, state = self.beat.encode(file)
         return tag.todict(), state.todict()
 
-    def next_challenge(self, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(challenge, new_state)``; raises ``OutOfChallenges`` when the encoding is spent."""
-        challenge, new_state = self.beat.next_challenge(state)
+    def next_challenge(
+        self, state: dict[str, Any], file_size: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(challenge, new_state)`` for a file of ``file_size`` bytes; raises
+        ``OutOfChallenges`` when the encoding is spent."""
+        if isinstance(self.beat, Swizzle):
+            challenge, new_state = self.beat.next_challenge(state, file_size=file_size)
+        else:
+            challenge, new_state = self.beat.next_challenge(state)
         return challenge.todict(), new_state.todict()
 
     def parse_proof(self, proof: Any) -> tuple[Any, dict[str, Any]]:

@@ -428,21 +428,32 @@ class Swizzle:
         return plain[:32], plain[32:]
 
     def next_challenge(
-        self, state: SwizzleState | Mapping[str, Any], chunks: int | None = None
+        self,
+        state: SwizzleState | Mapping[str, Any],
+        chunks: int | None = None,
+        *,
+        file_size: int | None = None,
     ) -> tuple[SwizzleChallenge, SwizzleState]:
         """A fresh random challenge and the (unchanged) state, for symmetry with Merkle.
 
         ``chunks`` (default: all of the state's chunks) is clamped to at least one.
+        ``file_size``, when the challenger knows it: a file of whole chunks ends, as in the
+        original's encoding, with an authenticator of no data, and a challenge that samples
+        only that one is answered without the file (a quarter of them for a one-chunk file),
+        so such a challenge is drawn again.
         Raises ``HeartbeatError`` if the state's MAC fails.
         """
         st = coerce(state, SwizzleState, "state")
         if not self.check_state(st):
             raise HeartbeatError("state signature invalid")
         count = st.chunks if chunks is None else check_int(chunks, "chunks", lo=0, hi=st.chunks)
-        challenge = SwizzleChallenge(
-            chunks=max(1, count), v_max=self.prime, key=os.urandom(KEY_SIZE)
-        )
-        return challenge, st
+        empty_tail = file_size is not None and file_size % self.chunk_size == 0
+        while True:
+            challenge = SwizzleChallenge(
+                chunks=max(1, count), v_max=self.prime, key=os.urandom(KEY_SIZE)
+            )
+            if not empty_tail or set(self._sample(challenge, st.chunks)) != {st.chunks - 1}:
+                return challenge, st
 
     def gen_challenge(
         self, state: SwizzleState | Mapping[str, Any], chunks: int | None = None
