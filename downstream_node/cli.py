@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -322,6 +323,16 @@ main.add_command(audit_commands)
 # -- serve and farm -----------------------------------------------------------------------------
 
 
+def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
+    from .http.proxies import parse_trusted
+
+    try:
+        parse_trusted(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from None
+    return values
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -369,6 +380,14 @@ main.add_command(audit_commands)
     default=None,
     help="Replicas per demo chunk (default: the node's redundancy, 3).",
 )
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    callback=lambda ctx, param, values: _trusted_proxies(values),
+    help="A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the "
+    "farmer, for the per-IP limits and the events. Default: none; the peer's address counts.",
+)
 @click.pass_obj
 def serve(
     obj: Obj,
@@ -381,6 +400,7 @@ def serve(
     demo_size: int,
     demo_interval: int,
     demo_redundancy: int | None,
+    trusted_proxies: tuple[str, ...],
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
@@ -409,7 +429,7 @@ def serve(
         stock = DemoStock(demo_chunks, demo_size, demo_interval, demo_redundancy)
         asyncio.run(
             serve_api(
-                obj.settings,
+                dataclasses.replace(obj.settings, trusted_proxies=trusted_proxies),
                 host=host,
                 port=port,
                 demo=demo,

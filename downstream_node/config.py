@@ -32,6 +32,8 @@ class Settings:
     requests_per_token_per_minute: int = 600
     new_tokens_per_ip_per_minute: int = 60  # requests to /new, refused ones included
     sweep_seconds: float = 30.0
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the farmer.
+    trusted_proxies: tuple[str, ...] = ()
 
     def secret_path(self) -> Path:
         if self.secret_file is not None:

@@ -25,6 +25,7 @@ from downstream_node.farmer import Farmer, FarmerError
 from downstream_node.http import routes
 from downstream_node.http.app import create_app, redacted_path
 from downstream_node.http.logs import configure_logging
+from downstream_node.http.proxies import client_address, parse_trusted
 from downstream_node.ledger import tokens as tk
 from downstream_node.ledger.tokens import TokenPolicy
 from downstream_node.node import Context, Node
@@ -269,6 +270,51 @@ async def test_tokens_per_ip_hold_across_nodes(db_url: str, tmp_path: Path) -> N
             await node.close()
     assert sum(len(r) == 32 for r in results) == 3
     assert {r for r in results if len(r) != 32} == {"too_many_tokens"}
+
+
+@pytest.mark.parametrize("trusted", [(), ("127.0.0.1", "10.0.0.0/8")])
+async def test_per_ip_limits_behind_a_trusted_proxy(
+    db_url: str, tmp_path: Path, aiohttp_client: Any, trusted: tuple[str, ...]
+) -> None:
+    """Behind trusted proxies each farmer's forwarded address has its own token limit (and is
+    what the ledger records); without them, X-Forwarded-For is a farmer's own claim and
+    changes nothing."""
+    policy = replace(TokenPolicy(), max_tokens_per_ip=2)
+    node, _ = new_node(db_url, tmp_path, token_policy=policy, trusted_proxies=trusted)
+    client = await aiohttp_client(create_app(node))
+    await stock(node, files=1)
+
+    async def new(farmer: str) -> int:
+        # The proxy at 127.0.0.1 passes on what the proxy at 10.9.9.9 saw: the farmer.
+        headers = {"X-Forwarded-For": f"{farmer}, 10.9.9.9"}
+        async with client.get(f"{API}/new/{ADDRESS}", headers=headers) as response:
+            return response.status
+
+    statuses = [await new(farmer) for farmer in ["198.51.100.1"] * 3 + ["198.51.100.2"] * 2]
+    await client.close()
+    created = [e for e in check_ledger(db_url).events if e.event_type == "TokenCreated"]
+    if trusted:
+        assert statuses == [200, 200, 429, 200, 200]
+        assert sorted({e.stream_id for e in created}) == ["ip-198.51.100.1", "ip-198.51.100.2"]
+    else:
+        assert statuses == [200, 200, 429, 429, 429]
+        assert {e.stream_id for e in created} == {"ip-127.0.0.1"}
+
+
+def test_the_forwarded_address_is_read_from_the_nearest_untrusted_hop() -> None:
+    trusted = parse_trusted(["10.0.0.0/8", "::1"])
+    assert client_address("203.0.113.5", ["1.2.3.4"], trusted) == "203.0.113.5"  # not a proxy
+    assert client_address("10.0.0.1", [], trusted) == "10.0.0.1"
+    assert client_address("10.0.0.1", ["1.2.3.4, 5.6.7.8"], trusted) == "5.6.7.8"
+    assert client_address("10.0.0.1", ["1.2.3.4, 10.0.0.2"], trusted) == "1.2.3.4"
+    assert client_address("10.0.0.1", ["1.2.3.4", "10.0.0.2"], trusted) == "1.2.3.4"
+    assert client_address("10.0.0.1", ["10.0.0.3, 10.0.0.2"], trusted) == "10.0.0.3"
+    # what a farmer wrote left of a hop that is not an address is not believed
+    assert client_address("10.0.0.1", ["1.2.3.4, junk, 10.0.0.2"], trusted) == "10.0.0.2"
+    assert client_address("::1", ["2001:db8::1"], trusted) == "2001:db8::1"
+    assert client_address("10.0.0.1", ["1.2.3.4"], ()) == "10.0.0.1"
+    with pytest.raises(ValueError, match="not an IP"):
+        parse_trusted(["10.0.0.0/8", "proxy.example"])
 
 
 async def test_new_is_rate_limited_per_ip(db_url: str, tmp_path: Path, aiohttp_client: Any) -> None:

@@ -36,11 +36,13 @@ from ..node import Node
 from . import schemas as sc
 from .metrics import METRICS, Metrics, metrics_handler
 from .openapi import add_doc_routes
+from .proxies import Network, client_address, parse_trusted
 from .routes import (
     HASH_RE,
     LIMITER,
     NEW_LIMITER,
     NODE,
+    REMOTE,
     REQUEST_ID,
     ClientGone,
     RateLimited,
@@ -53,6 +55,7 @@ log = structlog.get_logger("downstream.http")
 access_log = structlog.get_logger("downstream.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple[Network, ...])
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}\Z")
@@ -106,6 +109,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     # 32 hex digits of os.urandom, as uuid4().hex but without building a UUID per request.
     request_id = incoming if REQUEST_ID_RE.match(incoming) else secrets.token_hex(16)
     request[REQUEST_ID] = request_id
+    trusted = request.app[TRUSTED_PROXIES]
+    request[REMOTE] = (
+        client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+        if trusted
+        else request.remote
+    ) or ""
     started = time.perf_counter()
     status = CLIENT_GONE  # unless an answer comes
     try:
@@ -134,7 +143,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             path=redacted_path(request),
             status=status,
             latency_ms=round(elapsed * 1000, 2),
-            remote=request.remote,
+            remote=request[REMOTE],
         )
 
 
@@ -285,6 +294,7 @@ def create_app(
     """
     app = web.Application(client_max_size=node.settings.max_body, middlewares=[observe, errors])
     app[NODE] = node
+    app[TRUSTED_PROXIES] = parse_trusted(node.settings.trusted_proxies)
     app[METRICS] = Metrics(node)
     app[LIMITER] = RateLimiter(node, node.settings.requests_per_token_per_minute)
     app[NEW_LIMITER] = RateLimiter(node, node.settings.new_tokens_per_ip_per_minute)

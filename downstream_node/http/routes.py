@@ -33,6 +33,8 @@ B58 = set(tk.B58_ALPHABET)
 
 NODE = web.AppKey("node", Node)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The farmer's address: the peer's, or behind a trusted proxy the one it forwards (proxies.py).
+REMOTE = web.RequestKey("remote", str)
 
 
 class ClientGone(Exception):
@@ -164,7 +166,7 @@ def _describe(messages: Any) -> str:
 
 
 def context(request: web.Request) -> Context:
-    return Context(request_id=request.get(REQUEST_ID), actor="farmer", remote=request.remote)
+    return Context(request_id=request.get(REQUEST_ID), actor="farmer", remote=request[REMOTE])
 
 
 def reply(schema: Schema, data: Any, status: int = 200) -> web.Response:
@@ -189,7 +191,7 @@ def _token_param(request: web.Request) -> str:
 
 
 async def new_token(request: web.Request) -> web.Response:
-    request.app[NEW_LIMITER].check(f"ip:{request.remote}", "IP address")
+    request.app[NEW_LIMITER].check(f"ip:{request[REMOTE]}", "IP address")
     address = check_address(request.match_info["sjcx_address"])
     token, heartbeat = await request.app[NODE].create_token(address, context(request))
     return reply(sc.new_token_schema, {"token": token, "heartbeat": heartbeat})
