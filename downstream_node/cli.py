@@ -461,7 +461,8 @@ def serve(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("farm-data"),
     show_default=True,
-    help="Where chunks are written (one subdirectory per farmer).",
+    help="Where chunks are written (one subdirectory per farmer), with each farmer's token "
+    "and contracts (state.json, mode 0600): a later run goes on with them.",
 )
 @click.option("--max-contracts", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--poll", type=click.FloatRange(0.1), default=5.0, show_default=True)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .farmer import Farmer, FarmerStats, Swarm
 
-QUIET_ON_TTY = {"contract", "answer", "registered"}
+QUIET_ON_TTY = {"contract", "answer", "registered", "resumed"}
 
 
 def _short(file_hash: str | None) -> str:
@@ -27,6 +27,8 @@ def describe(kind: str, data: dict[str, Any]) -> str:
     h = _short(data.get("file_hash"))
     if kind == "registered":
         return f"registered, token {data.get('token', '')}"
+    if kind == "resumed":
+        return f"resumed token {data.get('token', '')} with {data.get('contracts', 0)} contract(s)"
     if kind == "contract":
         return f"took contract {h} ({data.get('size', 0)} bytes)"
     if kind == "answer":
@@ -37,6 +39,10 @@ def describe(kind: str, data: dict[str, Any]) -> str:
         return f"contract {h} ended by the node"
     if kind == "removed":
         return f"removed contract {h}"
+    if kind == "repaired":
+        return f"rewrote damaged chunk {h} from its seed"
+    if kind == "error" and h:
+        return f"error: {h}: {data.get('error')}"
     return f"{kind}: {data.get('error', data)}"
 
 

@@ -6,13 +6,20 @@ import asyncio
 import hashlib
 import io
 import json
+import os
+import signal
+import stat
 import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
-from http_support import ADDRESS, STRANGER, new_node, real_server, stock
+from http_support import ADDRESS, CHUNK, INTERVAL, STRANGER, new_node, real_server, stock
 
 from downstream_node.farmer import (
+    STATE_FILE,
     Farmer,
     FarmerError,
     Swarm,
@@ -154,29 +161,31 @@ async def test_swarm_wrong_proofs_and_refused_registration(db_url: str, tmp_path
         assert "invalid_address" in out.getvalue()
 
 
+async def start_farm(url: str, tmp_path: Path, *options: str) -> asyncio.subprocess.Process:
+    """``downstream-node farm`` as a process of its own, farming into ``tmp_path/farm``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "downstream_node.cli",
+        "farm",
+        "--url",
+        url,
+        "--address",
+        ADDRESS,
+        "--dir",
+        str(tmp_path / "farm"),
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def test_farm_command(db_url: str, tmp_path: Path) -> None:
     node, _ = new_node(db_url, tmp_path)
     async with real_server(create_app(node)) as server:
         await stock(node, files=2, redundancy=2)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "downstream_node.cli",
-            "farm",
-            "--url",
-            server.url,
-            "--address",
-            ADDRESS,
-            "--farmers",
-            "2",
-            "--duration",
-            "1.5",
-            "--poll",
-            "0.2",
-            "--dir",
-            str(tmp_path / "farm"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        process = await start_farm(
+            server.url, tmp_path, "--farmers", "2", "--duration", "1.5", "--poll", "0.2"
         )
         out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
@@ -206,3 +215,254 @@ async def test_a_chunk_that_cannot_be_regenerated_is_handed_back(
                 with pytest.raises(FarmerError):
                     await other.take_contract()  # the replica was free again
         assert not list((tmp_path / "farm").glob(f"{file_hash}*"))
+
+
+# -- robustness: what a real farm meets -----------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait for ``condition`` (checked every 20 ms), failing with ``what`` after ``timeout``."""
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+async def stopped(run: Awaitable[object], stop: asyncio.Event, within: float = 5.0) -> None:
+    stop.set()
+    await asyncio.wait_for(run, within)
+
+
+async def test_a_chunk_it_cannot_store_does_not_stop_the_answers(
+    db_url: str, tmp_path: Path
+) -> None:
+    node, clock = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        [seeded] = await stock(node, files=1)
+        clock.advance(1)  # the real file comes second in the node's order of offers
+        real = tmp_path / "real-file"
+        real.write_bytes(b"operator data " * 5000)
+        real_hash = await node.add_file(real)  # its bytes are not derivable from a seed
+        out = io.StringIO()
+        async with Farmer(
+            server.url,
+            ADDRESS,
+            directory=tmp_path / "farm",
+            on_event=Display(Swarm(), stream=out, tty=False),
+        ) as farmer:
+            stop = asyncio.Event()
+            run = asyncio.create_task(farmer.run(poll_seconds=0.05, retake_seconds=0.05, stop=stop))
+            await until(lambda: farmer.stats.passed == 1, "the seeded chunk's first pass")
+            clock.advance(INTERVAL)  # the seeded contract's next round is still answered
+            await until(lambda: farmer.stats.passed == 2, "the seeded chunk's second pass")
+            await stopped(run, stop)
+            assert list(farmer.contracts) == [seeded]
+            due = await farmer.due()
+        assert [c["hash"] for c in due["all_contracts"]] == [seeded]  # the real one went back
+        said = [line for line in out.getvalue().splitlines() if real_hash[:12] in line]
+        # offered again and again (the node's order is fixed), told once
+        assert len(said) == 1 and "cannot store chunk" in said[0], said
+        assert farmer.stats.errors == 1
+
+
+async def test_a_deleted_chunk_is_rewritten_or_handed_back(db_url: str, tmp_path: Path) -> None:
+    node, clock = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        deleted, blocked = await stock(node, files=2)
+        events: list[tuple[str, str | None]] = []
+        async with Farmer(
+            server.url,
+            ADDRESS,
+            directory=tmp_path / "farm",
+            on_event=lambda f, kind, data: events.append((kind, data.get("file_hash"))),
+        ) as farmer:
+            stop = asyncio.Event()
+            run = asyncio.create_task(farmer.run(poll_seconds=0.05, stop=stop))
+            await until(lambda: farmer.stats.passed == 2, "both first passes")
+            (tmp_path / "farm" / deleted).unlink()
+            # A directory where the chunk was: it can be neither read nor written again.
+            (tmp_path / "farm" / blocked).unlink()
+            (tmp_path / "farm" / blocked).mkdir()
+            (tmp_path / "farm" / blocked / "in-the-way").write_text("x")
+            clock.advance(INTERVAL)
+            await until(
+                lambda: farmer.stats.passed == 3 and farmer.stats.removed == 1,
+                "the deleted chunk's pass and the blocked one's removal",
+            )
+            await stopped(run, stop)  # ends normally: no exception out of run()
+            due = await farmer.due()
+        assert [c["hash"] for c in due["all_contracts"]] == [deleted]
+        assert hashlib.sha256((tmp_path / "farm" / deleted).read_bytes()).hexdigest() == deleted
+        assert ("repaired", deleted) in events and ("removed", blocked) in events
+        assert ("error", blocked) in events
+        assert farmer.stats.errors == 1 and farmer.stats.failed == 0
+
+
+async def test_damaged_chunks_are_rewritten_and_answered_again(db_url: str, tmp_path: Path) -> None:
+    node, clock = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        files = await stock(node, files=2)
+        async with Farmer(server.url, ADDRESS, directory=tmp_path / "farm") as farmer:
+            await farmer.register()
+            await farmer.take_contracts(2)
+            assert await farmer.poll_and_answer() == dict.fromkeys(files, "pass")
+            clock.advance(INTERVAL)
+            zeroed, truncated = (tmp_path / "farm" / h for h in files)
+            zeroed.write_bytes(bytes(CHUNK))  # right size, wrong bytes: the node says fail
+            with open(truncated, "r+b") as handle:
+                handle.truncate(10)  # too short to prove from at all
+            assert await farmer.poll_and_answer() == dict.fromkeys(files, "pass")
+            # the fail came first, then the rewritten chunk's proof passed
+            assert (farmer.stats.passed, farmer.stats.failed, farmer.stats.errors) == (4, 1, 0)
+        for path, file_hash in zip((zeroed, truncated), files, strict=True):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == file_hash
+
+
+async def test_a_retry_after_is_waited_out_and_stop_cuts_the_wait(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Three requests per token per minute, on a clock that does not move: the fourth is
+    # refused with Retry-After: 60.
+    node, _ = new_node(db_url, tmp_path, requests_per_token_per_minute=3)
+    sent: list[str] = []
+
+    async def count(session: object, context: object, params: aiohttp.TraceRequestStartParams):
+        sent.append(params.url.path)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(count)
+    async with (
+        real_server(create_app(node)) as server,
+        aiohttp.ClientSession(trace_configs=[trace]) as session,
+    ):
+        await stock(node, files=1)
+        refused: list[str] = []
+        farmer = Farmer(
+            server.url,
+            ADDRESS,
+            directory=tmp_path / "farm",
+            session=session,
+            on_event=lambda f, kind, data: (
+                refused.append(data["status"]) if kind == "refused" else None
+            ),
+        )
+        stop = asyncio.Event()
+        run = asyncio.create_task(farmer.run(poll_seconds=0.05, stop=stop))
+        await until(lambda: refused == ["too_many_requests"], "the rate limit's refusal")
+        before = list(sent)
+        await asyncio.sleep(1.0)  # twenty polls' worth
+        assert sent == before, "asked again before the Retry-After passed"
+        started = time.monotonic()
+        await stopped(run, stop)
+        assert time.monotonic() - started < 2  # not the 60 s of the Retry-After
+
+
+@pytest.fixture
+async def silent_node() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A server that accepts connections and never replies (its URL, and an event set at
+    the first connection)."""
+    connected = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        connected.set()
+        await reader.read()  # until the client goes
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", connected
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_node_that_never_replies(
+    silent_node: tuple[str, asyncio.Event], tmp_path: Path
+) -> None:
+    url, connected = silent_node
+    async with Farmer(url, ADDRESS, directory=tmp_path / "a", timeout=0.3) as farmer:
+        with pytest.raises(TimeoutError, match=r"^timed out after 0\.3 s$"):
+            await farmer.run()
+    async with Farmer(url, ADDRESS, directory=tmp_path / "b") as farmer:  # 60 s timeout
+        stop = asyncio.Event()
+        run = asyncio.create_task(farmer.run(stop=stop))
+        await asyncio.wait_for(connected.wait(), 10)
+        await stopped(run, stop, within=2)
+
+
+async def test_farm_command_stops_at_once_on_ctrl_c(
+    silent_node: tuple[str, asyncio.Event], tmp_path: Path
+) -> None:
+    url, connected = silent_node
+    process = await start_farm(url, tmp_path)
+    try:
+        await asyncio.wait_for(connected.wait(), 30)
+        process.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(process.communicate(), 15)  # not the 60 s timeout
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert b"Traceback" not in err, err.decode()
+    summary = json.loads(out.decode().strip().splitlines()[-1])  # the stats line, as ever
+    assert summary["farmers"] == 1 and summary["errors"] == 0
+
+
+async def test_farm_runs_reuse_their_saved_token(db_url: str, tmp_path: Path) -> None:
+    node, clock = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        [file_hash] = await stock(node, files=1)
+        out = io.StringIO()
+
+        async def farm_until_a_pass() -> Farmer:
+            """One ``farm`` run: until its first pass (or 10 s)."""
+            swarm = Swarm()
+            display = Display(swarm, stream=out, tty=False)
+            passed = asyncio.Event()
+
+            def watch(farmer: Farmer, kind: str, data: dict) -> None:
+                display(farmer, kind, data)
+                if kind == "answer" and data["verdict"] == "pass":
+                    passed.set()
+
+            await run_farmers(
+                server.url,
+                ADDRESS,
+                directory=tmp_path / "farm",
+                duration=10,
+                poll_seconds=0.05,
+                on_event=watch,
+                stop=passed,
+                swarm=swarm,
+            )
+            [farmer] = swarm.farmers
+            return farmer
+
+        first = await farm_until_a_pass()
+        token = first.token
+        assert token is not None and first.stats.taken == 1 and first.stats.passed == 1
+        # More runs than the node's five live tokens per IP: each goes on with the token
+        # and answers the contract the first run took.
+        for _ in range(6):
+            clock.advance(INTERVAL)
+            again = await farm_until_a_pass()
+            assert again.token == token
+            assert (again.stats.taken, again.stats.passed, again.stats.errors) == (0, 1, 0)
+        assert out.getvalue().count("resumed token") == 6
+        state = tmp_path / "farm" / "farmer-1" / STATE_FILE
+        assert stat.S_IMODE(os.stat(state).st_mode) == 0o600  # the token is a secret
+
+        # The operator deleted the token: the next run gets a new one and the chunk again.
+        await node.delete_token(token)
+        fresh = await farm_until_a_pass()
+        assert fresh.token not in (None, token)
+        assert fresh.stats.taken == 1 and list(fresh.contracts) == [file_hash]
+        assert "no longer knows our saved token" in out.getvalue()
+        assert fresh.token in state.read_text() and token not in state.read_text()
+        assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+    assert token not in out.getvalue() and fresh.token not in out.getvalue()  # redacted
