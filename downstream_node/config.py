@@ -32,6 +32,9 @@ class Settings:
     requests_per_token_per_minute: int = 600
     new_tokens_per_ip_per_minute: int = 60  # requests to /new, refused ones included
     sweep_seconds: float = 30.0
+    # A chunk a farmer handed back (/remove) is not offered to it again for this long, so one
+    # it cannot store (an operator's real file) does not come back first on every /chunk.
+    handed_back_seconds: int = 86_400
     # Reverse proxies (addresses or networks) whose X-Forwarded-For names the farmer.
     trusted_proxies: tuple[str, ...] = ()
 

@@ -439,15 +439,20 @@ class Farmer:
     async def take_contracts(self, limit: int) -> list[Contract]:
         """Take contracts until the node has none left for us or we hold ``limit``.
 
-        Stops at a chunk it cannot store: the node offers its files in a fixed order, so
-        asking again now would bring the same one.
+        A chunk it cannot store is handed back and the next one asked for (this node does not
+        offer a handed-back chunk again soon); a node that offers the same one again ends the
+        round.
         """
-        taken = []
+        taken: list[Contract] = []
+        handed_back: set[str] = set()
         while len(self.contracts) < limit:
             try:
                 contract = await self.take_contract()
-            except CannotStore:
-                break
+            except CannotStore as refused:
+                if refused.file_hash in handed_back:
+                    break
+                handed_back.add(refused.file_hash)
+                continue
             if contract is None:
                 break
             taken.append(contract)

@@ -400,7 +400,11 @@ class Node:
                 owner: TokenView = owner,
             ) -> tuple[list[cn.FileView], int]:
                 return (
-                    r.candidate_files(owner.token_hash, now),
+                    r.candidate_files(
+                        owner.token_hash,
+                        now,
+                        returned_since=now - self.settings.handed_back_seconds * 1_000_000,
+                    ),
                     r.bytes_held_by_address(owner.address, now),
                 )
 

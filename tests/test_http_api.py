@@ -107,6 +107,34 @@ async def test_due_brings_each_contract_up_to_date(served: tuple[TestClient, Nod
     assert sorted(written) == ["ChallengeIssued", "ContractExpired"]
 
 
+async def test_a_handed_back_chunk_is_not_offered_again_at_once(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """A farmer that hands a chunk back (one it cannot store, say) is offered the others, and
+    that one again only after ``handed_back_seconds``: otherwise the least-held file would
+    come back first on every /chunk and the farmer could take nothing else."""
+    node, clock = new_node(db_url, tmp_path, handed_back_seconds=600)
+    client = await aiohttp_client(create_app(node))
+    files = await stock(node, files=2)
+    _, created = await get_json(client, f"{API}/new/{ADDRESS}")
+    token = created["token"]
+    _, got = await get_json(client, f"{API}/chunk/{token}")
+    first = got["file_hash"]
+    [second] = set(files) - {first}
+    assert (await get_json(client, f"{API}/remove/{token}/{first}"))[0] == 200
+    _, got = await get_json(client, f"{API}/chunk/{token}")
+    assert got["file_hash"] == second
+    status, body = await get_json(client, f"{API}/chunk/{token}")
+    assert (status, body["status"]) == (404, "no_chunks")
+    # another farmer is offered it at once
+    _, other = await get_json(client, f"{API}/new/{ADDRESS}")
+    assert (await get_json(client, f"{API}/chunk/{other['token']}"))[1]["file_hash"] == first
+    await get_json(client, f"{API}/remove/{other['token']}/{first}")
+    clock.advance(601)
+    _, got = await get_json(client, f"{API}/chunk/{token}")
+    assert got["file_hash"] == first
+
+
 async def test_request_ids_and_the_access_log(served: tuple[TestClient, Node]) -> None:
     client, node = served
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:

@@ -129,8 +129,11 @@ class Reader:
         rows = self.conn.execute(sa.select(self.t.files).order_by(self.t.files.c.added_at))
         return [dict(r._mapping) for r in rows]
 
-    def candidate_files(self, token_hash: str, now: int, limit: int = 8) -> list[FileView]:
-        """Live files with a free replica that this token does not hold, least held first."""
+    def candidate_files(
+        self, token_hash: str, now: int, limit: int = 8, returned_since: int | None = None
+    ) -> list[FileView]:
+        """Live files with a free replica that this token does not hold, least held first;
+        not those it handed back (``/remove``) after ``returned_since``."""
         f, c = self.t.files.c, self.t.contracts.c
         live = sa.and_(c.started_at.is_not(None), c.ended_at.is_(None), c.expiration > now)
         counts = (
@@ -141,13 +144,21 @@ class Reader:
         )
         held = sa.select(c.file_hash).where(live, c.token_hash == token_hash)
         n = sa.func.coalesce(counts.c.n, 0)
-        rows = self.conn.execute(
+        query = (
             sa.select(self.t.files, n.label("live"))
             .outerjoin(counts, counts.c.file_hash == f.file_hash)
             .where(f.removed_at.is_(None), n < f.redundancy, f.file_hash.not_in(held))
             .order_by(n, f.added_at, f.file_hash)
             .limit(limit)
-        ).all()
+        )
+        if returned_since is not None:
+            returned = sa.select(c.file_hash).where(
+                c.token_hash == token_hash,
+                c.end_reason == "removed",
+                c.ended_at > returned_since,
+            )
+            query = query.where(f.file_hash.not_in(returned))
+        rows = self.conn.execute(query).all()
         return [self._file_view(r, int(r.live)) for r in rows]
 
     def _live_count(self, file_hash: str, now: int) -> int:
