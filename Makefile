@@ -17,4 +17,4 @@ format:
 # document on stdout. MariaDB from $$DOWNSTREAM_BENCH_MYSQL_URL (default root@127.0.0.1/bench).
 # Extra arguments: make bench ARGS="--quick --db sqlite --output bench.json"
 bench:
-	.venv/bin/python scripts/bench.py $(ARGS)
+	@.venv/bin/python scripts/bench.py $(ARGS)

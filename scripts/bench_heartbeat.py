@@ -7,6 +7,7 @@ Each figure sits beside its limit, measured in the same run where the limit is r
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -220,6 +221,7 @@ def bench_swizzle() -> dict[str, Any]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     started = time.time()
     report = {
         "machine": {

@@ -134,6 +134,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     sc.NewTokenSchema,
                     "invalid_address",
                     "too_many_tokens",
+                    "busy",
                     *limited,
                 ),
             }

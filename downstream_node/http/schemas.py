@@ -44,14 +44,18 @@ STATUS_WORDS: dict[str, tuple[int, str]] = {
     "too_many_tokens": (429, "This IP address already holds the maximum number of tokens."),
     "too_many_requests": (
         429,
-        "This token sent more requests this minute than the node allows; see Retry-After.",
+        "More requests this minute than the node allows (per token; for /new, per IP "
+        "address); see Retry-After.",
     ),
     "error": (
         500,
         "An unexpected error on the node (a bug; it is logged with the request id). "
         "Sent with 503 when the database is unreachable.",
     ),
-    "busy": (503, "Too much contention on this contract or file; retry (see Retry-After)."),
+    "busy": (
+        503,
+        "Too much contention on this contract, file or IP address; retry (see Retry-After).",
+    ),
 }
 
 ANSWER_WORDS = ("pass", "fail")
