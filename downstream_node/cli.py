@@ -11,6 +11,7 @@ import asyncio
 import csv
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,8 +33,10 @@ T = TypeVar("T")
 
 
 class Obj:
-    def __init__(self, db: str, secret: Path | None, heartbeat: str) -> None:
-        self.settings = Settings(db_url=db, secret_file=secret, heartbeat=heartbeat)
+    def __init__(self, db: str, secret: Path | None, heartbeat: str, new_secret: bool) -> None:
+        self.settings = Settings(
+            db_url=db, secret_file=secret, heartbeat=heartbeat, new_secret=new_secret
+        )
 
 
 def run_node(obj: Obj, work: Callable[[Node], Awaitable[T]]) -> T:
@@ -97,10 +100,18 @@ class CannotRun(click.ClickException):
     show_default=True,
     help="Proof scheme for a new node secret.",
 )
+@click.option(
+    "--new-secret",
+    is_flag=True,
+    help="Record a new secret heartbeat for a ledger configured with another one, when that "
+    "one is lost: contracts sealed with it end at their next challenge.",
+)
 @click.pass_context
-def main(ctx: click.Context, db: str, secret_file: Path | None, heartbeat: str) -> None:
+def main(
+    ctx: click.Context, db: str, secret_file: Path | None, heartbeat: str, new_secret: bool
+) -> None:
     """downstream-node: an event-sourced contract ledger for proof-of-storage farming."""
-    ctx.obj = Obj(db, secret_file, heartbeat)
+    ctx.obj = Obj(db, secret_file, heartbeat, new_secret)
 
 
 @main.command()
@@ -381,6 +392,14 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
     help="Replicas per demo chunk (default: the node's redundancy, 3).",
 )
 @click.option(
+    "--stop-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds the node gets to finish its requests and close after SIGTERM/Ctrl-C; then "
+    "it exits anyway (status 1): what was acknowledged is committed.",
+)
+@click.option(
     "--trusted-proxy",
     "trusted_proxies",
     multiple=True,
@@ -400,11 +419,12 @@ def serve(
     demo_size: int,
     demo_interval: int,
     demo_redundancy: int | None,
+    stop_timeout: float,
     trusted_proxies: tuple[str, ...],
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
-    from .http.server import Demo, DemoStock, settle_heap
+    from .http.server import CannotListen, Demo, DemoStock, StopTimedOut, settle_heap
     from .http.server import serve as serve_api
     from .ledger.db import is_sqlite
 
@@ -425,9 +445,12 @@ def serve(
             click.echo(f"    downstream-node farm --url {url} --address {stocked.address}")
         sys.stdout.flush()
 
+    # A Runner rather than asyncio.run: a stop that timed out must leave at once, not wait
+    # for the default executor's threads (one may be stuck on the database) on the way out.
+    runner = asyncio.Runner()
     try:
         stock = DemoStock(demo_chunks, demo_size, demo_interval, demo_redundancy)
-        asyncio.run(
+        runner.run(
             serve_api(
                 dataclasses.replace(obj.settings, trusted_proxies=trusted_proxies),
                 host=host,
@@ -435,14 +458,24 @@ def serve(
                 demo=demo,
                 demo_stock=stock,
                 on_ready=ready,
+                stop_grace=stop_timeout,
             )
         )
     except Refused as refused:
         click.echo(f"error: {refused.status}: {refused.message}", err=True)
         sys.exit(1)
-    except OSError as exc:
-        click.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
+    except CannotListen as exc:
+        click.echo(f"error: cannot listen on {host}:{port}: {exc.__cause__}", err=True)
         sys.exit(1)
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except StopTimedOut as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.stderr.flush()
+        os._exit(1)  # worker threads stuck on the database would hold the process
+    finally:
+        runner.close()
 
 
 @main.command()

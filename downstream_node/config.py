@@ -20,6 +20,8 @@ class Settings:
     db_url: str = field(default_factory=default_url)
     secret_file: Path | None = None  # default: beside the SQLite file, else the working dir
     heartbeat: str = "Merkle"
+    # Record a new secret for a ledger configured with another (lost) one.
+    new_secret: bool = False
     check_fraction: float = 0.01
     challenges: int = 256
     interval: int = 300  # seconds between challenges

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ log = structlog.get_logger("downstream.node")
 
 T = TypeVar("T")
 RETRIES = 8
+HEALTH_TIMEOUT = 5.0  # seconds a health probe waits for the database
 HASH_BLOCK = 4 * 1024 * 1024
 
 
@@ -115,24 +118,61 @@ class Node:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> Node:
-        """Create the schema and projections if needed and load (or create) the secret."""
+        """Create the schema and projections if needed and load (or create) the secret.
+
+        The secret must be the one the ledger's last ``HeartbeatConfigured`` names: the
+        contracts' states are sealed with it. A missing or other secret is refused (a node
+        started from another directory would otherwise make a new one and fail every
+        contract), unless ``settings.new_secret`` says to record a new one.
+        """
         await self._run(self.store.create_schema)
         await self._run(ensure_projections, self.store)
+        configured = await self._configured_fingerprint()
         if self.scheme is None:
-            self.scheme, _ = await self._run(
-                ProofScheme.load_or_create,
-                self.settings.secret_path(),
-                self.settings.heartbeat,
-                check_fraction=self.settings.check_fraction,
-                challenges=self.settings.challenges,
-            )
+            path = self.settings.secret_path()
+            keep = configured is not None and not self.settings.new_secret
+            if keep and not await self._run(path.exists):
+                raise Refused(
+                    "secret_missing",
+                    f"this ledger's heartbeat secret (fingerprint {str(configured)[:12]}) is "
+                    f"not at {path}: point --secret-file at it (or use --new-secret if it is "
+                    "lost; contracts made under it then end)",
+                )
+            try:
+                self.scheme, _ = await self._run(
+                    ProofScheme.load_or_create,
+                    path,
+                    self.settings.heartbeat,
+                    check_fraction=self.settings.check_fraction,
+                    challenges=self.settings.challenges,
+                )
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                raise Refused(
+                    "bad_secret", f"cannot read the secret file {path}: {_reason(exc)}"
+                ) from exc
         await self._record_heartbeat()
         return self
 
+    async def _configured_fingerprint(self) -> str | None:
+        """The key fingerprint of the ledger's last ``HeartbeatConfigured``, if any."""
+        history = await self._run(self.store.read_stream, ev.NODE_STREAM)
+        configured = [e for e in history if e.event_type == "HeartbeatConfigured"]
+        return str(configured[-1].payload["key_fingerprint"]) if configured else None
+
     async def close(self) -> None:
         await self.committer.close()
-        # Joining the worker threads blocks; do it off the event loop.
-        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
+        # Joining the worker threads blocks: off the event loop, and in a thread of its own,
+        # not the loop's default executor, which a caller giving up on a stalled database
+        # could then not shut down.
+        joined = asyncio.get_running_loop().create_future()
+
+        def join() -> None:
+            self.executor.shutdown()
+            with contextlib.suppress(RuntimeError):  # the loop may be gone (a forced stop)
+                joined.get_loop().call_soon_threadsafe(_settle, joined)
+
+        threading.Thread(target=join, name="node-close", daemon=True).start()
+        await joined
         self.engine.dispose()
 
     async def _record_heartbeat(self) -> None:
@@ -146,8 +186,20 @@ class Node:
         for _ in range(RETRIES):
             history = await self._run(self.store.read_stream, ev.NODE_STREAM)
             configured = [e for e in history if e.event_type == "HeartbeatConfigured"]
-            if configured and configured[-1].payload["key_fingerprint"] == fingerprint:
-                return
+            if configured:
+                last = configured[-1].payload["key_fingerprint"]
+                if last == fingerprint:
+                    return
+                if not self.settings.new_secret:
+                    # Read at the version the append would need: also a node that started
+                    # together with another holding a different secret stops here.
+                    raise Refused(
+                        "secret_mismatch",
+                        f"the secret file {self.settings.secret_path()} (fingerprint "
+                        f"{fingerprint[:12]}) is not the one this ledger was configured with "
+                        f"({last[:12]}): point --secret-file at that one (or use --new-secret "
+                        "if it is lost; contracts made under it then end)",
+                    )
             version = history[-1].version if history else 0
             try:  # at the version read: nodes starting together record it once
                 await self._append(ev.NODE_STREAM, version, [event], OPERATOR)
@@ -159,8 +211,10 @@ class Node:
     # -- plumbing -------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # In a copy of the caller's context, so what the thread logs carries the request id.
+        context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self.executor, lambda: context.run(fn, *args, **kwargs))
 
     async def _read(self, fn: Callable[[Reader], T]) -> T:
         return await self._run(self._read_now, fn)
@@ -532,6 +586,10 @@ class Node:
                     )
                 except OutOfChallenges:
                     events = cn.decide_out_of_challenges(contract)
+                except HeartbeatError:
+                    # Sealed under a secret this node no longer holds (--new-secret): it can
+                    # be neither challenged nor verified again.
+                    events = cn.decide_unverifiable(contract)
             else:
                 return contract
             # On a conflict someone else moved the contract: re-read below and decide again.
@@ -722,7 +780,18 @@ class Node:
                 "generation": r.t.generation,
             }
 
-        return await self._read(probe)
+        # A stalled database (a lock held elsewhere, a dead connection) is reported, not
+        # waited for: monitors get their 503 instead of a hung probe.
+        return await asyncio.wait_for(self._read(probe), HEALTH_TIMEOUT)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter may have given up (cancelled)
+        future.set_result(None)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
 
 
 def recorded_verdict(event_types: Iterable[str], contract: cn.ContractView) -> str | None:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -210,3 +211,29 @@ async def test_serve_demo_answers_health(tmp_path: Path) -> None:
     process, lines = await _start_serve(db)
     await _stop(process)
     assert any("3 seeded chunks (1 added now)" in line for line in lines), lines
+
+
+async def test_serve_on_a_port_in_use_writes_nothing(tmp_path: Path) -> None:
+    """The port is bound before the node starts: a port in use is one line and exit 1, before
+    any ledger, secret or demo stock is written."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "downstream_node.cli",
+            "--db",
+            f"sqlite:///{tmp_path / 'ledger.db'}",
+            "serve",
+            "--port",
+            str(port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert err.decode().startswith(f"error: cannot listen on 127.0.0.1:{port}:"), err
+    assert "Traceback" not in err.decode()
+    assert list(tmp_path.iterdir()) == []  # no database, no secret

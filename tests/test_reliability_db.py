@@ -10,15 +10,18 @@ node's own connections from the server side while a request waits on them.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
+import structlog
 from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, new_node, prove, stock
-from reliability_support import check_ledger
+from reliability_support import check_ledger, kill, start_serve
 from structlog.testing import capture_logs
 
 from downstream_node.http.app import create_app
@@ -245,13 +248,49 @@ async def test_a_read_whose_connection_is_killed_is_retried_once(
 
     monkeypatch.setattr(Reader, "contracts_for_token", slow_once)
     try:
-        with capture_logs() as logs:
-            polling = asyncio.create_task(call(client, "GET", f"{API}/due/{me['token']}"))
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            polling = asyncio.create_task(
+                call(client, "GET", f"{API}/due/{me['token']}", headers={"X-Request-Id": "poll-1"})
+            )
             admin.kill(await admin.wait_for("%dropped_read%"))
             status, due, _ = await asyncio.wait_for(polling, 30)
         assert status == 200
         assert [c["hash"] for c in due["all_contracts"]] == [me["contract"]["file_hash"]]
-        assert any(e["event"] == "read_retried" for e in logs)
+        # logged in a worker thread, with the request's id
+        assert [e.get("request_id") for e in logs if e["event"] == "read_retried"] == ["poll-1"]
     finally:
         admin.close()
         await client.close()
+
+
+# -- a stalled database (MariaDB: another session holds the ledger's tables) --------------------
+
+
+@mariadb_only
+async def test_a_stalled_database_is_reported_and_does_not_hold_the_stop(
+    db_url: str, tmp_path: Path
+) -> None:
+    """While another session holds the ledger locked, /health answers 503 within seconds and
+    /metrics says the database is down, instead of hanging; SIGTERM then stops the node
+    within --stop-timeout (exit status 1, saying why) instead of waiting for the lock."""
+    served = await start_serve(db_url, tmp_path, "--no-demo", "--stop-timeout", "2")
+    locker = sa.create_engine(db_url).connect()
+    try:
+        locker.exec_driver_sql("LOCK TABLES ledger_head WRITE, events WRITE")
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            async with http.get(served.url + "/health") as response:
+                body = await response.json()
+                assert response.status == 503 and body["status"] == "unavailable"
+            assert time.monotonic() - started < 15
+            async with http.get(served.url + "/metrics") as response:
+                assert "downstream_database_up 0.0" in await response.text()
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(served.process.wait(), 20)
+        assert served.process.returncode == 1
+        assert "did not stop within 2 s" in served.stderr.read_text()
+    finally:
+        locker.exec_driver_sql("UNLOCK TABLES")
+        locker.close()
+        await kill(served.process)

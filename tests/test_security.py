@@ -454,6 +454,8 @@ async def test_no_token_in_logs_events_or_audit_report(tmp_path: Path) -> None:
         "downstream_node.cli",
         "--db",
         db_url,
+        "--secret-file",
+        str(tmp_path / "node-secret.json"),  # the node's, as start_serve gave it
         "token",
         "delete",
         tokens[1],

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import hashlib
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,6 +36,7 @@ DEMO_CHUNKS = 3
 DEMO_CHUNK_SIZE = 1 * MiB
 DEMO_INTERVAL = 60
 DEMO_SEED = "downstream-node-demo-{}"
+STOP_GRACE = 30.0  # seconds the node gets to close after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -122,20 +124,32 @@ async def serve(
     clock: Clock | None = None,
     on_ready: Callable[[str, Demo | None], None] | None = None,
     stop: asyncio.Event | None = None,
+    stop_grace: float = STOP_GRACE,
 ) -> None:
-    """Serve until ``stop`` is set (SIGINT and SIGTERM set it)."""
+    """Serve until ``stop`` is set (SIGINT and SIGTERM set it); then close within
+    ``stop_grace`` seconds or raise ``StopTimedOut``. ``CannotListen`` if the address cannot
+    be bound (its cause says why)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
             loop.add_signal_handler(signum, stop.set)
+    try:
+        # Bound before the node starts: a port in use is found before anything is written.
+        sock = socket.create_server((host, port), family=_family(host), reuse_port=False)
+    except OSError as exc:
+        raise CannotListen() from exc
     node = Node(settings, clock=clock)
     app = create_app(node, sweep_seconds=settings.sweep_seconds)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()  # starts the node
+    try:
+        await runner.setup()  # starts the node
+    except BaseException:
+        sock.close()
+        raise
     try:
         stocked = await ensure_demo(node, demo_stock) if demo else None
-        site = web.TCPSite(runner, host, port)
+        site = web.SockSite(runner, sock)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
@@ -149,7 +163,27 @@ async def serve(
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
-        await runner.cleanup()  # closes the node
+        try:
+            # Closes the node; a stalled database would hold it (and the stop) forever.
+            await asyncio.wait_for(runner.cleanup(), stop_grace)
+        except TimeoutError:
+            log.error("stop_timed_out", seconds=stop_grace)
+            raise StopTimedOut(
+                f"the node did not stop within {stop_grace:g} s (database calls still "
+                "running); stopping anyway: what was acknowledged is committed"
+            ) from None
+
+
+class CannotListen(Exception):
+    """The address could not be bound (in use, not this machine's, not allowed)."""
+
+
+class StopTimedOut(Exception):
+    """The node did not close within the grace period (database calls hanging)."""
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _safe_url(url: str) -> str:

@@ -86,6 +86,11 @@ def decide_out_of_challenges(contract: ContractView) -> list[ev.DomainEvent]:
     return [ev.ContractEnded(contract_id=contract.contract_id, reason="out_of_challenges")]
 
 
+def decide_unverifiable(contract: ContractView) -> list[ev.DomainEvent]:
+    """A contract whose state the node's secret no longer opens (it was replaced)."""
+    return [ev.ContractEnded(contract_id=contract.contract_id, reason="unverifiable")]
+
+
 def check_answerable(contract: ContractView, now: int) -> list[ev.DomainEvent]:
     """Before verifying: the events of a refused answer, or ``[]`` if it may be verified.
 

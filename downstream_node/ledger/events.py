@@ -263,7 +263,8 @@ class ContractExpired(DomainEvent):
 @event
 @dataclasses.dataclass(frozen=True)
 class ContractEnded(DomainEvent):
-    """The contract ended for ``reason`` (``removed``, ``out_of_challenges``)."""
+    """The contract ended for ``reason`` (``removed``, ``out_of_challenges``,
+    ``unverifiable``)."""
 
     SCHEMA: ClassVar[int] = 1
     contract_id: str
