@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ledger.db import default_url, is_sqlite
+from .ledger.db import default_url, is_sqlite, sqlite_file
 from .ledger.tokens import TokenPolicy
 
 MiB = 1024 * 1024
@@ -46,7 +46,7 @@ class Settings:
         env = os.environ.get("DOWNSTREAM_SECRET_FILE")
         if env:
             return Path(env)
-        if is_sqlite(self.db_url) and ":memory:" not in self.db_url:
-            db_file = Path(self.db_url.split("///", 1)[1])
+        db_file = sqlite_file(self.db_url) if is_sqlite(self.db_url) else None
+        if db_file is not None:
             return db_file.with_name(db_file.stem + "-secret.json")
         return Path.cwd() / "node-secret.json"

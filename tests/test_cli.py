@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from downstream_node.cli import main
+from downstream_node.config import Settings
+from downstream_node.ledger.db import sqlite_file
 from downstream_node.ledger.tokens import make_address
 
 ADDRESS = make_address(b"\x21" * 20)
@@ -132,3 +134,16 @@ def test_a_database_that_cannot_be_reached_or_named_is_a_message(
     assert "the database failed" in output and "Traceback" not in output, output
     output = cli("bogus://user:hunter2@host/db", tmp_path, "ledger", "verify", code=1)
     assert "invalid database URL" in output and "hunter2" not in output
+
+
+def test_an_sqlite_url_in_uri_form_names_the_same_file(tmp_path: Path) -> None:
+    """``sqlite:///file:PATH?...&uri=true`` (how a read-only audit opens a ledger) puts the
+    secret and the rebuild lock beside PATH, as ``sqlite:///PATH`` does."""
+    path = tmp_path / "ledger.db"
+    plain, uri = f"sqlite:///{path}", f"sqlite:///file:{path}?mode=rwc&uri=true"
+    assert sqlite_file(plain) == sqlite_file(uri) == path
+    assert sqlite_file("sqlite://") is None and sqlite_file("sqlite:///:memory:") is None
+    assert Settings(db_url=uri).secret_path() == Settings(db_url=plain).secret_path()
+    cli(uri, tmp_path, "initdb")
+    assert "identical_to_previous" in cli(uri, tmp_path, "projections", "rebuild")
+    assert (tmp_path / "ledger.db.rebuild-lock").exists()

@@ -37,6 +37,16 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
     return url.startswith("sqlite")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file an SQLite URL names (``sqlite:///path``, or the URI form
+    ``sqlite:///file:path?mode=ro&uri=true``); ``None`` for an in-memory database."""
+    parsed = sa.engine.make_url(url)
+    database = parsed.database or ""
+    if parsed.query.get("uri") == "true":
+        database = database.removeprefix("file:")
+    return None if database in ("", ":memory:") else Path(database)
+
+
 class NoLedger(Exception):
     """The database holds no ledger: nothing for a reading command to read."""
 
@@ -46,11 +56,8 @@ def existing_ledger(url: str) -> Engine:
     (``ledger verify``, ``audit uptime``): a missing SQLite file is not created on the way,
     and a database without the ledger's tables is ``NoLedger``, not a failed query."""
     if is_sqlite(url):
-        parsed = sa.engine.make_url(url)
-        database = parsed.database or ""
-        if parsed.query.get("uri") == "true":
-            database = database.removeprefix("file:")  # file:/path?mode=ro&uri=true
-        if database not in ("", ":memory:") and not Path(database).exists():
+        database = sqlite_file(url)
+        if database is not None and not database.exists():
             raise NoLedger(f"no database file at {database}; 'initdb' creates a ledger")
     engine = make_engine(url)
     if not sa.inspect(engine).has_table(ledger_head.name):

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from ..ledger.db import is_sqlite, read_transaction, schema_lock, write_transaction
+from ..ledger.db import is_sqlite, read_transaction, schema_lock, sqlite_file, write_transaction
 from ..ledger.schema import HEAD_ID, events, ledger_head
 from ..ledger.store import EventStore, LedgerError
 from .projector import HANDLED, Fold, Item, apply_items, checkpoint, create_tables, drop_tables
@@ -106,8 +106,8 @@ def rebuild_lock(engine: Engine, *, wait: float = 0) -> Iterator[None]:
                 conn.execute(sa.select(sa.func.release_lock(REBUILD_LOCK)))
                 conn.commit()
         return
-    database = engine.url.database
-    if not database or database == ":memory:":
+    database = sqlite_file(str(engine.url))
+    if database is None:
         yield  # a private in-memory ledger: one process
         return
     with open(f"{database}.rebuild-lock", "a") as handle:
