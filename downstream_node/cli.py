@@ -15,10 +15,11 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import sqlalchemy.exc
+import structlog
 
 from .audit.cli import audit as audit_commands
 from .config import Settings
@@ -462,20 +463,31 @@ def serve(
             )
         )
     except Refused as refused:
-        click.echo(f"error: {refused.status}: {refused.message}", err=True)
-        sys.exit(1)
+        _serve_failed(log_format, f"{refused.status}: {refused.message}")
     except CannotListen as exc:
-        click.echo(f"error: cannot listen on {host}:{port}: {exc.__cause__}", err=True)
-        sys.exit(1)
+        _serve_failed(log_format, f"cannot listen on {host}:{port}: {exc.__cause__}")
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        _serve_failed(log_format, f"the database failed: {exc.orig}")
     except OSError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _serve_failed(log_format, str(exc))
     except StopTimedOut as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.stderr.flush()
-        os._exit(1)  # worker threads stuck on the database would hold the process
+        _serve_failed(log_format, str(exc), force=True)
     finally:
         runner.close()
+
+
+def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoReturn:
+    """Exit 1 with ``message``: a JSON log line when the log is JSON (one format per log),
+    else ``error: ...``. ``force``: at once, as worker threads stuck on the database would
+    otherwise hold the process."""
+    if log_format == "json":
+        structlog.get_logger("downstream.serve").error("serve_failed", message=message)
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.stderr.flush()
+    if force:
+        os._exit(1)
+    sys.exit(1)
 
 
 @main.command()

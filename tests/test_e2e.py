@@ -213,9 +213,10 @@ async def test_serve_demo_answers_health(tmp_path: Path) -> None:
     assert any("3 seeded chunks (1 added now)" in line for line in lines), lines
 
 
-async def test_serve_on_a_port_in_use_writes_nothing(tmp_path: Path) -> None:
-    """The port is bound before the node starts: a port in use is one line and exit 1, before
-    any ledger, secret or demo stock is written."""
+@pytest.mark.parametrize("log_format", ["console", "json"])
+async def test_serve_on_a_port_in_use_writes_nothing(tmp_path: Path, log_format: str) -> None:
+    """The port is bound before the node starts: a port in use is one line (in the log's own
+    format) and exit 1, before any ledger, secret or demo stock is written."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -229,11 +230,18 @@ async def test_serve_on_a_port_in_use_writes_nothing(tmp_path: Path) -> None:
             "serve",
             "--port",
             str(port),
+            "--log-format",
+            log_format,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
-    assert err.decode().startswith(f"error: cannot listen on 127.0.0.1:{port}:"), err
+    said = f"cannot listen on 127.0.0.1:{port}:"
+    if log_format == "json":
+        [line] = [json.loads(line) for line in err.decode().splitlines()]
+        assert line["event"] == "serve_failed" and line["message"].startswith(said), line
+    else:
+        assert err.decode().startswith(f"error: {said}"), err
     assert "Traceback" not in err.decode()
     assert list(tmp_path.iterdir()) == []  # no database, no secret
