@@ -101,6 +101,10 @@ class ProofScheme:
             )
         else:
             tag, state = self.beat.encode(file)
+            if len(tag.sigma) != size // self.beat.chunk_size + 1:
+                # Swizzle reads to the end of the file: one that shrank or grew since it was
+                # added would be encoded as other bytes than the ledger's.
+                raise HeartbeatError(f"the file no longer holds the {size} bytes recorded")
         return tag.todict(), state.todict()
 
     def next_challenge(

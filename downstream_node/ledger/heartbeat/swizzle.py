@@ -53,6 +53,7 @@ MAX_SECTORS = 1024
 # 2**24 chunks of 10 x 128 bytes is a 20 GiB file: far above any chunk we hand out, and a
 # bound on the work a hostile challenge or tag can ask for.
 MAX_CHUNKS = 1 << 24
+REDRAWS = 64  # challenges drawn at most for one that samples a file's data
 _MAX_VALUE = 1 << MAX_PRIME_BITS
 KEY_SIZE = 32
 _PRF_KEY_SIZES = (32,)
@@ -440,20 +441,28 @@ class Swizzle:
         ``file_size``, when the challenger knows it: a file of whole chunks ends, as in the
         original's encoding, with an authenticator of no data, and a challenge that samples
         only that one is answered without the file (a quarter of them for a one-chunk file),
-        so such a challenge is drawn again.
+        so such a challenge is drawn again (only if the state does hold that file's chunks
+        and an empty tail: one encoded from other bytes may not, and would never qualify).
         Raises ``HeartbeatError`` if the state's MAC fails.
         """
         st = coerce(state, SwizzleState, "state")
         if not self.check_state(st):
             raise HeartbeatError("state signature invalid")
         count = st.chunks if chunks is None else check_int(chunks, "chunks", lo=0, hi=st.chunks)
-        empty_tail = file_size is not None and file_size % self.chunk_size == 0
-        while True:
+        empty_tail = (
+            file_size is not None
+            and file_size % self.chunk_size == 0
+            and st.chunks == file_size // self.chunk_size + 1
+            and st.chunks > 1
+        )
+        for _ in range(REDRAWS):
             challenge = SwizzleChallenge(
                 chunks=max(1, count), v_max=self.prime, key=os.urandom(KEY_SIZE)
             )
             if not empty_tail or set(self._sample(challenge, st.chunks)) != {st.chunks - 1}:
                 return challenge, st
+        # Each draw misses the data chunks with probability at most 1/4: not reached.
+        raise HeartbeatError("no challenge sampling the file's data could be drawn")
 
     def gen_challenge(
         self, state: SwizzleState | Mapping[str, Any], chunks: int | None = None
