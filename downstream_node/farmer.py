@@ -65,11 +65,12 @@ class FarmerError(Exception):
 
 class CannotStore(FarmerError):
     """A contract's chunk could not be written (not derivable from its seed, or the disk
-    refused it); the contract was handed back."""
+    refused it: ``local``); the contract was handed back."""
 
-    def __init__(self, file_hash: str, reason: str) -> None:
+    def __init__(self, file_hash: str, reason: str, *, local: bool = False) -> None:
         super().__init__("cannot_store", reason, 0)
         self.file_hash = file_hash
+        self.local = local
 
 
 @dataclass
@@ -408,13 +409,17 @@ class Farmer:
             await asyncio.to_thread(write_chunk, data["seed"], data["size"], file_hash, path)
         except (FarmerError, OSError) as exc:
             # Not a seeded chunk we can regenerate (an operator's real file), or a full
-            # disk: hand it back at once rather than hold a contract we cannot prove.
-            self.unstorable.add(file_hash)
+            # disk: hand it back at once rather than hold a contract we cannot prove. Only
+            # the first is the chunk's fault: after a disk error the chunk may be taken
+            # again once there is room.
+            local = isinstance(exc, OSError)
+            if not local:
+                self.unstorable.add(file_hash)
             await self._hand_back(file_hash)
             reason = exc.message if isinstance(exc, FarmerError) else _describe(exc)
             self.stats.errors += 1
             self._emit("error", file_hash=file_hash, error=f"cannot store chunk: {reason}")
-            raise CannotStore(file_hash, reason) from exc
+            raise CannotStore(file_hash, reason, local=local) from exc
         contract = Contract(
             file_hash=file_hash,
             seed=data["seed"],
@@ -440,8 +445,8 @@ class Farmer:
         """Take contracts until the node has none left for us or we hold ``limit``.
 
         A chunk it cannot store is handed back and the next one asked for (this node does not
-        offer a handed-back chunk again soon); a node that offers the same one again ends the
-        round.
+        offer a handed-back chunk again soon); a node that offers the same one again, or a
+        disk that refused a chunk (it would refuse the next one too), ends the round.
         """
         taken: list[Contract] = []
         handed_back: set[str] = set()
@@ -449,7 +454,7 @@ class Farmer:
             try:
                 contract = await self.take_contract()
             except CannotStore as refused:
-                if refused.file_hash in handed_back:
+                if refused.local or refused.file_hash in handed_back:
                     break
                 handed_back.add(refused.file_hash)
                 continue

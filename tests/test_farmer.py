@@ -266,6 +266,29 @@ async def test_a_chunk_it_cannot_store_does_not_stop_the_answers(
         assert farmer.stats.errors == 1
 
 
+async def test_a_full_disk_hands_back_one_chunk_and_ends_the_round(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error is the farmer's trouble, not the chunk's: one chunk goes back, the round
+    ends (the disk would refuse the next one too), and once there is room again the farmer
+    takes the others."""
+    node, _ = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        files = await stock(node, files=4)
+        async with Farmer(server.url, ADDRESS, directory=tmp_path / "farm") as farmer:
+            await farmer.register()
+
+            def full(*args: object) -> None:
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr("downstream_node.farmer.write_chunk", full)
+            assert await farmer.take_contracts(4) == []
+            assert farmer.stats.errors == 1 and farmer.unstorable == set()
+            monkeypatch.undo()
+            taken = await farmer.take_contracts(4)
+            assert len(taken) == len(files) - 1  # all but the one handed back
+
+
 async def test_a_deleted_chunk_is_rewritten_or_handed_back(db_url: str, tmp_path: Path) -> None:
     node, clock = new_node(db_url, tmp_path)
     async with real_server(create_app(node)) as server:
