@@ -22,10 +22,12 @@ from downstream_node.projections.rebuild import (
     compare_generations,
     ensure_projections,
     rebuild,
+    rebuild_lock,
 )
 from downstream_node.projections.tables import tables_for
 
 FARMER = Context(actor="farmer", remote="10.0.0.1")
+mariadb_only = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)
 
 
 async def start_node(db_url: str, tmp_path: Path, clock: FakeClock) -> Node:
@@ -176,6 +178,32 @@ async def test_one_rebuild_at_a_time(db_url: str, tmp_path: Path) -> None:
     finally:
         release.set()
         await node.close()
+
+
+@mariadb_only
+def test_rebuilds_of_two_ledgers_on_one_server_do_not_wait_for_each_other(
+    db_url: str, tmp_path: Path
+) -> None:
+    """MySQL's named locks are server-wide: the rebuild lock is named per database."""
+    other_url = db_url + "_other"
+    admin = sa.create_engine(db_url.rsplit("/", 1)[0], isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{other_url.rsplit('/', 1)[1]}`")
+    try:
+        stores = [EventStore(sa.create_engine(url)) for url in (db_url, other_url)]
+        for store in stores:
+            store.create_schema()
+            ensure_projections(store)
+        with rebuild_lock(stores[0].engine):
+            with pytest.raises(RebuildRunning):
+                rebuild(stores[0])  # this ledger's: refused
+            assert rebuild(stores[1]).new_generation == 2  # the other's: not held up
+        for store in stores:
+            store.engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{other_url.rsplit('/', 1)[1]}`")
+        admin.dispose()
 
 
 async def test_uptime_projection_counts_online_time(db_url: str, tmp_path: Path) -> None:

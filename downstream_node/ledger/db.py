@@ -6,6 +6,7 @@ SQLite write transactions start with ``BEGIN IMMEDIATE`` so that writers seriali
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import sqlite3
@@ -173,6 +174,15 @@ def _wal(cur: sqlite3.Cursor) -> None:
             time.sleep(0.01 + random.random() * 0.04)
 
 
+def server_lock_name(engine: Engine, name: str) -> str:
+    """``name`` for this engine's database only: MySQL's named locks are server-wide, and
+    two ledgers on one server must not wait for each other. At most 64 characters."""
+    full = f"{name}.{engine.url.database}"
+    if len(full) <= 64:
+        return full
+    return f"{name[:40]}.{hashlib.sha256(full.encode()).hexdigest()[:20]}"
+
+
 @contextmanager
 def schema_lock(
     conn: sa.engine.Connection, name: str = "downstream_node.schema", wait: int = 60
@@ -183,6 +193,7 @@ def schema_lock(
     if is_sqlite(conn.engine):
         yield
         return
+    name = server_lock_name(conn.engine, name)
     locked = conn.execute(sa.select(sa.func.get_lock(name, wait))).scalar()
     conn.commit()
     if locked != 1:

@@ -21,7 +21,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from .canonical import canonical, chain_next
 from .clock import from_micros, to_micros
-from .db import create_all, in_lists, is_sqlite, read_transaction, write_transaction
+from .db import (
+    create_all,
+    in_lists,
+    is_sqlite,
+    read_transaction,
+    server_lock_name,
+    write_transaction,
+)
 from .schema import (
     EVENT_COLUMNS,
     GENESIS_HASH,
@@ -371,7 +378,8 @@ class VersionCache:
             self._at, self._versions = -1, {}
 
 
-# MySQL named lock (server-wide) under which nodes starting together create the schema.
+# MySQL named lock (one per database: server_lock_name) under which nodes starting together
+# create the schema.
 SCHEMA_LOCK = "downstream_node.ledger.schema"
 SCHEMA_LOCK_WAIT = 60
 
@@ -393,11 +401,12 @@ class EventStore:
         Safe when several nodes start at once on a fresh database: SQLite runs it all under
         the write lock, MySQL (whose DDL is not transactional) under a named server lock.
         """
+        schema_lock_name = server_lock_name(self.engine, SCHEMA_LOCK)
         with write_transaction(self.engine) as conn:
             mysql = not is_sqlite(self.engine)
             if mysql:
                 locked = conn.execute(
-                    sa.select(sa.func.get_lock(SCHEMA_LOCK, SCHEMA_LOCK_WAIT))
+                    sa.select(sa.func.get_lock(schema_lock_name, SCHEMA_LOCK_WAIT))
                 ).scalar()
                 conn.commit()
                 if locked != 1:
@@ -418,7 +427,7 @@ class EventStore:
                         )
             finally:
                 if mysql:
-                    conn.execute(sa.select(sa.func.release_lock(SCHEMA_LOCK)))
+                    conn.execute(sa.select(sa.func.release_lock(schema_lock_name)))
                     conn.commit()
 
     # -- appending ----------------------------------------------------------------------------

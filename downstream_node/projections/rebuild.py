@@ -20,7 +20,14 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from ..ledger.db import is_sqlite, read_transaction, schema_lock, sqlite_file, write_transaction
+from ..ledger.db import (
+    is_sqlite,
+    read_transaction,
+    schema_lock,
+    server_lock_name,
+    sqlite_file,
+    write_transaction,
+)
 from ..ledger.schema import HEAD_ID, events, ledger_head
 from ..ledger.store import EventStore, LedgerError
 from .projector import HANDLED, Fold, Item, apply_items, checkpoint, create_tables, drop_tables
@@ -83,7 +90,7 @@ class RebuildRunning(LedgerError):
     """Another rebuild of this ledger is running (in this process or another)."""
 
 
-# MySQL named lock (server-wide) that a rebuild holds from start to swap.
+# MySQL named lock (one per database: server_lock_name) a rebuild holds from start to swap.
 REBUILD_LOCK = "downstream_node.rebuild"
 
 
@@ -95,15 +102,16 @@ def rebuild_lock(engine: Engine, *, wait: float = 0) -> Iterator[None]:
     file beside the database (``<database>.rebuild-lock``). Both go with their process if it
     dies. Raises ``RebuildRunning`` if the lock is not had within ``wait`` seconds."""
     if not is_sqlite(engine):
+        name = server_lock_name(engine, REBUILD_LOCK)
         with engine.connect() as conn:
-            got = conn.execute(sa.select(sa.func.get_lock(REBUILD_LOCK, math.ceil(wait))))
+            got = conn.execute(sa.select(sa.func.get_lock(name, math.ceil(wait))))
             if got.scalar() != 1:
                 raise RebuildRunning("another rebuild of this ledger is running")
             conn.commit()
             try:
                 yield
             finally:
-                conn.execute(sa.select(sa.func.release_lock(REBUILD_LOCK)))
+                conn.execute(sa.select(sa.func.release_lock(name)))
                 conn.commit()
         return
     database = sqlite_file(str(engine.url))
