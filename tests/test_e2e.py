@@ -9,6 +9,7 @@ hash chain verifies.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from http_support import ADDRESS, INTERVAL, head, new_node, real_server, stock
 
@@ -245,3 +247,38 @@ async def test_serve_on_a_port_in_use_writes_nothing(tmp_path: Path, log_format:
         assert err.decode().startswith(f"error: {said}"), err
     assert "Traceback" not in err.decode()
     assert list(tmp_path.iterdir()) == []  # no database, no secret
+
+
+async def test_a_stop_while_starting_is_not_ignored(tmp_path: Path) -> None:
+    """SIGTERM while the node is still starting (here: its projections are of an older
+    layout and another rebuild holds the lock it waits for) stops it within --stop-timeout
+    instead of being ignored until the start ends."""
+    db = tmp_path / "ledger.db"
+    process, _ = await _start_serve(db)  # a ledger with its projections
+    await _stop(process)
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:  # what an older release's table would look like
+        conn.exec_driver_sql("ALTER TABLE proj1_tokens ADD COLUMN retired INTEGER")
+    engine.dispose()
+    with open(f"{db}.rebuild-lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # an operator's rebuild, running
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "downstream_node.cli",
+            "--db",
+            f"sqlite:///{db}",
+            "serve",
+            "--port",
+            "0",
+            "--stop-timeout",
+            "2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(3)  # well into its start, waiting for the lock
+        assert process.returncode is None
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 1, err.decode()  # its waiting thread was left behind
+    assert "did not stop within 2 s" in err.decode() and "Traceback" not in err.decode()

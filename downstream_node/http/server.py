@@ -14,7 +14,7 @@ import gc
 import hashlib
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -130,26 +130,38 @@ async def serve(
     ``stop_grace`` seconds or raise ``StopTimedOut``. ``CannotListen`` if the address cannot
     be bound (its cause says why)."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-            loop.add_signal_handler(signum, stop.set)
     try:
         # Bound before the node starts: a port in use is found before anything is written.
         sock = socket.create_server((host, port), family=_family(host), reuse_port=False)
     except OSError as exc:
         raise CannotListen() from exc
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            loop.add_signal_handler(signum, stop.set)
     node = Node(settings, clock=clock)
     app = create_app(node, sweep_seconds=settings.sweep_seconds)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
-        await runner.setup()  # starts the node
+        # The node's start (schema, projections, perhaps a rebuild waiting for another one)
+        # is raced against a stop, which must not wait for it.
+        if not await _unless_stopped(runner.setup(), stop):
+            sock.close()
+            _remove_signal_handlers(loop)
+            log.info("stopping", while_starting=True)
+            await _within(node.close(), stop_grace)
+            return
     except BaseException:
         sock.close()
+        _remove_signal_handlers(loop)
         raise
     try:
-        stocked = await ensure_demo(node, demo_stock) if demo else None
-        site = web.SockSite(runner, sock)
+        try:
+            stocked = await ensure_demo(node, demo_stock) if demo else None
+            site = web.SockSite(runner, sock)
+        except BaseException:
+            sock.close()
+            raise
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
@@ -160,18 +172,43 @@ async def serve(
         await stop.wait()
         log.info("stopping")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
-        try:
-            # Closes the node; a stalled database would hold it (and the stop) forever.
-            await asyncio.wait_for(runner.cleanup(), stop_grace)
-        except TimeoutError:
-            log.error("stop_timed_out", seconds=stop_grace)
-            raise StopTimedOut(
-                f"the node did not stop within {stop_grace:g} s (database calls still "
-                "running); stopping anyway: what was acknowledged is committed"
-            ) from None
+        _remove_signal_handlers(loop)
+        # Closes the node; a stalled database would hold it (and the stop) forever.
+        await _within(runner.cleanup(), stop_grace)
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it: False)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()  # its exception, if it failed
+        return True
+    task.cancel()
+    with contextlib.suppress(BaseException):  # cancelled (its threads may go on a while)
+        await task
+    return False
+
+
+async def _within(closing: Awaitable[None], grace: float) -> None:
+    try:
+        await asyncio.wait_for(closing, grace)
+    except TimeoutError:
+        log.error("stop_timed_out", seconds=grace)
+        raise StopTimedOut(
+            f"the node did not stop within {grace:g} s (database calls still running); "
+            "stopping anyway: what was acknowledged is committed"
+        ) from None
+
+
+def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signum)
 
 
 class CannotListen(Exception):
