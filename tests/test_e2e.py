@@ -134,8 +134,9 @@ async def test_farmers_against_a_real_server(db_url: str, tmp_path: Path) -> Non
     assert verified["ok"] is True and verified["checked"] == final
 
 
-async def _start_serve(db: Path, *extra: str) -> tuple[asyncio.subprocess.Process, list[str]]:
-    process = await asyncio.create_subprocess_exec(
+async def _serve_process(db: Path, *extra: str, port: int = 0) -> asyncio.subprocess.Process:
+    """``serve`` on the SQLite file ``db``, its output piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "downstream_node.cli",
@@ -143,11 +144,15 @@ async def _start_serve(db: Path, *extra: str) -> tuple[asyncio.subprocess.Proces
         f"sqlite:///{db}",
         "serve",
         "--port",
-        "0",
+        str(port),
         *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def _start_serve(db: Path, *extra: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    process = await _serve_process(db, *extra)
     assert process.stdout is not None
     lines: list[str] = []
     while not lines or "farm --url" not in lines[-1]:
@@ -223,19 +228,8 @@ async def test_serve_on_a_port_in_use_writes_nothing(tmp_path: Path, log_format:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "downstream_node.cli",
-            "--db",
-            f"sqlite:///{tmp_path / 'ledger.db'}",
-            "serve",
-            "--port",
-            str(port),
-            "--log-format",
-            log_format,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        process = await _serve_process(
+            tmp_path / "ledger.db", "--log-format", log_format, port=port
         )
         _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
@@ -262,20 +256,7 @@ async def test_a_stop_while_starting_is_not_ignored(tmp_path: Path) -> None:
     engine.dispose()
     with open(f"{db}.rebuild-lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # an operator's rebuild, running
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "downstream_node.cli",
-            "--db",
-            f"sqlite:///{db}",
-            "serve",
-            "--port",
-            "0",
-            "--stop-timeout",
-            "2",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await _serve_process(db, "--stop-timeout", "2")
         await asyncio.sleep(3)  # well into its start, waiting for the lock
         assert process.returncode is None
         process.send_signal(signal.SIGTERM)
