@@ -124,7 +124,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = await handler(request)
         finally:
             structlog.contextvars.reset_contextvars(**bound)
-        status = response.status
+        transport = request.transport
+        # A reply nobody will read (the farmer hung up meanwhile) is logged as such, not as
+        # the status it would have had.
+        status = response.status if transport and not transport.is_closing() else CLIENT_GONE
         response.headers[REQUEST_ID_HEADER] = request_id
         # No browser may sniff a JSON error (or anything else) into HTML.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
