@@ -184,25 +184,38 @@ def server_lock_name(engine: Engine, name: str) -> str:
 
 
 @contextmanager
+def named_lock(conn: sa.engine.Connection, name: str, wait: int) -> Iterator[bool]:
+    """A MySQL named lock for this database only (``server_lock_name``), held by ``conn``:
+    yields whether it was had within ``wait`` seconds, and releases it afterwards. The
+    caller says what a lock not had means. Use before ``conn.begin()``."""
+    name = server_lock_name(conn.engine, name)
+    got = conn.execute(sa.select(sa.func.get_lock(name, wait))).scalar() == 1
+    conn.commit()
+    try:
+        yield got
+    finally:
+        if got:
+            conn.execute(sa.select(sa.func.release_lock(name)))
+            conn.commit()
+
+
+@contextmanager
 def schema_lock(
     conn: sa.engine.Connection, name: str = "downstream_node.schema", wait: int = 60
 ) -> Iterator[None]:
-    """Hold a MySQL named server lock around DDL (not transactional there: two nodes that
-    both see a table missing would both create it, and one fails). SQLite's DDL runs
-    under its write lock, so there this does nothing. Use before ``conn.begin()``."""
+    """Hold a MySQL named lock around DDL (not transactional there: two nodes that both see
+    a table missing would both create it, and one fails). SQLite's DDL runs under its write
+    lock, so there this does nothing. Use before ``conn.begin()``."""
     if is_sqlite(conn.engine):
         yield
         return
-    name = server_lock_name(conn.engine, name)
-    locked = conn.execute(sa.select(sa.func.get_lock(name, wait))).scalar()
-    conn.commit()
-    if locked != 1:
-        raise TimeoutError(f"waited {wait} s for another node's schema change ({name})")
-    try:
+    with named_lock(conn, name, wait) as got:
+        if not got:
+            raise TimeoutError(
+                f"waited {wait} s for another node's schema change "
+                f"({server_lock_name(conn.engine, name)})"
+            )
         yield
-    finally:
-        conn.execute(sa.select(sa.func.release_lock(name)))
-        conn.commit()
 
 
 def in_lists(values: Iterable[T], size: int = IN_LIST) -> Iterator[list[T]]:

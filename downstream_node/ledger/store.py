@@ -8,6 +8,7 @@ with the commit, so positions become visible strictly in order, across processes
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -25,8 +26,8 @@ from .db import (
     create_all,
     in_lists,
     is_sqlite,
+    named_lock,
     read_transaction,
-    server_lock_name,
     write_transaction,
 )
 from .schema import (
@@ -378,8 +379,8 @@ class VersionCache:
             self._at, self._versions = -1, {}
 
 
-# MySQL named lock (one per database: server_lock_name) under which nodes starting together
-# create the schema.
+# MySQL named lock (one per database: named_lock) under which nodes starting together create
+# the schema.
 SCHEMA_LOCK = "downstream_node.ledger.schema"
 SCHEMA_LOCK_WAIT = 60
 
@@ -401,17 +402,15 @@ class EventStore:
         Safe when several nodes start at once on a fresh database: SQLite runs it all under
         the write lock, MySQL (whose DDL is not transactional) under a named server lock.
         """
-        schema_lock_name = server_lock_name(self.engine, SCHEMA_LOCK)
         with write_transaction(self.engine) as conn:
-            mysql = not is_sqlite(self.engine)
-            if mysql:
-                locked = conn.execute(
-                    sa.select(sa.func.get_lock(schema_lock_name, SCHEMA_LOCK_WAIT))
-                ).scalar()
-                conn.commit()
-                if locked != 1:
+            locked = (
+                contextlib.nullcontext(True)
+                if is_sqlite(self.engine)
+                else named_lock(conn, SCHEMA_LOCK, SCHEMA_LOCK_WAIT)
+            )
+            with locked as got:
+                if not got:
                     raise LedgerError("timed out waiting for another node to create the schema")
-            try:
                 with conn.begin():
                     # With any index missing put back: the request-id lookup names its index
                     # (FORCE INDEX / INDEXED BY), and would refuse every answer without it.
@@ -425,10 +424,6 @@ class EventStore:
                                 id=HEAD_ID, position=0, hash=GENESIS_HASH, projection_generation=1
                             )
                         )
-            finally:
-                if mysql:
-                    conn.execute(sa.select(sa.func.release_lock(schema_lock_name)))
-                    conn.commit()
 
     # -- appending ----------------------------------------------------------------------------
 

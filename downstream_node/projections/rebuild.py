@@ -22,9 +22,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..ledger.db import (
     is_sqlite,
+    named_lock,
     read_transaction,
     schema_lock,
-    server_lock_name,
     sqlite_file,
     write_transaction,
 )
@@ -90,7 +90,7 @@ class RebuildRunning(LedgerError):
     """Another rebuild of this ledger is running (in this process or another)."""
 
 
-# MySQL named lock (one per database: server_lock_name) a rebuild holds from start to swap.
+# MySQL named lock (one per database: named_lock) a rebuild holds from start to swap.
 REBUILD_LOCK = "downstream_node.rebuild"
 
 
@@ -102,17 +102,10 @@ def rebuild_lock(engine: Engine, *, wait: float = 0) -> Iterator[None]:
     file beside the database (``<database>.rebuild-lock``). Both go with their process if it
     dies. Raises ``RebuildRunning`` if the lock is not had within ``wait`` seconds."""
     if not is_sqlite(engine):
-        name = server_lock_name(engine, REBUILD_LOCK)
-        with engine.connect() as conn:
-            got = conn.execute(sa.select(sa.func.get_lock(name, math.ceil(wait))))
-            if got.scalar() != 1:
+        with engine.connect() as conn, named_lock(conn, REBUILD_LOCK, math.ceil(wait)) as got:
+            if not got:
                 raise RebuildRunning("another rebuild of this ledger is running")
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(sa.select(sa.func.release_lock(name)))
-                conn.commit()
+            yield
         return
     database = sqlite_file(str(engine.url))
     if database is None:
