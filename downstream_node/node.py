@@ -37,7 +37,14 @@ from .ledger.db import make_engine
 from .ledger.errors import Refused
 from .ledger.group_commit import Decision, GroupCommitter
 from .ledger.proofs import HeartbeatError, OutOfChallenges, ProofScheme, SeededChunk
-from .ledger.store import AppendRequest, AppendResult, ConcurrencyConflict, EventStore, UnitOfWork
+from .ledger.store import (
+    AppendRequest,
+    AppendResult,
+    ConcurrencyConflict,
+    EventStore,
+    RecordedEvent,
+    UnitOfWork,
+)
 from .projections.projector import Projector
 from .projections.queries import Reader, ReadModel, TokenView
 from .projections.rebuild import ensure_projections
@@ -154,10 +161,7 @@ class Node:
         return self
 
     async def _configured_fingerprint(self) -> str | None:
-        """The key fingerprint of the ledger's last ``HeartbeatConfigured``, if any."""
-        history = await self._run(self.store.read_stream, ev.NODE_STREAM)
-        configured = [e for e in history if e.event_type == "HeartbeatConfigured"]
-        return str(configured[-1].payload["key_fingerprint"]) if configured else None
+        return configured_fingerprint(await self._run(self.store.read_stream, ev.NODE_STREAM))
 
     async def close(self) -> None:
         await self.committer.close()
@@ -185,9 +189,8 @@ class Node:
         )
         for _ in range(RETRIES):
             history = await self._run(self.store.read_stream, ev.NODE_STREAM)
-            configured = [e for e in history if e.event_type == "HeartbeatConfigured"]
-            if configured:
-                last = configured[-1].payload["key_fingerprint"]
+            last = configured_fingerprint(history)
+            if last is not None:
                 if last == fingerprint:
                     return
                 if not self.settings.new_secret:
@@ -783,6 +786,12 @@ class Node:
         # A stalled database (a lock held elsewhere, a dead connection) is reported, not
         # waited for: monitors get their 503 instead of a hung probe.
         return await asyncio.wait_for(self._read(probe), HEALTH_TIMEOUT)
+
+
+def configured_fingerprint(node_stream: Iterable[RecordedEvent]) -> str | None:
+    """The key fingerprint of the node stream's last ``HeartbeatConfigured``, if any."""
+    configured = [e for e in node_stream if e.event_type == "HeartbeatConfigured"]
+    return str(configured[-1].payload["key_fingerprint"]) if configured else None
 
 
 def _settle(future: asyncio.Future[None]) -> None:

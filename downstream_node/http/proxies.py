@@ -10,7 +10,7 @@ whatever headers it sends, so a farmer cannot choose the address it is counted u
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 Network = IPv4Network | IPv6Network
 
@@ -44,14 +44,17 @@ def client_address(
         except ValueError:
             return current
         current = str(address)
-        if not any(address in network for network in trusted):
+        if not _among(address, trusted):
             return current
     return current
 
 
 def _is_trusted(peer: str, trusted: Sequence[Network]) -> bool:
     try:
-        address = ip_address(peer)
+        return _among(ip_address(peer), trusted)
     except ValueError:
         return False
+
+
+def _among(address: IPv4Address | IPv6Address, trusted: Sequence[Network]) -> bool:
     return any(address in network for network in trusted)

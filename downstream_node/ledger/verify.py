@@ -119,8 +119,7 @@ def verify_chain(
         # it (stream versions, request ids): a forged "recorded" answer could hide there.
         before = conn.execute(
             sa.select(sa.func.min(events.c.position)).where(events.c.position < 1)
-        )
-        before = before.scalar()
+        ).scalar()
     if before is not None:
         return VerifyReport(
             False,
