@@ -23,9 +23,9 @@ import structlog
 
 from .audit.cli import audit as audit_commands
 from .config import Settings
-from .ledger.clock import SystemClock
+from .domain.clock import SystemClock
+from .domain.errors import Refused
 from .ledger.db import NoLedger, default_url, existing_ledger, make_engine
-from .ledger.errors import Refused
 from .ledger.store import EventStore
 from .ledger.verify import verify_chain
 from .node import Node

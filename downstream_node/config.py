@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .domain.tokens import TokenPolicy
 from .ledger.db import default_url, is_sqlite, sqlite_file
-from .ledger.tokens import TokenPolicy
 
 MiB = 1024 * 1024
 

@@ -28,15 +28,15 @@ import structlog
 
 from . import logs  # noqa: F401 - logs go to stderr even when used as a library
 from .config import Settings
-from .ledger import contracts as cn
-from .ledger import events as ev
-from .ledger import tokens as tk
-from .ledger.canonical import digest_text
-from .ledger.clock import Clock, SystemClock, from_micros, iso_micros, to_micros
+from .domain import contracts as cn
+from .domain import events as ev
+from .domain import tokens as tk
+from .domain.canonical import digest_text
+from .domain.clock import Clock, SystemClock, from_micros, iso_micros, to_micros
+from .domain.errors import Refused
+from .heartbeat.scheme import HeartbeatError, OutOfChallenges, ProofScheme, SeededChunk
 from .ledger.db import make_engine
-from .ledger.errors import Refused
 from .ledger.group_commit import Decision, GroupCommitter
-from .ledger.proofs import HeartbeatError, OutOfChallenges, ProofScheme, SeededChunk
 from .ledger.store import (
     AppendRequest,
     AppendResult,

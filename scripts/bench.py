@@ -54,14 +54,14 @@ from bench_heartbeat import cpu_model
 
 from downstream_node import logs
 from downstream_node.config import Settings
-from downstream_node.ledger import events as ev
-from downstream_node.ledger.clock import UTC, to_micros
-from downstream_node.ledger.contracts import FileView, decide_assign
+from downstream_node.domain import events as ev
+from downstream_node.domain.clock import UTC, to_micros
+from downstream_node.domain.contracts import FileView, decide_assign
+from downstream_node.domain.tokens import make_address, token_hash
 from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.schema import events as events_table
 from downstream_node.ledger.store import AppendRequest, EventStore
-from downstream_node.ledger.tokens import make_address, token_hash
 from downstream_node.node import Node
 from downstream_node.projections.projector import Projector
 from downstream_node.projections.rebuild import rebuild

@@ -29,12 +29,12 @@ import sqlalchemy as sa
 
 from downstream_node.audit.replay import Replay, stream_events
 from downstream_node.audit.report import build_report
-from downstream_node.ledger import events as ev
-from downstream_node.ledger.clock import UTC, from_micros
+from downstream_node.domain import events as ev
+from downstream_node.domain.clock import UTC, from_micros
+from downstream_node.domain.tokens import make_address
 from downstream_node.ledger.db import make_engine, read_transaction
 from downstream_node.ledger.schema import events as events_table
 from downstream_node.ledger.store import AppendRequest, EventStore
-from downstream_node.ledger.tokens import make_address
 from downstream_node.ledger.verify import VerifyReport, verify_chain
 
 S = 1_000_000

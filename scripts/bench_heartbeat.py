@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cryptography
 import gmpy2
 
-from downstream_node.ledger.heartbeat import Merkle, SeededChunk, Swizzle
+from downstream_node.heartbeat import Merkle, SeededChunk, Swizzle
 
 MIB = 1 << 20
 REPEATS = 15

@@ -32,7 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from downstream_node.ledger.heartbeat import Merkle, SeededChunk
+from downstream_node.heartbeat import Merkle, SeededChunk
 
 PREFIX = "/api/downstream"
 

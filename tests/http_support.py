@@ -12,10 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from downstream_node.config import Settings
+from downstream_node.domain.clock import FakeClock
+from downstream_node.domain.tokens import make_address
+from downstream_node.heartbeat import Merkle, SeededChunk, Swizzle
 from downstream_node.http.app import create_app
-from downstream_node.ledger.clock import FakeClock
-from downstream_node.ledger.heartbeat import Merkle, SeededChunk, Swizzle
-from downstream_node.ledger.tokens import make_address
 from downstream_node.node import Node
 
 KiB = 1024

@@ -15,10 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from downstream_node.ledger import events as ev
-from downstream_node.ledger.clock import to_micros
+from downstream_node.domain import events as ev
+from downstream_node.domain.clock import to_micros
+from downstream_node.domain.uptime import Coverage
 from downstream_node.ledger.store import RecordedEvent
-from downstream_node.ledger.uptime import Coverage
 from downstream_node.projections.tables import ProjectionTables
 
 CHECKPOINT = "projector"

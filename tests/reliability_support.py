@@ -16,10 +16,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from downstream_node.ledger import events as ev
+from downstream_node.domain import events as ev
+from downstream_node.domain.tokens import token_hash
 from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.store import EventStore
-from downstream_node.ledger.tokens import token_hash
 from downstream_node.ledger.verify import verify_chain
 from downstream_node.projections.projector import Projector
 from downstream_node.projections.rebuild import compare_generations, ensure_projections, rebuild

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 
 from downstream_node.audit import AuditOptions, run_audit
 from downstream_node.config import Settings
-from downstream_node.ledger.clock import FakeClock, to_micros
-from downstream_node.ledger.errors import Refused
-from downstream_node.ledger.heartbeat import Merkle, SeededChunk
-from downstream_node.ledger.tokens import make_address
+from downstream_node.domain.clock import FakeClock, to_micros
+from downstream_node.domain.errors import Refused
+from downstream_node.domain.tokens import make_address
+from downstream_node.heartbeat import Merkle, SeededChunk
 from downstream_node.node import Context, Node
 from downstream_node.projections.tables import tables_for
 

@@ -19,8 +19,8 @@ from test_audit import FARMER, Farmers, start_node
 
 from downstream_node.audit.report import duration
 from downstream_node.cli import main
-from downstream_node.ledger.clock import FakeClock
-from downstream_node.ledger.tokens import make_address, token_hash
+from downstream_node.domain.clock import FakeClock
+from downstream_node.domain.tokens import make_address, token_hash
 from downstream_node.node import Node
 
 S = 1_000_000

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from downstream_node.ledger.canonical import (
+from downstream_node.domain.canonical import (
     canonical,
     canonical_json,
     chain_hash,

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from downstream_node.cli import main
 from downstream_node.config import Settings
+from downstream_node.domain.tokens import make_address
 from downstream_node.ledger.db import sqlite_file
-from downstream_node.ledger.tokens import make_address
 
 ADDRESS = make_address(b"\x21" * 20)
 POOR = make_address(b"\x22" * 20)

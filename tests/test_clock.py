@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from downstream_node.ledger.clock import from_micros, iso_micros, parse_time, to_micros
+from downstream_node.domain.clock import from_micros, iso_micros, parse_time, to_micros
 
 # From the epoch to the year 9999, in microseconds.
 MICROS = st.integers(min_value=0, max_value=253_402_300_799_999_999)

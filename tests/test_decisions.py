@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import pytest
 
-from downstream_node.ledger import contracts as cn
-from downstream_node.ledger import events as ev
-from downstream_node.ledger import tokens as tk
-from downstream_node.ledger.errors import Refused
+from downstream_node.domain import contracts as cn
+from downstream_node.domain import events as ev
+from downstream_node.domain import tokens as tk
+from downstream_node.domain.errors import Refused
 
 S = 1_000_000
 ADDRESS = tk.make_address(b"\x07" * 20)

@@ -28,8 +28,8 @@ from downstream_node.farmer import (
     write_chunk,
 )
 from downstream_node.farmer_display import Display
+from downstream_node.heartbeat import Merkle, MerkleProof, SeededChunk
 from downstream_node.http.app import create_app
-from downstream_node.ledger.heartbeat import Merkle, MerkleProof, SeededChunk
 
 
 def test_write_chunk_streams_checks_and_reuses(tmp_path: Path) -> None:

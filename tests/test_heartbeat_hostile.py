@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from downstream_node.ledger.heartbeat import (
+from downstream_node.heartbeat import (
     HeartbeatError,
     KeyedPRF,
     Merkle,

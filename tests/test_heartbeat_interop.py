@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from downstream_node.ledger.heartbeat import (
+from downstream_node.heartbeat import (
     HeartbeatError,
     Merkle,
     SeededChunk,

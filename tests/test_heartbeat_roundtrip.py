@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from downstream_node.ledger.heartbeat import (
+from downstream_node.heartbeat import (
     HeartbeatError,
     KeyedPRF,
     Merkle,
@@ -27,8 +27,8 @@ from downstream_node.ledger.heartbeat import (
     SeededChunk,
     Swizzle,
 )
-from downstream_node.ledger.heartbeat.crypto import Cfb8Cipher
-from downstream_node.ledger.heartbeat.merkle import MIN_CHUNK_SIZE
+from downstream_node.heartbeat.crypto import Cfb8Cipher
+from downstream_node.heartbeat.merkle import MIN_CHUNK_SIZE
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "heartbeat-interop.json").read_text())
 PRIME = next(c for c in VECTORS if c["kind"] == "PySwizzle")["secret"]["prime"]  # 1024 bits
@@ -396,7 +396,7 @@ def test_swizzle_type_accessors_match_the_original() -> None:
 
 
 def test_public_api_exports() -> None:
-    import downstream_node.ledger.heartbeat as hb
+    import downstream_node.heartbeat as hb
 
     for name in ("Merkle", "Swizzle", "SeededChunk", "HeartbeatError", "OutOfChallenges"):
         assert name in hb.__all__

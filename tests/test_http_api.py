@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, CHUNK, INTERVAL, head, new_node, prove, stock
 from structlog.testing import capture_logs
 
+from downstream_node.domain.clock import parse_time
 from downstream_node.http import schemas as sc
 from downstream_node.http.app import create_app
 from downstream_node.http.openapi import build_spec, render_html
-from downstream_node.ledger.clock import parse_time
 from downstream_node.node import Node
 
 API = "/api/downstream"

@@ -29,13 +29,13 @@ from http_support import (
 from structlog.testing import capture_logs
 
 from downstream_node import logs as library_logs
+from downstream_node.domain.clock import FakeClock
+from downstream_node.domain.errors import Refused
+from downstream_node.domain.tokens import TokenPolicy
 from downstream_node.farmer import corrupt_proof
 from downstream_node.http.app import create_app
 from downstream_node.http.logs import configure_logging
 from downstream_node.http.schemas import STATUS_WORDS
-from downstream_node.ledger.clock import FakeClock
-from downstream_node.ledger.errors import Refused
-from downstream_node.ledger.tokens import TokenPolicy
 from downstream_node.node import Node
 
 API = "/api/downstream"

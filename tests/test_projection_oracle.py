@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from downstream_node.config import Settings
-from downstream_node.ledger.clock import FakeClock
+from downstream_node.domain.clock import FakeClock
+from downstream_node.domain.errors import Refused
+from downstream_node.domain.tokens import make_address
+from downstream_node.heartbeat import Merkle, SeededChunk
 from downstream_node.ledger.db import write_transaction
-from downstream_node.ledger.errors import Refused
-from downstream_node.ledger.heartbeat import Merkle, SeededChunk
-from downstream_node.ledger.tokens import make_address
 from downstream_node.node import Context, Node
 from downstream_node.projections import projector
 from downstream_node.projections.projector import apply_events, create_tables

@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from downstream_node.config import Settings
-from downstream_node.ledger.clock import FakeClock
-from downstream_node.ledger.heartbeat import Merkle, SeededChunk
+from downstream_node.domain.clock import FakeClock
+from downstream_node.domain.tokens import make_address, token_hash
+from downstream_node.heartbeat import Merkle, SeededChunk
 from downstream_node.ledger.store import EventStore
-from downstream_node.ledger.tokens import make_address, token_hash
 from downstream_node.ledger.verify import verify_chain
 from downstream_node.node import Context, Node
 from downstream_node.projections.rebuild import (

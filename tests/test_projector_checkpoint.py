@@ -9,8 +9,8 @@ import datetime as dt
 import pytest
 from sqlalchemy.engine import Engine
 
-from downstream_node.ledger import events as ev
-from downstream_node.ledger.clock import UTC
+from downstream_node.domain import events as ev
+from downstream_node.domain.clock import UTC
 from downstream_node.ledger.db import write_transaction
 from downstream_node.ledger.store import AppendFailed, EventStore
 from downstream_node.projections.projector import CHECKPOINT, Projector, checkpoint

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, CHUNK, new_node, prove, stock
 from reliability_support import check_ledger, live_contracts_of
 
+from downstream_node.domain.errors import Refused
+from downstream_node.domain.tokens import token_hash
 from downstream_node.farmer import corrupt_proof
 from downstream_node.http.app import create_app
-from downstream_node.ledger.errors import Refused
-from downstream_node.ledger.tokens import token_hash
 from downstream_node.node import Node
 
 API = "/api/downstream"
@@ -256,7 +256,7 @@ def test_nodes_creating_the_secret_at_once_end_up_with_one(tmp_path: Path) -> No
     own: the first one's is linked into place, the others load it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from downstream_node.ledger.proofs import ProofScheme
+    from downstream_node.heartbeat.scheme import ProofScheme
 
     path = tmp_path / "node-secret.json"
     with ThreadPoolExecutor(8) as pool:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from http_support import ADDRESS, INTERVAL, head, new_node, prove, stock
 
-from downstream_node.ledger.errors import Refused
-from downstream_node.ledger.proofs import ProofScheme
+from downstream_node.domain.errors import Refused
+from downstream_node.heartbeat.scheme import ProofScheme
 
 
 async def test_a_node_starts_only_with_its_ledgers_secret(db_url: str, tmp_path: Path) -> None:

@@ -21,13 +21,13 @@ from http_support import ADDRESS, head, new_node, prove, real_server, stock
 from reliability_support import check_ledger, event_rows_text, kill, start_serve
 
 from downstream_node import logs as library_logs
+from downstream_node.domain import tokens as tk
+from downstream_node.domain.tokens import TokenPolicy
 from downstream_node.farmer import Farmer, FarmerError
 from downstream_node.http import routes
 from downstream_node.http.app import create_app, redacted_path
 from downstream_node.http.logs import configure_logging
 from downstream_node.http.proxies import client_address, parse_trusted
-from downstream_node.ledger import tokens as tk
-from downstream_node.ledger.tokens import TokenPolicy
 from downstream_node.node import Context, Node
 
 API = "/api/downstream"

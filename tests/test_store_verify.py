@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
-from downstream_node.ledger.canonical import chain_hash
+from downstream_node.domain.canonical import chain_hash
 from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.schema import events, ledger_head
 from downstream_node.ledger.store import EventStore, NewEvent

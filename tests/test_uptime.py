@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from downstream_node.ledger.uptime import Coverage, WindowedCoverage, expiration, overlap
+from downstream_node.domain.uptime import Coverage, WindowedCoverage, expiration, overlap
 
 
 def brute_online(

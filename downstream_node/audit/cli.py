@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from ..ledger.clock import parse_time, to_micros
+from ..domain.clock import parse_time, to_micros
+from ..domain.tokens import token_hash
 from ..ledger.db import existing_ledger
-from ..ledger.tokens import token_hash
 from .report import render
 from .reputation import ScoringParams
 from .run import AuditError, AuditOptions, run_audit

@@ -14,10 +14,10 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..ledger import events as ev
+from ..domain import events as ev
+from ..domain.uptime import WindowedCoverage, overlap
 from ..ledger.db import read_transaction
 from ..ledger.schema import events as events_table
-from ..ledger.uptime import WindowedCoverage, overlap
 from .reputation import Reputation, ScoringParams
 
 HOUR = 3600 * 1_000_000

@@ -11,7 +11,7 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..ledger.clock import from_micros
+from ..domain.clock import from_micros
 from ..ledger.verify import VerifyReport
 from .reputation import SCORING_VERSION
 

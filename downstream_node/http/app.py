@@ -29,8 +29,8 @@ import sqlalchemy.exc
 import structlog
 from aiohttp import web
 
-from ..ledger import tokens as tk
-from ..ledger.errors import Refused
+from ..domain import tokens as tk
+from ..domain.errors import Refused
 from ..ledger.store import AppendFailed
 from ..node import Node
 from . import schemas as sc

@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError
 
-from ..ledger import tokens as tk
-from ..ledger.clock import to_micros
-from ..ledger.errors import Refused
+from ..domain import tokens as tk
+from ..domain.clock import to_micros
+from ..domain.errors import Refused
 from ..node import Context, Node
 from . import schemas as sc
 

@@ -22,9 +22,9 @@ import structlog
 from aiohttp import web
 
 from ..config import MiB, Settings
-from ..ledger.clock import Clock
-from ..ledger.errors import Refused
-from ..ledger.tokens import make_address
+from ..domain.clock import Clock
+from ..domain.errors import Refused
+from ..domain.tokens import make_address
 from ..node import Node
 from .app import create_app
 

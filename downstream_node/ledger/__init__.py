@@ -1,4 +1,3 @@
-"""The ledger: events, the append-only event store, decisions and the heartbeat scheme.
-
-Nothing here knows about HTTP or about the read models built from the events.
+"""The ledger's persistence: the events table, the append-only event store, group commit,
+the hash chain's verification, and the one reader of the events table.
 """

@@ -9,7 +9,6 @@ with the commit, so positions become visible strictly in order, across processes
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import json
 import threading
@@ -20,8 +19,9 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .canonical import canonical, chain_next
-from .clock import from_micros, to_micros
+from ..domain.canonical import canonical, chain_next
+from ..domain.clock import from_micros, to_micros
+from ..domain.records import NewEvent, RecordedEvent
 from .db import (
     create_all,
     in_lists,
@@ -70,33 +70,6 @@ class AppendFailed(LedgerError):
 
 class _Dropped(Exception):
     """A unit of work's first statement found its pooled connection dead (see transact)."""
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    """An event to append: its type, schema version, JSON payload and when it happened."""
-
-    event_type: str
-    schema_version: int
-    payload: Mapping[str, Any]
-    occurred_at: dt.datetime
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RecordedEvent:
-    """An event as the ledger holds it."""
-
-    position: int
-    stream_id: str
-    version: int
-    event_type: str
-    schema_version: int
-    payload: dict[str, Any]
-    meta: dict[str, Any]
-    request_id: str | None
-    occurred_at: dt.datetime
-    hash: str
 
 
 @dataclass(frozen=True)

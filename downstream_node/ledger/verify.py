@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .canonical import chain_hash
+from ..domain.canonical import chain_hash
 from .db import read_transaction
 from .schema import EVENT_COLUMNS, GENESIS_HASH, HEAD_ID, events, ledger_head
 

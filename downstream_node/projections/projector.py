@@ -23,11 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import visitors
 
-from ..ledger import events as ev
-from ..ledger.clock import to_micros
+from ..domain import events as ev
+from ..domain.clock import to_micros
+from ..domain.records import RecordedEvent
+from ..domain.uptime import Coverage
 from ..ledger.db import create_all, in_lists
-from ..ledger.store import RecordedEvent, UnitOfWork
-from ..ledger.uptime import Coverage
+from ..ledger.store import UnitOfWork
 from .tables import ProjectionTables, tables_for
 
 CHECKPOINT = "projector"

@@ -18,11 +18,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..ledger.contracts import ContractView, FileView
+from ..domain.contracts import ContractView, FileView
+from ..domain.uptime import Coverage
 from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import UnitOfWork, stream_versions
-from ..ledger.uptime import Coverage
 from .projector import CONTRACT_READ, CONTRACT_ROWS, UPTIME_FIELDS, UPTIME_ROWS, checkpoint
 from .tables import ProjectionTables, tables_for
 

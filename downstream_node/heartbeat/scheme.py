@@ -14,8 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .canonical import canonical_json
-from .heartbeat import HeartbeatError, Merkle, OutOfChallenges, SeededChunk, Swizzle
+from . import HeartbeatError, Merkle, OutOfChallenges, SeededChunk, Swizzle
 
 KINDS: dict[str, type[Merkle] | type[Swizzle]] = {"Merkle": Merkle, "Swizzle": Swizzle}
 
@@ -134,8 +133,6 @@ class ProofScheme:
 
 
 def canonical_json_any(value: Any) -> str:
-    """Canonical text of a heartbeat dict, which may hold a float check fraction."""
-    try:
-        return canonical_json(value)
-    except TypeError:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    """Canonical text of a heartbeat dict: sorted keys, no whitespace, UTF-8. Unlike the
+    ledger's canonical JSON it keeps floats (a Merkle secret holds its check fraction)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

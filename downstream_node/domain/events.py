@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from .store import NewEvent, RecordedEvent
+from .records import NewEvent, RecordedEvent
 
 REGISTRY: dict[str, type[DomainEvent]] = {}
 
