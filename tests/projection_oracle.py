@@ -9,6 +9,7 @@ row for row. A change to what a projection holds belongs in both.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,22 +18,12 @@ from sqlalchemy.engine import Connection
 
 from downstream_node.domain import events as ev
 from downstream_node.domain.clock import to_micros
+from downstream_node.domain.folds import handler_names, handles, ignoring
 from downstream_node.domain.uptime import Coverage
 from downstream_node.ledger.store import RecordedEvent
 from downstream_node.projections.tables import ProjectionTables
 
 CHECKPOINT = "projector"
-
-Handler = Callable[[Connection, ProjectionTables, Any, RecordedEvent], None]
-HANDLERS: dict[type, Handler] = {}
-
-
-def handles(event_type: type) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[event_type] = fn
-        return fn
-
-    return register
 
 
 def checkpoint(conn: Connection, tables: ProjectionTables) -> int:
@@ -55,7 +46,7 @@ def apply_events(
         if item.position != done + 1:
             raise RuntimeError(f"projection gap: at {done}, got position {item.position}")
         domain = ev.decode(item)
-        handler = HANDLERS.get(type(domain))
+        handler = HANDLERS.get(item.event_type)
         if handler is not None:
             handler(conn, tables, domain, item)
         done = item.position
@@ -389,3 +380,8 @@ def _uptime(
         )
     if values:
         conn.execute(t.uptime.update().where(u.token_hash == token_hash).values(**values))
+
+
+# Derived from the handlers above, as every fold's table is.
+HANDLERS = {t: globals()[name] for t, name in handler_names(sys.modules[__name__]).items()}
+IGNORED = ignoring(ev.HeartbeatConfigured)

@@ -11,31 +11,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..domain import events as ev
+from ..domain.errors import UnknownEvent
+from ..domain.folds import EventFold, handles, ignoring
 from ..domain.uptime import WindowedCoverage, overlap
-from ..ledger.db import read_transaction
-from ..ledger.schema import events as events_table
+from ..ledger.reader import EventRange
 from .reputation import Reputation, ScoringParams
 
 HOUR = 3600 * 1_000_000
-
-# The only event types that change an audit figure. Others (ChunkEncoded with its large tag and
-# state, HeartbeatConfigured, ...) are read for their position and time but not decoded.
-RELEVANT = (
-    "TokenCreated",
-    "TokenDeleted",
-    "FileRemoved",
-    "ContractAssigned",
-    "ChallengeIssued",
-    "AnswerPassed",
-    "AnswerFailed",
-    "AnswerRejected",
-    "ContractExpired",
-    "ContractEnded",
-)
 
 
 class Row(NamedTuple):
@@ -53,43 +38,22 @@ def stream_events(engine: Engine, *, after: int = 0, until: int, page: int = 500
     Each page is its own short read transaction, so neither SQLite's WAL nor MySQL's undo log
     is held open by a long audit; paging by position keeps memory constant.
     """
-    e = events_table.c
-    payload = sa.case((e.event_type.in_(RELEVANT), e.payload), else_=sa.null())
     known: set[tuple[str, int]] = set()
     loads = json.loads
-    with read_transaction(engine) as conn:
-        while after < until:
-            rows = conn.execute(
-                sa.select(e.position, e.event_type, e.schema_version, e.occurred_at, payload)
-                .where(e.position > after, e.position <= until)
-                .order_by(e.position)
-                .limit(page)
-            ).all()
-            conn.rollback()  # end the page's read transaction
-            if not rows:
-                return
-            for position, event_type, schema_version, occurred_at, text in rows:
-                if (event_type, schema_version) not in known:
-                    _check_type(event_type, schema_version, position)
-                    known.add((event_type, schema_version))
+    for rows in AUDITED.pages(engine, after, until, page):
+        for position, event_type, schema_version, occurred_at, text in rows:
+            if (event_type, schema_version) not in known:
+                # Refuse what this auditor cannot read rather than report figures that miss it.
                 try:
-                    decoded = None if text is None else loads(text)
-                except ValueError as exc:
-                    raise ValueError(f"unreadable payload at position {position}: {exc}") from None
-                yield Row(position, event_type, occurred_at, decoded)
-            after = rows[-1][0]
-
-
-def _check_type(event_type: str, schema_version: int, position: int) -> None:
-    """Refuse what this auditor cannot read rather than report figures that miss it."""
-    cls = ev.REGISTRY.get(event_type)
-    if cls is None:
-        raise ValueError(f"unknown event type {event_type!r} at position {position}")
-    if schema_version > cls.SCHEMA:
-        raise ValueError(
-            f"{event_type} schema {schema_version} at position {position} is newer than this "
-            "auditor"
-        )
+                    ev.known(event_type, schema_version)
+                except UnknownEvent as exc:
+                    raise UnknownEvent(f"{exc} at position {position}") from None
+                known.add((event_type, schema_version))
+            try:
+                decoded = None if text is None else loads(text)
+            except ValueError as exc:
+                raise ValueError(f"unreadable payload at position {position}: {exc}") from None
+            yield Row(position, event_type, occurred_at, decoded)
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -209,13 +173,18 @@ class Series:
         into[k] = into.get(k, 0) + 1
 
 
-class Replay:
+class Replay(EventFold):
     """Folds events into figures. Feed it with ``apply`` in position order, then read it.
 
     The window ``[since, until)`` clips time and selects which events count; ``until`` also
     bounds the reputation (it is the score as of then). ``tokens`` limits the audit to those
     token hashes. ``buckets`` turns on the per-bucket series used by the HTML report.
     """
+
+    # No uptime or reputation figure moves with these: the node's key, the crowdsale list, a
+    # file's terms, and an encoding (the contract and its first challenge begin at its
+    # ContractAssigned, the next event of the same append).
+    IGNORED = ignoring(ev.HeartbeatConfigured, ev.AddressWhitelisted, ev.FileAdded, ev.ChunkEncoded)
 
     def __init__(
         self,
@@ -239,18 +208,7 @@ class Replay:
         self.last_time: int | None = None
         self.first_time: int | None = None
         self.unmatched = 0  # events about contracts or tokens this replay never saw begin
-        self._handlers: dict[str, Callable[[dict, int], None]] = {
-            "TokenCreated": self._token_created,
-            "TokenDeleted": self._token_deleted,
-            "FileRemoved": self._file_removed,
-            "ContractAssigned": self._assigned,
-            "ChallengeIssued": self._challenge,
-            "AnswerPassed": self._passed,
-            "AnswerFailed": self._failed,
-            "AnswerRejected": self._rejected,
-            "ContractExpired": self._expired,
-            "ContractEnded": self._ended,
-        }
+        self._handlers: dict[str, Callable[[dict, int], None]] = self.bound_handlers()
 
     # -- feeding ------------------------------------------------------------------------------
 
@@ -288,6 +246,7 @@ class Replay:
 
     # -- handlers (each mirrors projections/projector.py for uptime and counters) ----------------
 
+    @handles(ev.TokenCreated)
     def _token_created(self, p: dict, t: int) -> None:
         token_hash = p["token_hash"]
         if self.only is not None and token_hash not in self.only:
@@ -310,6 +269,7 @@ class Replay:
             )
         return found
 
+    @handles(ev.TokenDeleted)
     def _token_deleted(self, p: dict, t: int) -> None:
         token = self.tokens.get(p["token_hash"])
         if token is None:
@@ -318,10 +278,12 @@ class Replay:
         for contract in list(token.live.values()):
             self._end(contract, t, "token_deleted")
 
+    @handles(ev.FileRemoved)
     def _file_removed(self, p: dict, t: int) -> None:
         for contract in list(self.live_by_file.get(p["file_hash"], {}).values()):
             self._end(contract, t, "file_removed")
 
+    @handles(ev.ContractAssigned)
     def _assigned(self, p: dict, t: int) -> None:
         token_hash = p["token_hash"]
         if self.only is not None and token_hash not in self.only:
@@ -363,6 +325,7 @@ class Replay:
             return None
         return self.tokens[contract.token_hash], contract
 
+    @handles(ev.ChallengeIssued)
     def _challenge(self, p: dict, t: int) -> None:
         found = self._contract(p["contract_id"])
         if found is None:
@@ -372,6 +335,7 @@ class Replay:
         contract.reach = max(contract.reach, contract.expiration)
         self._issue(token, contract, t)
 
+    @handles(ev.AnswerPassed)
     def _passed(self, p: dict, t: int) -> None:
         found = self._contract(p["contract_id"])
         if found is None:
@@ -383,6 +347,7 @@ class Replay:
         contract.answered = True
         self._answer(token, contract, t, passed=True)
 
+    @handles(ev.AnswerFailed)
     def _failed(self, p: dict, t: int) -> None:
         found = self._contract(p["contract_id"])
         if found is not None:
@@ -403,6 +368,7 @@ class Replay:
         if self.series is not None and self._counts(t):
             self.series.count(self.series.passed if passed else self.series.failed, t)
 
+    @handles(ev.AnswerRejected)
     def _rejected(self, p: dict, t: int) -> None:
         found = self._contract(p["contract_id"])
         if found is None:
@@ -412,6 +378,7 @@ class Replay:
             token.rejected += 1
             contract.rejected += 1
 
+    @handles(ev.ContractExpired)
     def _expired(self, p: dict, t: int) -> None:
         found = self._contract(p["contract_id"])
         if found is None:
@@ -432,6 +399,7 @@ class Replay:
         if was_live:
             self._lapse(token, contract)
 
+    @handles(ev.ContractEnded)
     def _ended(self, p: dict, t: int) -> None:
         found = self._contract(p["contract_id"])
         if found is not None:
@@ -513,3 +481,11 @@ class Replay:
                 issued, answered = pending.get(w, (0, 0))
                 pending[w] = (issued + 1, answered)
         return pending
+
+
+# The payloads an audit reads: those of the types the replay handles. The others (ChunkEncoded
+# with its large tag and state, HeartbeatConfigured, ...) are read for their position and time.
+AUDITED = EventRange(
+    ("position", "event_type", "schema_version", "occurred_at", "payload"),
+    payloads_of=Replay.HANDLED,
+)

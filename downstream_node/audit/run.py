@@ -9,12 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..ledger.db import read_transaction
-from ..ledger.schema import HEAD_ID, ledger_head
-from ..ledger.schema import events as events_table
+from ..ledger import reader
 from ..ledger.verify import VerifyReport, verify_chain
 from .replay import Replay, choose_buckets, stream_events
 from .report import build_report
@@ -48,24 +45,14 @@ class AuditRun:
 
 
 def audited_position(engine: Engine, at_position: int | None) -> int:
-    with read_transaction(engine) as conn:
-        head = conn.execute(
-            sa.select(ledger_head.c.position).where(ledger_head.c.id == HEAD_ID)
-        ).scalar()
+    head = reader.head_position(engine)
     if head is None:
         raise AuditError("this database holds no ledger (no ledger_head row)")
     if at_position is None:
-        return int(head)
+        return head
     if at_position < 0 or at_position > head:
         raise AuditError(f"position {at_position} is outside the ledger (head is {head})")
     return at_position
-
-
-def event_time(engine: Engine, position: int) -> int | None:
-    e = events_table.c
-    with read_transaction(engine) as conn:
-        value = conn.execute(sa.select(e.occurred_at).where(e.position == position)).scalar()
-    return int(value) if value is not None else None
 
 
 def run_audit(
@@ -86,8 +73,8 @@ def run_audit(
     # node keeps appending.
     verified = verify_chain(engine, until=position, progress=on_verify)
 
-    first = event_time(engine, 1) if position else None
-    last = event_time(engine, position) if position else None
+    first = reader.occurred_at(engine, 1) if position else None
+    last = reader.occurred_at(engine, position) if position else None
     if options.now is not None:
         now, now_source = options.now, "--now"
         if last is not None and now < last and options.until is None:

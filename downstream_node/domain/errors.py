@@ -1,4 +1,5 @@
-"""Refusals: a decision's way of saying no, with the API's status word and a sentence.
+"""The project's errors under one root, ``DownstreamError``: refusals (a decision's way of
+saying no, with the API's status word and a sentence), unreadable events and the ledger's own.
 
 The ledger knows nothing of HTTP; the web layer maps each status word to an HTTP code.
 """
@@ -6,7 +7,12 @@ The ledger knows nothing of HTTP; the web layer maps each status word to an HTTP
 from __future__ import annotations
 
 
-class Refused(Exception):
+class DownstreamError(Exception):
+    """Root of every error this project raises on purpose (the heartbeat library, which
+    imports nothing of the project, keeps its own ``HeartbeatError``)."""
+
+
+class Refused(DownstreamError):
     """A command was refused; nothing was written."""
 
     def __init__(self, status: str, message: str) -> None:
@@ -16,3 +22,24 @@ class Refused(Exception):
 
     def __repr__(self) -> str:
         return f"Refused({self.status!r}, {self.message!r})"
+
+
+class UnknownEvent(DownstreamError, ValueError):
+    """A recorded event of a type this code does not know, or of a newer schema: a reader
+    stops rather than fold a history it would misread."""
+
+
+class LedgerError(DownstreamError):
+    """Base class of the ledger's own errors."""
+
+
+class ConcurrencyConflict(LedgerError):
+    """The stream moved on since the caller read it; nothing was written."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} is at version {actual}, the append expected {expected}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual

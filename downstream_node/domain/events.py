@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from .errors import UnknownEvent
 from .records import NewEvent, RecordedEvent
 
 REGISTRY: dict[str, type[DomainEvent]] = {}
@@ -54,15 +55,19 @@ def event(cls: type[E]) -> type[E]:
     return cls
 
 
-def decode(recorded: RecordedEvent) -> DomainEvent:
-    cls = REGISTRY.get(recorded.event_type)
+def known(event_type: str, schema_version: int) -> type[DomainEvent]:
+    """The class of a recorded type; ``UnknownEvent`` for a type this code does not know or
+    a schema newer than its own (a reader must stop rather than misread it)."""
+    cls = REGISTRY.get(event_type)
     if cls is None:
-        raise ValueError(f"unknown event type {recorded.event_type!r}")
-    if recorded.schema_version > cls.SCHEMA:
-        raise ValueError(
-            f"{recorded.event_type} schema {recorded.schema_version} is newer than this code"
-        )
-    return cls.from_payload(recorded.payload)
+        raise UnknownEvent(f"unknown event type {event_type!r}")
+    if schema_version > cls.SCHEMA:
+        raise UnknownEvent(f"{event_type} schema {schema_version} is newer than this code")
+    return cls
+
+
+def decode(recorded: RecordedEvent) -> DomainEvent:
+    return known(recorded.event_type, recorded.schema_version).from_payload(recorded.payload)
 
 
 # -- stream names ------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..domain.canonical import canonical, chain_next
 from ..domain.clock import from_micros, to_micros
+from ..domain.errors import ConcurrencyConflict, LedgerError
 from ..domain.records import NewEvent, RecordedEvent
+from . import reader
 from .db import (
     create_all,
     in_lists,
@@ -39,22 +40,6 @@ from .schema import (
     ledger_head,
     metadata,
 )
-
-
-class LedgerError(Exception):
-    """Base class of the ledger's own errors."""
-
-
-class ConcurrencyConflict(LedgerError):
-    """The stream moved on since the caller read it; nothing was written."""
-
-    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"stream {stream_id!r} is at version {actual}, the append expected {expected}"
-        )
-        self.stream_id = stream_id
-        self.expected = expected
-        self.actual = actual
 
 
 class AppendFailed(LedgerError):
@@ -599,56 +584,17 @@ class EventStore:
         with read_transaction(self.engine) as conn:
             return self._stream_versions(conn, [stream_id])[stream_id]
 
+    # Reads of the events table go through ledger/reader.py; these are the store's doors to it.
+
     def read_all(
         self, after: int = 0, *, until: int | None = None, page: int = 2000
     ) -> Iterator[RecordedEvent]:
-        """Every event after ``after`` (up to ``until``) in position order, in pages.
-
-        Paging by position keeps memory constant however long the ledger is.
-        """
-        while True:
-            query = sa.select(events).where(events.c.position > after)
-            if until is not None:
-                query = query.where(events.c.position <= until)
-            query = query.order_by(events.c.position).limit(page)
-            with read_transaction(self.engine) as conn:
-                batch = conn.execute(query).all()
-            if not batch:
-                return
-            for row in batch:
-                yield row_to_event(row)
-            after = batch[-1].position
+        """Every event after ``after`` (up to ``until``) in position order, in pages."""
+        return reader.read_all(self.engine, after, until=until, page=page)
 
     def read_request(self, request_id: str) -> list[RecordedEvent]:
         """The events an append with this request id recorded (empty if none did)."""
-        with read_transaction(self.engine) as conn:
-            rows = conn.execute(
-                sa.select(events)
-                .where(events.c.request_id == request_id)
-                .order_by(events.c.position)
-            ).all()
-        return [row_to_event(r) for r in rows]
+        return reader.read_request(self.engine, request_id)
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
-        with read_transaction(self.engine) as conn:
-            rows = conn.execute(
-                sa.select(events)
-                .where(events.c.stream_id == stream_id, events.c.version > after_version)
-                .order_by(events.c.version)
-            ).all()
-        return [row_to_event(r) for r in rows]
-
-
-def row_to_event(row: Any, decode: Callable[[str], Any] = json.loads) -> RecordedEvent:
-    return RecordedEvent(
-        position=row.position,
-        stream_id=row.stream_id,
-        version=row.version,
-        event_type=row.event_type,
-        schema_version=row.schema_version,
-        payload=decode(row.payload),
-        meta=decode(row.meta),
-        request_id=row.request_id,
-        occurred_at=from_micros(row.occurred_at),
-        hash=row.hash,
-    )
+        return reader.read_stream(self.engine, stream_id, after_version)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..domain.canonical import chain_hash
+from . import reader
 from .db import read_transaction
-from .schema import EVENT_COLUMNS, GENESIS_HASH, HEAD_ID, events, ledger_head
+from .schema import EVENT_COLUMNS, GENESIS_HASH
+
+CHAIN_COLUMNS = EVENT_COLUMNS[:-1]  # what a row's hash covers: every column but the hash
 
 
 @dataclass(frozen=True)
@@ -46,25 +48,16 @@ def verify_chain(
 ) -> VerifyReport:
     """Check positions are 1, 2, 3, ... and each row's hash chains from the previous one."""
     with read_transaction(engine) as conn:
-        head = conn.execute(sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID)).first()
+        head = reader.ledger_head_row(conn)
     if head is None:
         return VerifyReport(False, 0, 0, GENESIS_HASH, 0, "ledger head row is missing")
     stop = head.position if until is None else min(until, head.position)
 
     expected_pos, prev_hash, checked = 1, GENESIS_HASH, 0
-    columns = [events.c[name] for name in EVENT_COLUMNS]
-    while expected_pos <= stop:
-        with read_transaction(engine) as conn:
-            rows = conn.execute(
-                sa.select(*columns)
-                .where(events.c.position >= expected_pos, events.c.position <= stop)
-                .order_by(events.c.position)
-                .limit(page)
-            ).all()
-        if not rows:
-            break
+    for rows in reader.ALL_COLUMNS.pages(engine, 0, stop, page):
         for row in rows:
-            if row.position != expected_pos:
+            position, stored = row[0], row[-1]
+            if position != expected_pos:
                 return VerifyReport(
                     False,
                     checked,
@@ -73,27 +66,15 @@ def verify_chain(
                     expected_pos,
                     f"position {expected_pos} is missing",
                 )
-            computed = chain_hash(
-                prev_hash,
-                position=row.position,
-                stream_id=row.stream_id,
-                version=row.version,
-                event_type=row.event_type,
-                schema_version=row.schema_version,
-                payload=row.payload,
-                meta=row.meta,
-                request_id=row.request_id,
-                occurred_at=row.occurred_at,
-            )
-            if computed != row.hash:
+            computed = chain_hash(prev_hash, **dict(zip(CHAIN_COLUMNS, row[:-1], strict=True)))
+            if computed != stored:
                 return VerifyReport(
                     False,
                     checked,
                     expected_pos - 1,
                     prev_hash,
-                    row.position,
-                    f"hash mismatch at position {row.position}: the row or "
-                    "its stored hash was altered",
+                    position,
+                    f"hash mismatch at position {position}: the row or its stored hash was altered",
                 )
             prev_hash = computed
             expected_pos += 1
@@ -111,15 +92,9 @@ def verify_chain(
             last + 1,
             f"position {last + 1} is missing (head says {head.position})",
         )
-    with read_transaction(engine) as conn:
-        beyond = conn.execute(
-            sa.select(sa.func.count()).select_from(events).where(events.c.position > head.position)
-        ).scalar()
-        # A row before position 1 is outside the chain the walk checks, yet the store reads
-        # it (stream versions, request ids): a forged "recorded" answer could hide there.
-        before = conn.execute(
-            sa.select(sa.func.min(events.c.position)).where(events.c.position < 1)
-        ).scalar()
+    # A row before position 1 is outside the chain the walk checks, yet the store reads it
+    # (stream versions, request ids): a forged "recorded" answer could hide there.
+    before, beyond = reader.outside_chain(engine, head.position)
     if before is not None:
         return VerifyReport(
             False,

@@ -25,6 +25,7 @@ from sqlalchemy.sql import visitors
 
 from ..domain import events as ev
 from ..domain.clock import to_micros
+from ..domain.folds import EventFold, handles, ignoring
 from ..domain.records import RecordedEvent
 from ..domain.uptime import Coverage
 from ..ledger.db import create_all, in_lists
@@ -120,7 +121,7 @@ def apply_items(
             if position != done + 1:
                 raise RuntimeError(f"projection gap: at {done}, got position {position}")
             if (item[3], item[4]) not in known:
-                check_type(item[3], item[4])
+                ev.known(item[3], item[4])
                 known.add((item[3], item[4]))
             yield item
             done = position
@@ -143,35 +144,6 @@ def _move_checkpoint(tables: ProjectionTables) -> sa.Update:
 def _move_checkpoint_from(tables: ProjectionTables) -> sa.Update:
     """Move the checkpoint from ``start`` to ``done``; touches no row if it was elsewhere."""
     return _move_checkpoint(tables).where(tables.checkpoint.c.position == sa.bindparam("start"))
-
-
-def check_type(event_type: str, schema_version: int) -> None:
-    """What ``events.decode`` refuses: an unknown type, or a schema newer than this code."""
-    cls = ev.REGISTRY.get(event_type)
-    if cls is None:
-        raise ValueError(f"unknown event type {event_type!r}")
-    if schema_version > cls.SCHEMA:
-        raise ValueError(f"{event_type} schema {schema_version} is newer than this code")
-
-
-HANDLED = frozenset(
-    {
-        "AddressWhitelisted",
-        "TokenCreated",
-        "TokenDeleted",
-        "FileAdded",
-        "FileRemoved",
-        "ChunkEncoded",
-        "ContractAssigned",
-        "ChallengeIssued",
-        "AnswerPassed",
-        "AnswerFailed",
-        "AnswerRejected",
-        "ContractExpired",
-        "ContractEnded",
-    }
-)
-"""The event types that change a projection (the others only move the checkpoint)."""
 
 
 # The unit of work's memo key under which the read model leaves the contract rows (in
@@ -465,13 +437,29 @@ FILE_COLUMNS = (
 )
 
 
-class Fold:
+# What each event type's handler reads beyond the contract its payload names (every
+# ``contract_id`` is read, but that of the contract a ``ChunkEncoded`` creates): rows a fold
+# that does not hold every row reads for a whole batch at once before applying it.
+PREFETCH: dict[str, tuple[str, ...]] = {
+    ev.AddressWhitelisted.type_name(): ("whitelist",),
+    ev.TokenDeleted.type_name(): ("token",),
+    ev.ContractAssigned.type_name(): ("uptime", "file"),
+    ev.ChunkEncoded.type_name(): ("file",),
+    ev.FileRemoved.type_name(): ("file",),
+}
+_ENCODED = ev.ChunkEncoded.type_name()
+
+
+class Fold(EventFold):
     """Folds items into one generation's tables through rows held in memory.
 
     ``run(conn, items)`` reads what the items will touch, applies them, and writes back, all
     in ``conn``'s transaction. A fold may be run again on later items (a rebuild does, as it
     is the only writer of the generation it builds); a live projector makes one per batch.
     """
+
+    # Only the node's fingerprint: no projection holds it.
+    IGNORED = ignoring(ev.HeartbeatConfigured)
 
     def __init__(self, tables: ProjectionTables, *, empty: bool = False) -> None:
         """``empty``: the tables have no rows yet and only this fold will write them (a
@@ -483,21 +471,7 @@ class Fold:
         for rows in self._all_rows():
             rows.complete = empty
         self._live_of_token, self._live_of_file = _live_queries(tables.contracts)
-        self._handlers: dict[str, Callable[[dict[str, Any], Item], None]] = {
-            "AddressWhitelisted": self._whitelisted,
-            "TokenCreated": self._token_created,
-            "TokenDeleted": self._token_deleted,
-            "FileAdded": self._file_added,
-            "FileRemoved": self._file_removed,
-            "ChunkEncoded": self._chunk_encoded,
-            "ContractAssigned": self._contract_assigned,
-            "ChallengeIssued": self._challenge_issued,
-            "AnswerPassed": self._answer_passed,
-            "AnswerFailed": self._answer_failed,
-            "AnswerRejected": self._answer_rejected,
-            "ContractExpired": self._contract_expired,
-            "ContractEnded": self._contract_ended,
-        }
+        self._handlers: dict[str, Callable[[dict[str, Any], Item], None]] = self.bound_handlers()
 
     def _reset(self) -> None:
         t = self.t
@@ -572,18 +546,19 @@ class Fold:
             kind = item[3]
             cid = p.get("contract_id")
             if cid is not None:
-                if kind == "ChunkEncoded":
+                if kind == _ENCODED:
                     new_contracts.add(cid)
                 elif cid not in new_contracts:
                     contract_ids.add(cid)
-            if kind == "AddressWhitelisted":
-                addresses.add(p["address"])
-            elif kind == "TokenDeleted":
-                deleted.add(p["token_hash"])
-            elif kind == "ContractAssigned":
-                tokens.add(p["token_hash"])
-            if kind in ("ChunkEncoded", "ContractAssigned", "FileRemoved"):
-                files.add(p["file_hash"])
+            for read in PREFETCH.get(kind, ()):
+                if read == "whitelist":
+                    addresses.add(p["address"])
+                elif read == "token":
+                    deleted.add(p["token_hash"])
+                elif read == "uptime":
+                    tokens.add(p["token_hash"])
+                else:
+                    files.add(p["file_hash"])
         held = self.contracts.rows
         unread = [cid for cid in contract_ids if cid not in held]
         self.contracts.prefetch(conn, unread)
@@ -631,6 +606,7 @@ class Fold:
 
     # -- handlers (each as the oracle's, statement for statement) --------------------------------
 
+    @handles(ev.AddressWhitelisted)
     def _whitelisted(self, p: dict[str, Any], item: Item) -> None:
         row = self.whitelist.get(self.conn, p["address"])  # type: ignore[arg-type]
         if row is not None:
@@ -639,6 +615,7 @@ class Fold:
         else:
             self.whitelist.insert(p["address"], {"address": p["address"], "balance": p["balance"]})
 
+    @handles(ev.TokenCreated)
     def _token_created(self, p: dict[str, Any], item: Item) -> None:
         token_hash = p["token_hash"]
         self.tokens.insert(
@@ -658,6 +635,7 @@ class Fold:
             token_hash, {"token_hash": token_hash, **dict.fromkeys(UPTIME_FIELDS, 0)}
         )
 
+    @handles(ev.TokenDeleted)
     def _token_deleted(self, p: dict[str, Any], item: Item) -> None:
         token_hash = p["token_hash"]
         row = self.tokens.get(self.conn, token_hash)  # type: ignore[arg-type]
@@ -669,6 +647,7 @@ class Fold:
             if contract["started_at"] is not None:
                 self._end_contract(contract["contract_id"], item[5], "token_deleted")
 
+    @handles(ev.FileAdded)
     def _file_added(self, p: dict[str, Any], item: Item) -> None:
         file_hash = p["file_hash"]
         row = {
@@ -691,6 +670,7 @@ class Fold:
         else:
             self.files.insert(file_hash, row)  # a second addition of a live file fails here
 
+    @handles(ev.FileRemoved)
     def _file_removed(self, p: dict[str, Any], item: Item) -> None:
         file_hash = p["file_hash"]
         row = self.files.get(self.conn, file_hash)  # type: ignore[arg-type]
@@ -702,6 +682,7 @@ class Fold:
             if contract["started_at"] is not None:
                 self._end_contract(contract["contract_id"], item[5], "file_removed")
 
+    @handles(ev.ChunkEncoded)
     def _chunk_encoded(self, p: dict[str, Any], item: Item) -> None:
         cid = p["contract_id"]
         row = {
@@ -730,6 +711,7 @@ class Fold:
         self._index(row)
         self._file_version(p["file_hash"], item)
 
+    @handles(ev.ContractAssigned)
     def _contract_assigned(self, p: dict[str, Any], item: Item) -> None:
         cid, now, due = p["contract_id"], item[5], p["due"]
         row = self._contract(cid)
@@ -751,6 +733,7 @@ class Fold:
         self._file_version(p["file_hash"], item)
         self._uptime(p["token_hash"], lambda cov: cov.cover(now, due), contracts=1, challenges=1)
 
+    @handles(ev.ChallengeIssued)
     def _challenge_issued(self, p: dict[str, Any], item: Item) -> None:
         cid = p["contract_id"]
         row = self._contract(cid)
@@ -769,6 +752,7 @@ class Fold:
         self.contracts.touch(cid)
         self._uptime(row["token_hash"], None, challenges=1)
 
+    @handles(ev.AnswerPassed)
     def _answer_passed(self, p: dict[str, Any], item: Item) -> None:
         cid, now, expiration = p["contract_id"], item[5], p["expiration"]
         row = self._contract(cid)
@@ -781,6 +765,7 @@ class Fold:
         self.contracts.touch(cid)
         self._uptime(row["token_hash"], lambda cov: cov.cover(now, expiration), passed=1)
 
+    @handles(ev.AnswerFailed)
     def _answer_failed(self, p: dict[str, Any], item: Item) -> None:
         cid = p["contract_id"]
         row = self._contract(cid)
@@ -791,6 +776,7 @@ class Fold:
         self.contracts.touch(cid)
         self._uptime(row["token_hash"], None, failed=1)
 
+    @handles(ev.AnswerRejected)
     def _answer_rejected(self, p: dict[str, Any], item: Item) -> None:
         cid = p["contract_id"]
         row = self._contract(cid)
@@ -799,6 +785,7 @@ class Fold:
             row["version"] = item[2]
             self.contracts.touch(cid)
 
+    @handles(ev.ContractExpired)
     def _contract_expired(self, p: dict[str, Any], item: Item) -> None:
         cid = p["contract_id"]
         self._end_contract(cid, p["expired_at"], "expired", version=item[2])
@@ -806,6 +793,7 @@ class Fold:
         assert row is not None  # _end_contract required it
         self._uptime(row["token_hash"], None, expired=1)
 
+    @handles(ev.ContractEnded)
     def _contract_ended(self, p: dict[str, Any], item: Item) -> None:
         self._end_contract(p["contract_id"], item[5], p["reason"], version=item[2])
 
@@ -863,3 +851,7 @@ class Fold:
             row["seg_end"] = cov.seg_end
         if change is not None or counters:
             self.uptime.touch(token_hash)  # type: ignore[arg-type]
+
+
+HANDLED = Fold.HANDLED
+"""The event types that change a projection (the others only move the checkpoint)."""

@@ -28,7 +28,8 @@ from ..ledger.db import (
     sqlite_file,
     write_transaction,
 )
-from ..ledger.schema import HEAD_ID, events, ledger_head
+from ..ledger.reader import EventRange
+from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import EventStore, LedgerError
 from .projector import HANDLED, Fold, Item, apply_items, checkpoint, create_tables, drop_tables
 from .tables import NAMES, ProjectionTables, tables_for
@@ -215,29 +216,20 @@ def _catch_up(
             return done
 
 
-def read_items(conn: Connection, after: int, until: int) -> Iterator[Item]:
-    """Events ``after < position <= until`` as the fold takes them, in position order, streamed.
-
-    Only the columns a projection needs, through the driver's own cursor (this is the
-    rebuild's hot loop), and payloads decoded only for the types a projection reads.
-    """
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(READ_ITEMS.format(mark=mark), (after, until))
-        loads = json.loads
-        while rows := cursor.fetchmany(1000):
-            for position, stream_id, version, kind, schema, at, text in rows:
-                payload = loads(text) if kind in HANDLED else None
-                yield (position, stream_id, version, kind, schema, at, payload)
-    finally:
-        cursor.close()
-
-
-READ_ITEMS = (
-    "SELECT position, stream_id, version, event_type, schema_version, occurred_at, payload"
-    f" FROM {events.name} WHERE position > {{mark}} AND position <= {{mark}} ORDER BY position"
+# What the fold takes of each event, payloads only for the types a projection reads.
+ITEMS = EventRange(
+    ("position", "stream_id", "version", "event_type", "schema_version", "occurred_at", "payload"),
+    payloads_of=HANDLED,
 )
+
+
+def read_items(conn: Connection, after: int, until: int) -> Iterator[Item]:
+    """Events ``after < position <= until`` as the fold takes them, in position order, streamed
+    in ``conn``'s transaction (this is the rebuild's hot loop)."""
+    loads = json.loads
+    for position, stream_id, version, kind, schema, at, text in ITEMS.stream(conn, after, until):
+        payload = None if text is None else loads(text)
+        yield (position, stream_id, version, kind, schema, at, payload)
 
 
 def compare_generations(engine: Engine, a: int, b: int) -> dict[str, str]:
