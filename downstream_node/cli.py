@@ -25,10 +25,9 @@ from .audit.cli import audit as audit_commands
 from .config import Settings
 from .domain.clock import SystemClock
 from .domain.errors import Refused
-from .ledger.db import NoLedger, default_url, existing_ledger, make_engine
-from .ledger.store import EventStore
+from .ledger.db import NoLedger, default_url, existing_ledger
 from .ledger.verify import verify_chain
-from .node import Node
+from .service import Node, bootstrap
 
 T = TypeVar("T")
 
@@ -271,7 +270,6 @@ def projections_rebuild(obj: Obj, batch: int) -> None:
     """Rebuild every projection from position 0 and swap it in, without stopping the node."""
     from tqdm import tqdm
 
-    from .projections.projector import Projector
     from .projections.rebuild import (
         RebuildRunning,
         compare_generations,
@@ -279,7 +277,7 @@ def projections_rebuild(obj: Obj, batch: int) -> None:
         rebuild,
     )
 
-    store = EventStore(make_engine(obj.settings.db_url), [Projector()])
+    store = bootstrap.open_store(obj.settings.db_url)
     store.create_schema()
     ensure_projections(store)
     with tqdm(

@@ -62,9 +62,8 @@ from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.schema import events as events_table
 from downstream_node.ledger.store import AppendRequest, EventStore
-from downstream_node.node import Node
-from downstream_node.projections.projector import Projector
 from downstream_node.projections.rebuild import rebuild
+from downstream_node.service import Node, bootstrap
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1/bench"
@@ -392,7 +391,7 @@ def bench_rebuild_and_audit(
             "what": "audit.replay.Replay over stream_events, and its report",
         }
     if "rebuild" in parts:
-        store = EventStore(engine, [Projector()])
+        store = bootstrap.store_on(engine)
         started = time.perf_counter()
         report = rebuild(store)
         seconds = time.perf_counter() - started

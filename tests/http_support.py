@@ -16,7 +16,7 @@ from downstream_node.domain.clock import FakeClock
 from downstream_node.domain.tokens import make_address
 from downstream_node.heartbeat import Merkle, SeededChunk, Swizzle
 from downstream_node.http.app import create_app
-from downstream_node.node import Node
+from downstream_node.service import Node
 
 KiB = 1024
 CHUNK = 64 * KiB

@@ -15,8 +15,8 @@ from downstream_node.domain.clock import FakeClock, to_micros
 from downstream_node.domain.errors import Refused
 from downstream_node.domain.tokens import make_address
 from downstream_node.heartbeat import Merkle, SeededChunk
-from downstream_node.node import Context, Node
 from downstream_node.projections.tables import tables_for
+from downstream_node.service import Context, Node
 
 FARMER = Context(actor="farmer", remote="10.0.0.9")
 S = 1_000_000

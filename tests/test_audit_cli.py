@@ -21,7 +21,7 @@ from downstream_node.audit.report import duration
 from downstream_node.cli import main
 from downstream_node.domain.clock import FakeClock
 from downstream_node.domain.tokens import make_address, token_hash
-from downstream_node.node import Node
+from downstream_node.service import Node
 
 S = 1_000_000
 

@@ -20,7 +20,7 @@ from downstream_node.domain.clock import parse_time
 from downstream_node.http import schemas as sc
 from downstream_node.http.app import create_app
 from downstream_node.http.openapi import build_spec, render_html
-from downstream_node.node import Node
+from downstream_node.service import Node
 
 API = "/api/downstream"
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

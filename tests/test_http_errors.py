@@ -36,7 +36,7 @@ from downstream_node.farmer import corrupt_proof
 from downstream_node.http.app import create_app
 from downstream_node.http.logs import configure_logging
 from downstream_node.http.schemas import STATUS_WORDS
-from downstream_node.node import Node
+from downstream_node.service import Node
 
 API = "/api/downstream"
 UNKNOWN_TOKEN = "0" * 32

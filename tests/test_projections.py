@@ -16,7 +16,6 @@ from downstream_node.domain.tokens import make_address, token_hash
 from downstream_node.heartbeat import Merkle, SeededChunk
 from downstream_node.ledger.store import EventStore
 from downstream_node.ledger.verify import verify_chain
-from downstream_node.node import Context, Node
 from downstream_node.projections.rebuild import (
     RebuildRunning,
     compare_generations,
@@ -25,6 +24,7 @@ from downstream_node.projections.rebuild import (
     rebuild_lock,
 )
 from downstream_node.projections.tables import tables_for
+from downstream_node.service import Context, Node
 
 FARMER = Context(actor="farmer", remote="10.0.0.1")
 mariadb_only = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)

@@ -20,7 +20,7 @@ from downstream_node.domain.errors import Refused
 from downstream_node.domain.tokens import token_hash
 from downstream_node.farmer import corrupt_proof
 from downstream_node.http.app import create_app
-from downstream_node.node import Node
+from downstream_node.service import Node
 
 API = "/api/downstream"
 

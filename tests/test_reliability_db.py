@@ -26,8 +26,8 @@ from structlog.testing import capture_logs
 
 from downstream_node.http.app import create_app
 from downstream_node.ledger.store import AppendFailed
-from downstream_node.node import Node
 from downstream_node.projections.queries import Reader
+from downstream_node.service import Node
 
 API = "/api/downstream"
 mariadb_only = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)

@@ -28,7 +28,7 @@ from downstream_node.http import routes
 from downstream_node.http.app import create_app, redacted_path
 from downstream_node.http.logs import configure_logging
 from downstream_node.http.proxies import client_address, parse_trusted
-from downstream_node.node import Context, Node
+from downstream_node.service import Context, Node
 
 API = "/api/downstream"
 HOSTILE = [

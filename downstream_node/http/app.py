@@ -32,7 +32,7 @@ from aiohttp import web
 from ..domain import tokens as tk
 from ..domain.errors import Refused
 from ..ledger.store import AppendFailed
-from ..node import Node
+from ..service import Node
 from . import schemas as sc
 from .metrics import METRICS, Metrics, metrics_handler
 from .openapi import add_doc_routes

@@ -19,7 +19,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..service import Node
 
 log = structlog.get_logger("downstream.http")
 

@@ -20,7 +20,7 @@ from marshmallow import Schema, ValidationError
 from ..domain import tokens as tk
 from ..domain.clock import to_micros
 from ..domain.errors import Refused
-from ..node import Context, Node
+from ..service import Context, Node
 from . import schemas as sc
 
 log = structlog.get_logger("downstream.http")

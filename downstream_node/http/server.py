@@ -25,7 +25,7 @@ from ..config import MiB, Settings
 from ..domain.clock import Clock
 from ..domain.errors import Refused
 from ..domain.tokens import make_address
-from ..node import Node
+from ..service import Node
 from .app import create_app
 
 log = structlog.get_logger("downstream.serve")

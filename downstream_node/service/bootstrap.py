@@ -1,0 +1,39 @@
+"""The composition root: the one place that builds engines, the event store with its
+projector, and the node's runtime, for ``serve``, the CLI and the scripts alike.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+
+from ..config import Settings
+from ..domain.clock import Clock, SystemClock
+from ..ledger.db import make_engine
+from ..ledger.store import EventStore
+from ..projections.projector import Projector
+from ..projections.queries import ReadModel
+from .runtime import Runtime
+
+
+def store_on(engine: Engine, *, projections: bool = True) -> EventStore:
+    """An event store on ``engine``; with ``projections`` the live projector folds every
+    append into the projection tables in the append's own transaction."""
+    return EventStore(engine, [Projector()] if projections else [])
+
+
+def open_store(url: str, *, projections: bool = True) -> EventStore:
+    """An event store on a new engine for ``url`` (see ``store_on``)."""
+    return store_on(make_engine(url), projections=projections)
+
+
+def runtime(settings: Settings, clock: Clock | None = None, *, workers: int = 4) -> Runtime:
+    """Everything a node's commands share, wired on ``settings.db_url``."""
+    store = open_store(settings.db_url)
+    return Runtime(
+        settings,
+        clock or SystemClock(),
+        engine=store.engine,
+        store=store,
+        read_model=ReadModel(store.engine),
+        workers=workers,
+    )

@@ -1,0 +1,116 @@
+"""Starting a node: the schema, the projections, and the secret heartbeat its ledger names;
+and the health probe. A node starts only with the secret its ledger was configured with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from ..domain import events as ev
+from ..domain.errors import Refused
+from ..domain.records import RecordedEvent
+from ..heartbeat.scheme import ProofScheme
+from ..projections.queries import Reader
+from ..projections.rebuild import ensure_projections
+from .context import OPERATOR
+from .retry import until_appended
+from .runtime import Runtime
+
+HEALTH_TIMEOUT = 5.0  # seconds a health probe waits for the database
+
+
+async def start(rt: Runtime) -> None:
+    """Create the schema and projections if needed and load (or create) the secret.
+
+    The secret must be the one the ledger's last ``HeartbeatConfigured`` names: the
+    contracts' states are sealed with it. A missing or other secret is refused (a node
+    started from another directory would otherwise make a new one and fail every
+    contract), unless ``settings.new_secret`` says to record a new one.
+    """
+    await rt.run(rt.store.create_schema)
+    await rt.run(ensure_projections, rt.store)
+    if rt.scheme is None:
+        configured = configured_fingerprint(await rt.run(rt.store.read_stream, ev.NODE_STREAM))
+        rt.scheme = await _load_secret(rt, configured)
+    await _record_heartbeat(rt, rt.scheme)
+
+
+async def _load_secret(rt: Runtime, configured: str | None) -> ProofScheme:
+    settings = rt.settings
+    path = settings.secret_path()
+    keep = configured is not None and not settings.new_secret
+    if keep and not await rt.run(path.exists):
+        raise Refused(
+            "secret_missing",
+            f"this ledger's heartbeat secret (fingerprint {str(configured)[:12]}) is "
+            f"not at {path}: point --secret-file at it (or use --new-secret if it is "
+            "lost; contracts made under it then end)",
+        )
+    try:
+        scheme, _ = await rt.run(
+            ProofScheme.load_or_create,
+            path,
+            settings.heartbeat,
+            check_fraction=settings.check_fraction,
+            challenges=settings.challenges,
+        )
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise Refused("bad_secret", f"cannot read the secret file {path}: {_reason(exc)}") from exc
+    return scheme
+
+
+async def _record_heartbeat(rt: Runtime, scheme: ProofScheme) -> None:
+    fingerprint = scheme.fingerprint()
+    event = ev.HeartbeatConfigured(
+        kind=scheme.kind,
+        public=json.dumps(scheme.public(), sort_keys=True),
+        key_fingerprint=fingerprint,
+    )
+
+    async def attempt() -> None:
+        history = await rt.run(rt.store.read_stream, ev.NODE_STREAM)
+        last = configured_fingerprint(history)
+        if last is not None:
+            if last == fingerprint:
+                return
+            if not rt.settings.new_secret:
+                # Read at the version the append would need: also a node that started
+                # together with another holding a different secret stops here.
+                raise Refused(
+                    "secret_mismatch",
+                    f"the secret file {rt.settings.secret_path()} (fingerprint "
+                    f"{fingerprint[:12]}) is not the one this ledger was configured with "
+                    f"({last[:12]}): point --secret-file at that one (or use --new-secret "
+                    "if it is lost; contracts made under it then end)",
+                )
+        version = history[-1].version if history else 0
+        # At the version read: nodes starting together record it once.
+        await rt.append(ev.NODE_STREAM, version, [event], OPERATOR)
+
+    await until_appended(attempt, busy="could not record the node's heartbeat; try again")
+
+
+async def health(rt: Runtime) -> dict[str, Any]:
+    def probe(r: Reader) -> dict[str, Any]:
+        return {
+            "position": r.head_position,
+            "projection_lag": r.lag(),
+            "generation": r.t.generation,
+        }
+
+    # A stalled database (a lock held elsewhere, a dead connection) is reported, not
+    # waited for: monitors get their 503 instead of a hung probe.
+    return await asyncio.wait_for(rt.read(probe), HEALTH_TIMEOUT)
+
+
+def configured_fingerprint(node_stream: Iterable[RecordedEvent]) -> str | None:
+    """The key fingerprint of the node stream's last ``HeartbeatConfigured``, if any."""
+    configured = [e for e in node_stream if e.event_type == "HeartbeatConfigured"]
+    return str(configured[-1].payload["key_fingerprint"]) if configured else None
+
+
+def _reason(exc: BaseException) -> str:
+    return f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__

@@ -1,0 +1,135 @@
+"""What every command of the node shares: its settings, clock and proof scheme, and the
+plumbing to the ledger. Database calls and proof work run in worker threads (the event loop
+never blocks); reads are short transactions; appends go through the group committer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import sqlalchemy.exc
+import structlog
+from sqlalchemy.engine import Engine
+
+from ..config import Settings
+from ..domain import events as ev
+from ..domain.clock import Clock, to_micros
+from ..heartbeat.scheme import ProofScheme
+from ..ledger.group_commit import GroupCommitter
+from ..ledger.store import AppendResult, EventStore
+from ..projections.queries import Reader, ReadModel
+from .context import Context
+
+log = structlog.get_logger("downstream.node")
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """The node's shared state and its doors to the database (built by ``bootstrap``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        *,
+        engine: Engine,
+        store: EventStore,
+        read_model: ReadModel,
+        workers: int,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.engine = engine
+        self.store = store
+        self.read_model = read_model
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-db")
+        self.committer = GroupCommitter(store, executor=self.executor)
+        self.scheme: ProofScheme | None = None  # loaded (or given) when the node starts
+
+    def proofs(self) -> ProofScheme:
+        """The node's proof scheme; only a started node has one."""
+        if self.scheme is None:
+            raise RuntimeError("the node has not been started")
+        return self.scheme
+
+    def now(self) -> int:
+        """Now, in UTC microseconds, from the injected clock."""
+        return to_micros(self.clock.now())
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in a worker thread, in a copy of the caller's context (so that what the
+        thread logs carries the request id)."""
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: context.run(fn, *args, **kwargs))
+
+    async def read(self, fn: Callable[[Reader], T]) -> T:
+        return await self.run(self.read_now, fn)
+
+    def read_now(self, fn: Callable[[Reader], T]) -> T:
+        """Run ``fn`` in a read transaction; once more if the connection was dropped under it.
+
+        A read has no effect, so repeating it on a fresh connection is safe (the pool, which
+        does not ping, drops every connection it held when one turns out dead); a second
+        failure goes to the caller (HTTP 503). Blocking: call it in a worker thread.
+        """
+
+        def work() -> T:
+            with self.read_model.reader() as reader:
+                return fn(reader)
+
+        try:
+            return work()
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("read_retried", error=type(exc.orig).__name__)
+            return work()
+
+    async def append(
+        self,
+        stream: str,
+        expected: int | None,
+        events: Sequence[ev.DomainEvent],
+        ctx: Context,
+        request_id: str | None = None,
+        guards: dict[str, int] | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` at version ``expected`` (None: any), stamped now."""
+        at = self.clock.now()
+        meta = ctx.meta()
+        return await self.committer.append(
+            stream,
+            expected,
+            [e.to_new(at, meta) for e in events],
+            request_id=request_id,
+            guards=guards,
+        )
+
+    async def close(self) -> None:
+        await self.committer.close()
+        # Joining the worker threads blocks: off the event loop, and in a thread of its own,
+        # not the loop's default executor, which a caller giving up on a stalled database
+        # could then not shut down.
+        joined = asyncio.get_running_loop().create_future()
+
+        def join() -> None:
+            self.executor.shutdown()
+            with contextlib.suppress(RuntimeError):  # the loop may be gone (a forced stop)
+                joined.get_loop().call_soon_threadsafe(_settle, joined)
+
+        threading.Thread(target=join, name="node-close", daemon=True).start()
+        await joined
+        self.engine.dispose()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter may have given up (cancelled)
+        future.set_result(None)
