@@ -35,9 +35,9 @@ from typing import Any
 
 import aiohttp
 
-from .domain.clock import Clock, SystemClock
-from .domain.tokens import redact
-from .heartbeat import HeartbeatError, Merkle, SeededChunk, Swizzle
+from ..domain.clock import Clock, SystemClock
+from ..domain.tokens import redact
+from ..heartbeat import HeartbeatError, Merkle, SeededChunk, Swizzle
 
 PREFIX = "/api/downstream"
 WRITE_BLOCK = 1024 * 1024

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from .farmer import Farmer, FarmerStats, Swarm
+from .loop import Farmer, FarmerStats, Swarm
 
 QUIET_ON_TTY = {"contract", "answer", "registered", "resumed"}
 
