@@ -20,7 +20,7 @@ from downstream_node.domain.tokens import make_address
 from downstream_node.heartbeat import Merkle, SeededChunk
 from downstream_node.ledger.db import write_transaction
 from downstream_node.node import Context, Node
-from downstream_node.projections import projector
+from downstream_node.projections import fold as projector
 from downstream_node.projections.projector import apply_events, create_tables
 from downstream_node.projections.rebuild import compare_generations, rebuild
 from downstream_node.projections.tables import tables_for

@@ -23,7 +23,8 @@ from ..domain.uptime import Coverage
 from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import UnitOfWork, stream_versions
-from .projector import CONTRACT_READ, CONTRACT_ROWS, UPTIME_FIELDS, UPTIME_ROWS, checkpoint
+from .fold import CONTRACT_READ, UPTIME_FIELDS
+from .projector import CONTRACT_ROWS, UPTIME_ROWS, checkpoint
 from .tables import ProjectionTables, tables_for
 
 

@@ -31,7 +31,8 @@ from ..ledger.db import (
 from ..ledger.reader import EventRange
 from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import EventStore, LedgerError
-from .projector import HANDLED, Fold, Item, apply_items, checkpoint, create_tables, drop_tables
+from .fold import HANDLED, Fold, Item
+from .projector import apply_items, checkpoint, create_tables, drop_tables
 from .tables import NAMES, ProjectionTables, tables_for
 
 log = structlog.get_logger("downstream.projections")

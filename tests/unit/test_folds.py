@@ -18,7 +18,7 @@ from downstream_node.audit.replay import AUDITED, Replay
 from downstream_node.domain import events as ev
 from downstream_node.domain.errors import UnknownEvent
 from downstream_node.domain.folds import EventFold, handles, ignoring, undecided
-from downstream_node.projections.projector import HANDLED, Fold
+from downstream_node.projections.fold import HANDLED, Fold
 from downstream_node.projections.rebuild import ITEMS
 
 FOLDS: dict[str, Any] = {
