@@ -18,7 +18,7 @@ from ..domain.clock import to_micros
 from ..domain.records import RecordedEvent
 from ..ledger.db import create_all
 from ..ledger.store import UnitOfWork
-from .fold import Fold, Item
+from .fold import Fold, Item, ItemTuple
 from .tables import ProjectionTables, tables_for
 
 CHECKPOINT = "projector"
@@ -58,14 +58,14 @@ def apply_events(
         conn,
         tables,
         [
-            (
-                r.position,
-                r.stream_id,
-                r.version,
-                r.event_type,
-                r.schema_version,
-                to_micros(r.occurred_at),
-                r.payload,
+            Item(
+                position=r.position,
+                stream_id=r.stream_id,
+                version=r.version,
+                event_type=r.event_type,
+                schema_version=r.schema_version,
+                occurred_at=to_micros(r.occurred_at),
+                payload=r.payload,
             )
             for r in recorded
         ],
@@ -77,7 +77,7 @@ def apply_events(
 def apply_items(
     conn: Connection,
     tables: ProjectionTables,
-    items: Iterable[Item],
+    items: Iterable[ItemTuple],
     fold: Fold | None = None,
     *,
     at: int | None = None,
@@ -92,18 +92,18 @@ def apply_items(
     done = checkpoint(conn, tables) if at is None else at
     start = done
 
-    def checked() -> Iterator[Item]:
+    def checked() -> Iterator[ItemTuple]:
         nonlocal done
         known: set[tuple[str, int]] = set()
         for item in items:
-            position = item[0]
+            position, _, _, kind, schema, _, _ = item
             if position <= done:
                 continue  # already folded: applying is idempotent per position
             if position != done + 1:
                 raise RuntimeError(f"projection gap: at {done}, got position {position}")
-            if (item[3], item[4]) not in known:
-                ev.known(item[3], item[4])
-                known.add((item[3], item[4]))
+            if (kind, schema) not in known:
+                ev.known(kind, schema)
+                known.add((kind, schema))
             yield item
             done = position
 
