@@ -13,7 +13,7 @@ batch costs a handful of statements whatever its size, instead of several per ev
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from ..domain import events as ev
 from ..domain.folds import EventFold, handles, ignoring
 from ..domain.uptime import Coverage
+from .held import CONTRACT_MUTABLE, CONTRACT_READ, UPTIME_FIELDS, UPTIME_READ, Held
 from .rows import Json, Rows
 from .tables import ProjectionTables
 
@@ -71,36 +72,6 @@ def _live_queries(contracts: sa.Table) -> tuple[sa.Select, sa.Select]:
     )
 
 
-CONTRACT_MUTABLE = (
-    "token_hash",
-    "challenge",
-    "challenge_index",
-    "state",
-    "interval",
-    "started_at",
-    "due",
-    "answered",
-    "expiration",
-    "ended_at",
-    "end_reason",
-    "challenges",
-    "passed",
-    "failed",
-    "rejected",
-    "version",
-)
-CONTRACT_READ = ("contract_id", "file_hash", "heartbeat", "seed", *CONTRACT_MUTABLE)
-UPTIME_FIELDS = (
-    "first_start",
-    "closed",
-    "seg_start",
-    "seg_end",
-    "contracts",
-    "challenges",
-    "passed",
-    "failed",
-    "expired",
-)
 TOKEN_COLUMNS = ("token_hash", "address", "ip", "created_at", "deleted_at", "version")
 FILE_COLUMNS = (
     "file_hash",
@@ -157,7 +128,7 @@ class Fold(EventFold):
         self.tokens = Rows(t.tokens, "token_hash", TOKEN_COLUMNS, ("deleted_at", "version"))
         self.files = Rows(t.files, "file_hash", FILE_COLUMNS, FILE_COLUMNS[1:])
         self.contracts = Rows(t.contracts, "contract_id", CONTRACT_READ, CONTRACT_MUTABLE)
-        self.uptime = Rows(t.uptime, "token_hash", ("token_hash", *UPTIME_FIELDS), UPTIME_FIELDS)
+        self.uptime = Rows(t.uptime, "token_hash", UPTIME_READ, UPTIME_FIELDS)
         # Every contract held, by token and by file; and the tokens and files whose contracts
         # not yet ended have all been read (so the held rows answer "which are live").
         self.by_token: dict[str, set[str]] = {}
@@ -167,17 +138,13 @@ class Fold(EventFold):
         self.all_held = False
         self.conn: Connection | None = None
 
-    def hold_contracts(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Hold contract rows (in ``CONTRACT_READ`` order) read in this transaction before any
-        of its events were folded, as if this fold had read them."""
-        for row in self.contracts.add_found(rows):
+    def hold(self, held: Held) -> None:
+        """Hold the rows the read model read in this transaction before any of its events
+        were folded, as if this fold had read them."""
+        for row in self.contracts.add_found(held.contracts):
             self._index(row)
-
-    def hold_uptime(self, rows: Mapping[str, Sequence[Any] | None]) -> None:
-        """Hold uptime rows (token hash, then ``UPTIME_FIELDS``; None for a token with no row)
-        read in this transaction before any of its events were folded."""
-        self.uptime.add_found(row for row in rows.values() if row is not None)
-        for token_hash, row in rows.items():
+        self.uptime.add_found(row for row in held.uptime.values() if row is not None)
+        for token_hash, row in held.uptime.items():
             if row is None:
                 self.uptime.rows.setdefault(token_hash, None)
 

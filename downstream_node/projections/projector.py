@@ -19,6 +19,7 @@ from ..domain.records import RecordedEvent
 from ..ledger.db import create_all
 from ..ledger.store import UnitOfWork
 from .fold import Fold, Item, ItemTuple
+from .held import Held
 from .tables import ProjectionTables, tables_for
 
 CHECKPOINT = "projector"
@@ -127,20 +128,14 @@ def _move_checkpoint_from(tables: ProjectionTables) -> sa.Update:
     return _move_checkpoint(tables).where(tables.checkpoint.c.position == sa.bindparam("start"))
 
 
-# The unit of work's memo key under which the read model leaves the contract rows (in
-# ``CONTRACT_READ`` order) that a decision read under the lock: the live projector holds
-# them instead of reading them again (``queries.Reader.contracts_for_pairs``).
-CONTRACT_ROWS = "projections.contract_rows"
-# And the uptime rows of those contracts' tokens, by token hash (None: the token has none).
-UPTIME_ROWS = "projections.uptime_rows"
-
-
 class Projector:
-    """Event-store listener that keeps the live generation current."""
+    """Event-store listener that keeps the live generation current, holding the rows the
+    read model left for it in the unit of work (``held.Held``) instead of reading them."""
 
     def __call__(self, unit: UnitOfWork, recorded: Sequence[RecordedEvent]) -> None:
         tables = tables_for(unit.head.projection_generation)
         fold = Fold(tables)
-        fold.hold_contracts(unit.memo.get(CONTRACT_ROWS, ()))
-        fold.hold_uptime(unit.memo.get(UPTIME_ROWS, {}))
+        held = Held.left_in(unit.memo)
+        if held is not None:
+            fold.hold(held)
         apply_events(unit.conn, tables, recorded, at=unit.head.position, fold=fold)
