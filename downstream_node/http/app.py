@@ -103,11 +103,21 @@ def redacted_path(request: web.Request) -> str:
     return HEX_RUN.sub(lambda m: m.group(0) if m.group(0) == keep else tk.redact(m.group(0)), path)
 
 
+def accepted_request_id(incoming: str) -> str:
+    """The client's request id if it is safe to log and record, else a fresh one.
+
+    A request id is written to every log line and event of its request, so one holding a run
+    of 32 or more hex digits (a token, or a token's hash) is never taken as sent: a client
+    that puts its token there must not find it in the node's logs and ledger."""
+    if REQUEST_ID_RE.match(incoming) and not HEX_RUN.search(incoming):
+        return incoming
+    # 32 hex digits of os.urandom, as uuid4().hex but without building a UUID per request.
+    return secrets.token_hex(16)
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    # 32 hex digits of os.urandom, as uuid4().hex but without building a UUID per request.
-    request_id = incoming if REQUEST_ID_RE.match(incoming) else secrets.token_hex(16)
+    request_id = accepted_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
     request[REQUEST_ID] = request_id
     trusted = request.app[TRUSTED_PROXIES]
     request[REMOTE] = (

@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, head, new_node, prove, real_server, stock
 from reliability_support import check_ledger, event_rows_text, kill, start_serve
+from structlog.testing import capture_logs
 
 from downstream_node import logs as library_logs
 from downstream_node.domain import tokens as tk
@@ -376,6 +377,39 @@ def test_the_access_log_path_never_holds_a_token() -> None:
         Fake(f"/api/downstream/answer/{token}/{file_hash}", token=token, file_hash=file_hash)
     )  # type: ignore[arg-type]
     assert shown.endswith(file_hash)
+
+
+async def test_a_token_sent_as_request_id_is_neither_logged_nor_recorded(
+    api: tuple[TestClient, Node], db_url: str
+) -> None:
+    """A farmer that puts its token (or its token's hash) in ``X-Request-Id`` gets a fresh
+    request id: the token is in no log line and no event row; a plain request id is kept."""
+    client, node = api
+    token, _ = await node.create_token(ADDRESS)
+    sent = {
+        "token": token,
+        "token in a longer id": f"req-{token}-1",
+        "token hash": tk.token_hash(token),
+    }
+    with capture_logs() as logs:
+        for what, request_id in sent.items():
+            async with client.get(
+                f"{API}/chunk/{token}", headers={"X-Request-Id": request_id}
+            ) as response:
+                assert response.status == 200, what
+                echoed = response.headers["X-Request-Id"]
+                assert request_id not in echoed and token not in echoed, what
+        async with client.get(
+            f"{API}/due/{token}", headers={"X-Request-Id": "farmer-7.retry-2"}
+        ) as response:
+            assert response.headers["X-Request-Id"] == "farmer-7.retry-2"
+    logged_ids = {entry.get("request_id") for entry in logs}
+    assert "farmer-7.retry-2" in logged_ids
+    recorded = event_rows_text(db_url)
+    for what, request_id in sent.items():
+        assert request_id not in logged_ids, what
+        assert f'"request_id":"{request_id}"' not in recorded, what
+    assert token not in recorded and token not in json.dumps(logs)
 
 
 async def test_an_unhandled_error_logs_no_token(
