@@ -406,6 +406,14 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
     help="A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the "
     "farmer, for the per-IP limits and the events. Default: none; the peer's address counts.",
 )
+@click.option(
+    "--ipv6-prefix",
+    type=click.IntRange(32, 128),
+    default=64,
+    show_default=True,
+    help="Per-IP limits count an IPv6 farmer by its network of this prefix length (one "
+    "subscriber commonly holds a whole /64); 128 counts each address alone.",
+)
 @click.pass_obj
 def serve(
     obj: Obj,
@@ -420,6 +428,7 @@ def serve(
     demo_redundancy: int | None,
     stop_timeout: float,
     trusted_proxies: tuple[str, ...],
+    ipv6_prefix: int,
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
@@ -451,7 +460,13 @@ def serve(
         stock = DemoStock(demo_chunks, demo_size, demo_interval, demo_redundancy)
         runner.run(
             serve_api(
-                dataclasses.replace(obj.settings, trusted_proxies=trusted_proxies),
+                dataclasses.replace(
+                    obj.settings,
+                    trusted_proxies=trusted_proxies,
+                    token_policy=dataclasses.replace(
+                        obj.settings.token_policy, ipv6_prefix=ipv6_prefix
+                    ),
+                ),
                 host=host,
                 port=port,
                 demo=demo,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -87,6 +88,34 @@ class TokenPolicy:
     require_whitelist: bool = True
     min_balance: Decimal = Decimal(10000)
     max_tokens_per_ip: int = 5
+    # Per-IP limits count an IPv6 address by its network of this prefix length: one
+    # subscriber is commonly given a whole /64 and can use any address in it.
+    ipv6_prefix: int = 64
+
+
+def plain_address(address: str) -> str:
+    """An IPv4 address written IPv4-mapped (``::ffff:10.1.1.1``) as plain IPv4; any other
+    text as it is: a dual-stack listener sees IPv4 farmers in the mapped form."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return address
+
+
+def ip_group(address: str, ipv6_prefix: int = 64) -> str:
+    """What a per-IP limit counts ``address`` under: an IPv4 address itself (also when
+    IPv4-mapped), an IPv6 address its ``/ipv6_prefix`` network (``2001:db8:1:2::/64``), and
+    anything that is no address as it is."""
+    try:
+        parsed = ipaddress.ip_address(plain_address(address))
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv4Address) or ipv6_prefix >= 128:
+        return str(parsed)
+    return str(ipaddress.ip_network(f"{parsed}/{ipv6_prefix}", strict=False))
 
 
 def decide_create_token(

@@ -120,11 +120,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = accepted_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
     request[REQUEST_ID] = request_id
     trusted = request.app[TRUSTED_PROXIES]
-    request[REMOTE] = (
-        client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
-        if trusted
-        else request.remote
-    ) or ""
+    request[REMOTE] = tk.plain_address(
+        (
+            client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+            if trusted
+            else request.remote
+        )
+        or ""
+    )
     started = time.perf_counter()
     status = CLIENT_GONE  # unless an answer comes
     try:

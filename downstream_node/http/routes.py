@@ -191,7 +191,10 @@ def _token_param(request: web.Request) -> str:
 
 
 async def new_token(request: web.Request) -> web.Response:
-    request.app[NEW_LIMITER].check(f"ip:{request[REMOTE]}", "IP address")
+    policy = request.app[NODE].settings.token_policy
+    request.app[NEW_LIMITER].check(
+        f"ip:{tk.ip_group(request[REMOTE], policy.ipv6_prefix)}", "IP address"
+    )
     address = check_address(request.match_info["sjcx_address"])
     token, heartbeat = await request.app[NODE].create_token(address, context(request))
     return reply(sc.new_token_schema, {"token": token, "heartbeat": heartbeat})

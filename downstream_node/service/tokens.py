@@ -59,7 +59,9 @@ class TokenCommands:
         """
         rt = self.rt
         scheme = rt.proofs()
-        ip = ctx.remote if ctx.actor == "farmer" else None
+        policy = rt.settings.token_policy
+        # Counted, and recorded, under its group: an IPv6 farmer's /64, say.
+        ip = tk.ip_group(ctx.remote, policy.ipv6_prefix) if ctx.actor == "farmer" else None
         ip_stream = ev.ip_stream(ip) if ip else None
 
         def state(r: Reader) -> tuple[int, Any, int]:
@@ -77,7 +79,7 @@ class TokenCommands:
                 ip=ip,
                 balance=balance,
                 tokens_for_ip=per_ip,
-                policy=rt.settings.token_policy,
+                policy=policy,
             )
             stream = ip_stream or ev.token_stream(tk.token_hash(token))
             # Another token created from this IP meanwhile conflicts: count again.

@@ -302,6 +302,44 @@ async def test_per_ip_limits_behind_a_trusted_proxy(
         assert {e.stream_id for e in created} == {"ip-127.0.0.1"}
 
 
+async def test_per_ip_limits_count_an_ipv6_64_and_an_ipv4_mapped_address_as_one(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """Six addresses of one IPv6 /64 share one limit, as do ``::ffff:10.1.1.1`` and
+    ``10.1.1.1``; another /64 has its own. Events record the group, not one address of it."""
+    policy = replace(TokenPolicy(), max_tokens_per_ip=5)
+    node, _ = new_node(db_url, tmp_path, token_policy=policy, trusted_proxies=("127.0.0.1",))
+    client = await aiohttp_client(create_app(node))
+    await stock(node, files=1)
+
+    async def new(farmer: str) -> int:
+        headers = {"X-Forwarded-For": farmer}
+        async with client.get(f"{API}/new/{ADDRESS}", headers=headers) as response:
+            return response.status
+
+    one_64 = [f"2001:db8:1:2::{i:x}" for i in range(1, 7)] + ["2001:db8:1:2:ffff::1"]
+    assert [await new(a) for a in one_64] == [200] * 5 + [429] * 2
+    assert await new("2001:db8:1:3::1") == 200  # the next /64
+    mapped = ["::ffff:10.1.1.1", "10.1.1.1"] * 3
+    assert [await new(a) for a in mapped] == [200] * 5 + [429]
+    await client.close()
+    created = [e for e in check_ledger(db_url).events if e.event_type == "TokenCreated"]
+    assert sorted({e.stream_id for e in created}) == [
+        "ip-10.1.1.1",
+        "ip-2001:db8:1:2::/64",
+        "ip-2001:db8:1:3::/64",
+    ]
+
+
+def test_address_groups_follow_the_configured_prefix() -> None:
+    assert tk.ip_group("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert tk.ip_group("2001:db8:1:2:3:4:5:6", 48) == "2001:db8:1::/48"
+    assert tk.ip_group("2001:db8:1:2:3:4:5:6", 128) == "2001:db8:1:2:3:4:5:6"
+    assert tk.ip_group("::ffff:192.0.2.9") == "192.0.2.9"
+    assert tk.ip_group("192.0.2.9") == "192.0.2.9"
+    assert tk.ip_group("not an address") == "not an address"
+
+
 def test_the_forwarded_address_is_read_from_the_nearest_untrusted_hop() -> None:
     trusted = parse_trusted(["10.0.0.0/8", "::1"])
     assert client_address("203.0.113.5", ["1.2.3.4"], trusted) == "203.0.113.5"  # not a proxy
