@@ -23,6 +23,7 @@ import structlog
 
 from .audit.cli import audit as audit_commands
 from .config import Settings
+from .domain import tokens as tk
 from .domain.clock import SystemClock
 from .domain.errors import Refused
 from .ledger.db import NoLedger, default_url, existing_ledger
@@ -134,43 +135,75 @@ def whitelist() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_obj
 def whitelist_import(obj: Obj, file: Path) -> None:
-    """Import FILE: CSV lines ``address,balance`` or JSON (a list or an object)."""
+    """Import FILE: CSV lines ``address,balance`` or JSON (a list or an object).
+
+    All or nothing: a line without a balance, with more columns, or with a balance that is
+    not a non-negative decimal of at most 40 characters refuses the whole file, naming the
+    line. Addresses already whitelisted with the same balance record nothing."""
     try:
         entries = read_whitelist(file)
     except (ValueError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"cannot read {file}: {exc}") from None
+    except Refused as refused:
+        click.echo(f"error: {refused.status}: {file}: {refused.message}", err=True)
+        sys.exit(1)
     count = run_node(obj, lambda node: node.whitelist(entries))
-    click.echo(f"whitelisted {count} addresses")
+    unchanged = len({address for address, _ in entries}) - count
+    click.echo(f"whitelisted {count} addresses ({unchanged} unchanged)")
 
 
 def read_whitelist(file: Path) -> list[tuple[str, str]]:
-    """(address, balance) pairs; ``ValueError`` saying what is wrong with the file."""
-    text = file.read_text()
+    """(address, balance) pairs; ``ValueError`` saying what is wrong with the file's shape,
+    ``Refused("invalid_balance")`` naming the line of a balance that cannot be recorded."""
+    text = file.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is no text
     if file.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
-        try:
-            data: Any = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"not valid JSON: {exc}") from None
-        if isinstance(data, dict):
-            return [(str(a), str(b)) for a, b in data.items()]
-        if not isinstance(data, list):
-            raise ValueError("JSON must be a list of entries or an object of address: balance")
-        out = []
-        for n, item in enumerate(data, 1):
-            if isinstance(item, dict) and "address" in item:
-                out.append((str(item["address"]), str(item.get("balance", 0))))
-            elif isinstance(item, list) and len(item) == 2:
-                out.append((str(item[0]), str(item[1])))
-            else:
-                raise ValueError(
-                    f"entry {n} is neither {{'address': ..., 'balance': ...}} nor "
-                    f"[address, balance]: {json.dumps(item)[:80]}"
-                )
-        return out
-    rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
-    if rows and rows[0][0].strip().lower() == "address":
-        rows = rows[1:]
-    return [(r[0].strip(), (r[1].strip() if len(r) > 1 else "0")) for r in rows]
+        entries = _json_whitelist(text)
+    else:
+        entries = _csv_whitelist(text)
+    for where, _, balance in entries:
+        problem = tk.balance_problem(balance)
+        if problem is not None:
+            raise Refused("invalid_balance", f"{where}: balance {balance!r} is {problem}")
+    return [(address, balance) for _, address, balance in entries]
+
+
+def _json_whitelist(text: str) -> list[tuple[str, str, str]]:
+    try:
+        data: Any = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if isinstance(data, dict):
+        return [(f"entry {a!r}", str(a), str(b)) for a, b in data.items()]
+    if not isinstance(data, list):
+        raise ValueError("JSON must be a list of entries or an object of address: balance")
+    out = []
+    for n, item in enumerate(data, 1):
+        if isinstance(item, dict) and set(item) == {"address", "balance"}:
+            out.append((f"entry {n}", str(item["address"]), str(item["balance"])))
+        elif isinstance(item, list) and len(item) == 2:
+            out.append((f"entry {n}", str(item[0]), str(item[1])))
+        else:
+            raise ValueError(
+                f"entry {n} is neither {{'address': ..., 'balance': ...}} nor "
+                f"[address, balance]: {json.dumps(item)[:80]}"
+            )
+    return out
+
+
+def _csv_whitelist(text: str) -> list[tuple[str, str, str]]:
+    out = []
+    for n, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        cells = [cell.strip() for cell in row]
+        if not out and [c.lower() for c in cells] == ["address", "balance"]:
+            continue  # the header
+        if len(cells) == 1 or not cells[1]:
+            raise ValueError(f"line {n}: no balance after the address (address,balance)")
+        if len(cells) > 2:
+            raise ValueError(f"line {n}: {len(cells)} columns; expected address,balance")
+        out.append((f"line {n}", cells[0], cells[1]))
+    return out
 
 
 # -- tokens -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from . import events as ev
 from .errors import Refused
@@ -91,6 +91,23 @@ class TokenPolicy:
     # Per-IP limits count an IPv6 address by its network of this prefix length: one
     # subscriber is commonly given a whole /64 and can use any address in it.
     ipv6_prefix: int = 64
+
+
+BALANCE_CHARS = 40  # the whitelist projection's column holds balances as text this long
+
+
+def balance_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a crowdsale balance (a non-negative decimal number that fits
+    the whitelist's column), or None when it can."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return "not a decimal number"
+    if not value.is_finite() or value < 0:
+        return "not a non-negative decimal number"
+    if len(text) > BALANCE_CHARS:
+        return f"longer than {BALANCE_CHARS} characters"
+    return None
 
 
 def plain_address(address: str) -> str:

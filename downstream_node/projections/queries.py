@@ -101,6 +101,15 @@ class Reader:
         except InvalidOperation:
             return None
 
+    def balances(self, addresses: Collection[str]) -> dict[str, str]:
+        """The recorded balance text of each of ``addresses`` that is whitelisted."""
+        c = self.t.whitelist.c
+        found: dict[str, str] = {}
+        for chunk in in_lists(addresses):
+            query = sa.select(c.address, c.balance).where(c.address.in_(chunk))
+            found.update((row.address, row.balance) for row in self.conn.execute(query))
+        return found
+
     def stream_version(self, stream_id: str) -> int:
         """A ledger stream's version, read in this reader's transaction."""
         return stream_versions(self.conn, [stream_id])[stream_id]

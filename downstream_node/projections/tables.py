@@ -12,6 +12,7 @@ from functools import cache
 
 import sqlalchemy as sa
 
+from ..domain.tokens import BALANCE_CHARS
 from ..ledger.schema import MYSQL_TABLE_ARGS
 
 NAMES = ("checkpoint", "whitelist", "tokens", "files", "contracts", "uptime")
@@ -47,7 +48,7 @@ def tables_for(generation: int) -> ProjectionTables:
         p + "whitelist",
         md,
         sa.Column("address", sa.String(64), primary_key=True),
-        sa.Column("balance", sa.String(40), nullable=False),
+        sa.Column("balance", sa.String(BALANCE_CHARS), nullable=False),
         **MYSQL_TABLE_ARGS,
     )
     tokens = sa.Table(

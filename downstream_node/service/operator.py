@@ -32,18 +32,36 @@ class OperatorCommands:
         self.rt = rt
 
     async def whitelist(self, entries: Sequence[tuple[str, str]], ctx: Context = OPERATOR) -> int:
-        """Record (address, balance) pairs; invalid addresses are refused before any write."""
+        """Record (address, balance) pairs; returns how many changed.
+
+        All or nothing: an invalid address or balance, or one address given two different
+        balances, is refused before anything is written. An address already whitelisted
+        with the same balance records nothing, so importing a file again is harmless."""
         bad = [a for a, _ in entries if not tk.is_valid_address(a)]
         if bad:
             raise Refused("invalid_address", f"not Base58Check addresses: {', '.join(bad[:5])}")
         # A balance the read model cannot parse would whitelist the address with none.
-        unreadable = [f"{a}: {b!r}" for a, b in entries if not _is_balance(str(b))]
+        unreadable = [
+            f"{a}: {b!r} ({problem})"
+            for a, b in entries
+            if (problem := tk.balance_problem(str(b))) is not None
+        ]
         if unreadable:
             raise Refused(
                 "invalid_balance",
                 f"balances must be non-negative decimal numbers: {', '.join(unreadable[:5])}",
             )
-        events = [ev.AddressWhitelisted(address=a, balance=str(b)) for a, b in entries]
+        wanted: dict[str, str] = {}
+        for address, balance in entries:
+            if address in wanted and Decimal(wanted[address]) != Decimal(str(balance)):
+                raise Refused("invalid_balance", f"{address} is given two different balances")
+            wanted[address] = str(balance)
+        recorded = await self.rt.read(lambda r: r.balances(list(wanted)))
+        events = [
+            ev.AddressWhitelisted(address=a, balance=b)
+            for a, b in wanted.items()
+            if a not in recorded or _differ(recorded[a], b)
+        ]
         for start in range(0, len(events), WHITELIST_BATCH):
             batch = events[start : start + WHITELIST_BATCH]
             await self.rt.append(ev.WHITELIST_STREAM, None, batch, ctx)
@@ -143,9 +161,8 @@ def _sha256_stream(handle: Any) -> str:
     return digest.hexdigest()
 
 
-def _is_balance(text: str) -> bool:
+def _differ(recorded: str, balance: str) -> bool:
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return False
-    return value.is_finite() and value >= 0
+        return Decimal(recorded) != Decimal(balance)
+    except InvalidOperation:  # a recorded balance no one can read: replace it
+        return True

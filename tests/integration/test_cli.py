@@ -111,6 +111,46 @@ def test_a_whitelist_file_it_cannot_read_is_refused_whole(db_url: str, tmp_path:
     assert after == before  # not even the good lines of a refused file
 
 
+def test_whitelist_import_is_idempotent_and_refuses_what_it_cannot_record(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Importing the same file again records nothing; a line without a balance, with extra
+    columns, or with a balance too long for the whitelist is refused whole, naming the line;
+    a spreadsheet's UTF-8 byte-order mark before the header is read as nothing."""
+    cli(db_url, tmp_path, "initdb")
+    third = make_address(b"\x24" * 20)
+    good = tmp_path / "whitelist.csv"
+    good.write_bytes(f"\ufeffaddress,balance\n{ADDRESS},50000\n{POOR},5\n".encode())
+    assert "whitelisted 2 addresses" in cli(db_url, tmp_path, "whitelist", "import", str(good))
+    position = json.loads(cli(db_url, tmp_path, "ledger", "verify"))["last_position"]
+    again = cli(db_url, tmp_path, "whitelist", "import", str(good))
+    assert "whitelisted 0 addresses (2 unchanged)" in again
+    assert json.loads(cli(db_url, tmp_path, "ledger", "verify"))["last_position"] == position
+    changed = tmp_path / "changed.csv"
+    changed.write_text(f"{ADDRESS},50000.0\n{POOR},7\n{third},20000\n")
+    assert "whitelisted 2 addresses (1 unchanged)" in cli(
+        db_url, tmp_path, "whitelist", "import", str(changed)
+    )
+    position = json.loads(cli(db_url, tmp_path, "ledger", "verify"))["last_position"]
+    refused = {
+        "no-balance.csv": (f"{POOR},8\n{ADDRESS}\n", "line 2: no balance"),
+        "empty-balance.csv": (f"{ADDRESS},\n", "line 1: no balance"),
+        "columns.csv": (f"{POOR},8\n{ADDRESS},50000,extra\n", "line 2: 3 columns"),
+        "long.csv": (f"{POOR},8\n\n{ADDRESS},{'9' * 50}\n", "line 3: balance"),
+        "long.json": (json.dumps({ADDRESS: "1" * 41}), "longer than 40 characters"),
+        "twice.csv": (f"{POOR},8\n{POOR},9\n", "two different balances"),
+    }
+    for name, (text, says) in refused.items():
+        path = tmp_path / name
+        path.write_text(text)
+        output = cli(db_url, tmp_path, "whitelist", "import", str(path), code=1)
+        assert says in output and "Traceback" not in output, (name, output)
+    # Nothing of a refused file was written: POOR keeps 7, ADDRESS stays whitelisted.
+    assert json.loads(cli(db_url, tmp_path, "ledger", "verify"))["last_position"] == position
+    token = cli(db_url, tmp_path, "token", "create", ADDRESS).strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", token)
+
+
 def test_reading_commands_refuse_a_database_without_a_ledger(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.db"
     for command in (["ledger", "verify"], ["audit", "uptime"]):
