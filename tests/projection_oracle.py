@@ -199,6 +199,7 @@ def _chunk_encoded(
             passed=0,
             failed=0,
             rejected=0,
+            challenge_failures=0,
             version=0,
         )
     )
@@ -224,6 +225,7 @@ def _contract_assigned(
             answered=False,
             expiration=e.due,
             challenges=1,
+            challenge_failures=0,
         )
     )
     _file_version(conn, t, e.file_hash, item)
@@ -246,6 +248,7 @@ def _challenge_issued(
             answered=False,
             expiration=e.due,
             challenges=c.challenges + 1,
+            challenge_failures=0,
             version=item.version,
         )
     )
@@ -280,7 +283,11 @@ def _answer_failed(
     conn.execute(
         t.contracts.update()
         .where(c.contract_id == e.contract_id)
-        .values(failed=c.failed + 1, version=item.version)
+        .values(
+            failed=c.failed + 1,
+            challenge_failures=c.challenge_failures + 1,
+            version=item.version,
+        )
     )
     _uptime(conn, t, _token_of(conn, t, e.contract_id), None, failed=1)
 

@@ -15,6 +15,7 @@ from .errors import Refused
 from .uptime import expiration as expiration_for
 
 MICROS = 1_000_000
+MAX_FAILURES = 8  # wrong answers recorded per challenge; later ones are refused unrecorded
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ContractView:
     expiration: int
     version: int
     size: int = 0
+    failures: int = 0  # wrong answers recorded for the open challenge
 
     def online(self, now: int) -> bool:
         return self.expiration > now
@@ -124,6 +126,13 @@ def decide_answer(
                 expiration=expiration_for(contract.due, contract.interval, True),
             )
         ]
+    if contract.failures >= MAX_FAILURES:
+        # Each wrong answer is an event for ever: a farmer may not grow the ledger without
+        # bound by sending distinct wrong proofs for one challenge. A right one still passes.
+        raise Refused(
+            "too_many_failures",
+            f"{MAX_FAILURES} wrong answers were recorded for this challenge; answer the next one",
+        )
     return [
         ev.AnswerFailed(
             contract_id=contract.contract_id, challenge_index=contract.challenge_index, proof=proof

@@ -207,6 +207,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     "no_hash",
                     "already_answered",
                     "expired",
+                    "too_many_failures",
                     "too_large",
                     "busy",
                     *limited,

@@ -42,6 +42,10 @@ STATUS_WORDS: dict[str, tuple[int, str]] = {
     ),
     "too_large": (413, "The request body is larger than the node accepts."),
     "too_many_tokens": (429, "This IP address already holds the maximum number of tokens."),
+    "too_many_failures": (
+        429,
+        "Eight wrong answers were recorded for this challenge; answer the next one.",
+    ),
     "too_many_requests": (
         429,
         "More requests this minute than the node allows (per token; for /new, per IP "

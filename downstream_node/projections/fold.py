@@ -348,6 +348,7 @@ class Fold(EventFold):
             "passed": 0,
             "failed": 0,
             "rejected": 0,
+            "challenge_failures": 0,
             "version": 0,
         }
         self.contracts.insert(cid, row)
@@ -370,6 +371,7 @@ class Fold(EventFold):
                 answered=False,
                 expiration=due,
                 challenges=1,
+                challenge_failures=0,
             )
             self.contracts.touch(cid)
             self._index(row)
@@ -390,6 +392,7 @@ class Fold(EventFold):
             answered=False,
             expiration=p["due"],
             challenges=row["challenges"] + 1,
+            challenge_failures=0,
             version=version,
         )
         self.contracts.touch(cid)
@@ -415,6 +418,7 @@ class Fold(EventFold):
         if row is None:
             raise _required()
         row["failed"] += 1
+        row["challenge_failures"] += 1
         row["version"] = version
         self.contracts.touch(cid)
         self._uptime(row["token_hash"], None, failed=1)

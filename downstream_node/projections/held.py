@@ -25,6 +25,7 @@ CONTRACT_MUTABLE = (
     "passed",
     "failed",
     "rejected",
+    "challenge_failures",
     "version",
 )
 # A held contract row: every column of the contracts table, in this order.

@@ -352,6 +352,7 @@ VIEW_COLUMNS = (
     "answered",
     "expiration",
     "version",
+    "challenge_failures",
 )
 
 
@@ -426,11 +427,11 @@ def _view(r: Any) -> ContractView:
     answers reads 35 columns of each of hundreds of rows."""
     (
         cid, token, file, hb, seed, state, challenge, index, interval, started, due, answered,
-        expiration, version, size,
+        expiration, version, failures, size,
     ) = r[:_VIEW_WIDTH]  # fmt: skip
     return ContractView(
         cid, token, file, hb, seed, None, json.loads(state), json.loads(challenge), index,
-        interval, started, due, bool(answered), expiration, version, size,
+        interval, started, due, bool(answered), expiration, version, size, failures,
     )  # fmt: skip
 
 

@@ -98,6 +98,8 @@ def tables_for(generation: int) -> ProjectionTables:
         sa.Column("passed", sa.Integer, nullable=False),
         sa.Column("failed", sa.Integer, nullable=False),
         sa.Column("rejected", sa.Integer, nullable=False),
+        # Wrong answers recorded for the open challenge (the cap on them: domain/contracts.py).
+        sa.Column("challenge_failures", sa.Integer, nullable=False, server_default="0"),
         sa.Column("version", sa.Integer, nullable=False),
         # A token's contracts, and the contract of a (token, file) pair that each answer
         # looks up: both databases go straight to the pairs of a batch of answers.

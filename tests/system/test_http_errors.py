@@ -4,6 +4,7 @@ malformed requests append nothing to the ledger."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import io
 import json
@@ -205,6 +206,38 @@ async def test_answer_words_already_answered_and_expired(api: Api) -> None:
     assert head(api.node) > before
     status, body = await api.post(late, json={"proof": prove(heartbeat, other)})
     assert_error(status, body, "no_hash", 404)
+
+
+async def test_a_challenge_records_at_most_eight_wrong_answers(api: Api) -> None:
+    """300 distinct wrong proofs for one challenge add 8 events; the others are refused
+    ``too_many_failures`` (429) unrecorded; a recorded one sent again keeps its verdict, the
+    right proof still passes, and the next challenge may fail 8 times afresh."""
+    token, heartbeat = await api.token()
+    _, contract = await api.get(f"{API}/chunk/{token}")
+    url = f"{API}/answer/{token}/{contract['file_hash']}"
+    proof = prove(heartbeat, contract)
+
+    def wrong(n: int) -> dict:
+        blob = bytearray(base64.b64decode(proof["leaf"]["blob"]))
+        blob[n % len(blob)] ^= 1 + n // len(blob)  # distinct for n < 255 x the blob's length
+        return {**proof, "leaf": {**proof["leaf"], "blob": base64.b64encode(blob).decode()}}
+
+    before = head(api.node)
+    replies = [await api.post(url, json={"proof": wrong(n)}) for n in range(300)]
+    assert replies[:8] == [(200, {"status": "fail"})] * 8
+    for status, body in replies[8:]:
+        assert_error(status, body, "too_many_failures", 429)
+    assert head(api.node) == before + 8
+    assert await api.post(url, json={"proof": wrong(3)}) == (200, {"status": "fail"})
+    assert await api.post(url, json={"proof": proof}) == (200, {"status": "pass"})
+    assert head(api.node) == before + 9
+
+    api.clock.advance(INTERVAL)
+    status, due = await api.get(f"{API}/due/{token}")  # issues the next challenge
+    challenge = next(c for c in due["due_contracts"] if c["hash"] == contract["file_hash"])
+    proof = prove(heartbeat, contract, challenge["challenge"])
+    replies = [await api.post(url, json={"proof": wrong(n)}) for n in range(9)]
+    assert [s for s, _ in replies] == [200] * 8 + [429]
 
 
 async def test_bad_proof_format(api: Api) -> None:
