@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .domain.contracts import HandBackPolicy
 from .domain.tokens import TokenPolicy
 from .ledger.db import default_url, is_sqlite, sqlite_file
 
@@ -37,6 +38,9 @@ class Settings:
     # A chunk a farmer handed back (/remove) is not offered to it again for this long, so one
     # it cannot store (an operator's real file) does not come back first on every /chunk.
     handed_back_seconds: int = 86_400
+    # Hand-backs (/remove) per hour, per token and per crowdsale address across its tokens:
+    # each /chunk then /remove cycle writes a new encoding into the ledger for ever.
+    hand_backs: HandBackPolicy = field(default_factory=HandBackPolicy)
     # Reverse proxies (addresses or networks) whose X-Forwarded-For names the farmer.
     trusted_proxies: tuple[str, ...] = ()
 

@@ -7,6 +7,7 @@ an answer before expiration is verified once; a late answer is refused as expire
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,9 +141,43 @@ def decide_answer(
     ]
 
 
-def decide_remove(contract: ContractView | None) -> list[ev.DomainEvent]:
+@dataclass(frozen=True)
+class HandBackPolicy:
+    """How many contracts a token, and an address across its tokens, may hand back per
+    ``window`` seconds."""
+
+    per_token: int = 10
+    per_address: int = 30
+    window: int = 3600
+
+
+def decide_remove(
+    contract: ContractView | None,
+    *,
+    now: int = 0,
+    token_hand_backs: Sequence[int] = (),
+    address_hand_backs: Sequence[int] = (),
+    policy: HandBackPolicy | None = None,
+) -> list[ev.DomainEvent]:
+    """Hand the contract back, unless the token or its address handed back their quota
+    within the policy's window (``*_hand_backs``: when each ended, UTC microseconds)."""
     if contract is None:
         raise Refused("no_hash", "this token holds no contract for that file hash")
+    if policy is not None:
+        since = now - policy.window * MICROS
+        for recent, limit, per in (
+            (token_hand_backs, policy.per_token, "token"),
+            (address_hand_backs, policy.per_address, "address"),
+        ):
+            inside = sorted(t for t in recent if t > since)
+            if len(inside) >= limit:
+                # Free again once the oldest hand-back counted leaves the window.
+                wait = (inside[-limit] - since) // MICROS + 1
+                raise Refused(
+                    "too_many_requests",
+                    f"at most {limit} hand-backs per {policy.window} s per {per}; retry later",
+                    retry_after=int(wait),
+                )
     return [ev.ContractEnded(contract_id=contract.contract_id, reason="removed")]
 
 

@@ -13,12 +13,14 @@ class DownstreamError(Exception):
 
 
 class Refused(DownstreamError):
-    """A command was refused; nothing was written."""
+    """A command was refused; nothing was written. ``retry_after``: seconds after which the
+    same request may succeed, when the refusal is a limit that time lifts."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"Refused({self.status!r}, {self.message!r})"

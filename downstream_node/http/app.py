@@ -45,7 +45,6 @@ from .routes import (
     REMOTE,
     REQUEST_ID,
     ClientGone,
-    RateLimited,
     RateLimiter,
     UnreadableBody,
     add_routes,
@@ -174,13 +173,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ClientGone:
         # Nobody reads this reply; its code is what the access log and the metrics record.
         return web.Response(status=CLIENT_GONE)
-    except RateLimited as refused:
-        response = error_response(refused.status, refused.message)
-        response.headers["Retry-After"] = str(refused.retry_after)
-        return response
     except Refused as refused:
         response = error_response(refused.status, refused.message)
-        if refused.status == "busy":
+        if refused.retry_after is not None:  # a limit that time lifts (RateLimited, say)
+            response.headers["Retry-After"] = str(refused.retry_after)
+        elif refused.status == "busy":
             response.headers["Retry-After"] = "1"
         elif refused.status == "too_many_tokens":
             response.headers["Retry-After"] = TOKENS_RETRY_AFTER

@@ -51,8 +51,7 @@ class RateLimited(Refused):
     """``too_many_requests``, with the seconds until the window turns."""
 
     def __init__(self, retry_after: int, message: str) -> None:
-        super().__init__("too_many_requests", message)
-        self.retry_after = retry_after
+        super().__init__("too_many_requests", message, retry_after=retry_after)
 
 
 class RateLimiter:

@@ -171,6 +171,18 @@ class Reader:
         rows = self.conn.execute(query).all()
         return [self._file_view(r, int(r.live)) for r in rows]
 
+    def hand_backs(self, token_hash: str, address: str, since: int) -> tuple[list[int], list[int]]:
+        """When contracts were handed back (``/remove``) after ``since``: by this token, and
+        by every token of ``address``."""
+        c, tk = self.t.contracts.c, self.t.tokens.c
+        rows = self.conn.execute(
+            sa.select(c.token_hash, c.ended_at)
+            .select_from(self.t.contracts.join(self.t.tokens, tk.token_hash == c.token_hash))
+            .where(tk.address == address, c.end_reason == "removed", c.ended_at > since)
+        ).all()
+        by_token = [int(r.ended_at) for r in rows if r.token_hash == token_hash]
+        return by_token, [int(r.ended_at) for r in rows]
+
     def _live_count(self, file_hash: str, now: int) -> int:
         c = self.t.contracts.c
         return int(

@@ -205,11 +205,27 @@ class ContractCommands:
         rt = self.rt
         owner = await tokens.live(rt, token)
 
-        async def attempt() -> None:
-            contract = await rt.read(
-                lambda r, held_by=owner.token_hash: r.contract_for(held_by, file_hash)
+        policy = rt.settings.hand_backs
+
+        def state(
+            r: Reader, now: int
+        ) -> tuple[cn.ContractView | None, tuple[list[int], list[int]]]:
+            since = now - policy.window * 1_000_000
+            return (
+                r.contract_for(owner.token_hash, file_hash),
+                r.hand_backs(owner.token_hash, owner.address, since),
             )
-            events = cn.decide_remove(contract)
+
+        async def attempt() -> None:
+            now = rt.now()
+            contract, (by_token, by_address) = await rt.read(lambda r: state(r, now))
+            events = cn.decide_remove(
+                contract,
+                now=now,
+                token_hand_backs=by_token,
+                address_hand_backs=by_address,
+                policy=policy,
+            )
             assert contract is not None
             await rt.append(
                 ev.contract_stream(contract.contract_id),

@@ -17,6 +17,7 @@ from http_support import ADDRESS, CHUNK, INTERVAL, head, new_node, prove, stock
 from structlog.testing import capture_logs
 
 from downstream_node.domain.clock import parse_time
+from downstream_node.domain.contracts import HandBackPolicy
 from downstream_node.http import schemas as sc
 from downstream_node.http.app import create_app
 from downstream_node.http.openapi import build_spec, render_html
@@ -133,6 +134,42 @@ async def test_a_handed_back_chunk_is_not_offered_again_at_once(
     clock.advance(601)
     _, got = await get_json(client, f"{API}/chunk/{token}")
     assert got["file_hash"] == first
+
+
+async def test_hand_backs_are_limited_per_token_and_per_address(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """A /chunk then /remove loop writes a new encoding into the ledger each time: a token
+    may hand back 3 contracts per hour here, an address 4 across its tokens; past that the
+    farmer gets 429 ``too_many_requests`` with the seconds until one leaves the hour, keeps
+    its contract, and nothing is written."""
+    limits = HandBackPolicy(per_token=3, per_address=4, window=3600)
+    node, clock = new_node(db_url, tmp_path, hand_backs=limits, handed_back_seconds=0)
+    client = await aiohttp_client(create_app(node))
+    await stock(node, files=6, redundancy=2)
+    first, second = [(await get_json(client, f"{API}/new/{ADDRESS}"))[1]["token"] for _ in range(2)]
+
+    async def cycle(token: str) -> tuple[int, Any, str | None]:
+        _, contract = await get_json(client, f"{API}/chunk/{token}")
+        async with client.get(f"{API}/remove/{token}/{contract['file_hash']}") as response:
+            return response.status, await response.json(), response.headers.get("Retry-After")
+
+    for _ in range(3):
+        assert (await cycle(first))[0] == 200
+        clock.advance(60)
+    before = head(node)
+    status, body, retry = await cycle(first)
+    assert (status, body["status"]) == (429, "too_many_requests")
+    assert retry == str(3600 - 180 + 1)  # the first hand-back leaves the hour then
+    assert [e.event_type for e in node.store.read_all(after=before)] == [
+        "ChunkEncoded",
+        "ContractAssigned",
+    ]  # the chunk taken, nothing handed back
+    assert (await cycle(second))[0] == 200  # the address's fourth
+    status, body, _ = await cycle(second)
+    assert (status, body["status"]) == (429, "too_many_requests")
+    clock.advance(3600 - 180 + 1)
+    assert (await cycle(second))[0] == 200
 
 
 async def test_request_ids_and_the_access_log(served: tuple[TestClient, Node]) -> None:
