@@ -7,6 +7,7 @@ an answer before expiration is verified once; a late answer is refused as expire
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,18 @@ class FileView:
     path: str | None
     version: int
     live_contracts: int = 0
+
+
+def spread(candidates: Sequence[FileView], token_hash: str) -> list[FileView]:
+    """The files a token is offered, least held first; among files held equally often, in an
+    order of the token's own, so that many farmers asking at once go for different files
+    instead of all racing for the first and all but one conflicting."""
+
+    def key(file: FileView) -> tuple[int, bytes]:
+        mixed = hashlib.blake2b(f"{token_hash}:{file.file_hash}".encode(), digest_size=8)
+        return file.live_contracts, mixed.digest()
+
+    return sorted(candidates, key=key)
 
 
 def is_expired(contract: ContractView, now: int) -> bool:

@@ -25,6 +25,10 @@ from .runtime import Runtime
 
 log = structlog.get_logger("downstream.node")
 
+# Files a /chunk looks at, least held first: enough that a burst of farmers spreads over the
+# free replicas (cn.spread) rather than racing for one.
+CANDIDATES = 64
+
 
 class ContractCommands:
     def __init__(self, rt: Runtime) -> None:
@@ -46,6 +50,7 @@ class ContractCommands:
                 r.candidate_files(
                     owner.token_hash,
                     now,
+                    limit=CANDIDATES,
                     returned_since=now - settings.handed_back_seconds * 1_000_000,
                 ),
                 r.bytes_held_by_address(owner.address, now),
@@ -57,7 +62,7 @@ class ContractCommands:
                 candidates, held = await rt.read(lambda r, now=now: state(r, now, owner))
                 candidates = [
                     f
-                    for f in candidates
+                    for f in cn.spread(candidates, owner.token_hash)
                     if held + f.size <= settings.max_bytes_per_address
                     and f.file_hash not in unreadable
                 ]

@@ -265,3 +265,28 @@ def test_nodes_creating_the_secret_at_once_end_up_with_one(tmp_path: Path) -> No
     assert sum(created for _, created in made) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["node-secret.json"]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_burst_of_chunk_requests_finds_the_free_replicas(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """150 simultaneous /chunk from 50 tokens on 20 free replicas (10 files, redundancy 2):
+    every free replica is granted, and at most 10% of the requests are told ``busy``."""
+    node, _ = new_node(db_url, tmp_path)
+    client = await aiohttp_client(create_app(node))
+    await node.whitelist([(ADDRESS, "20000")])
+    for i in range(10):
+        await node.add_seeded(CHUNK, seed=f"burst-{i}", redundancy=2)
+    tokens = [(await node.create_token(ADDRESS))[0] for _ in range(50)]
+
+    async def take(token: str) -> tuple[int, str]:
+        async with client.get(f"{API}/chunk/{token}") as response:
+            body = await response.json()
+            return response.status, body.get("status") or body["file_hash"]
+
+    results = await asyncio.gather(*(take(tokens[i % 50]) for i in range(150)))
+    granted = [what for status, what in results if status == 200]
+    busy = [what for status, what in results if what == "busy"]
+    assert len(granted) == 20 and len(set(granted)) == 10
+    assert len(busy) <= 15, f"{len(busy)} of 150 were told busy"
+    assert {what for status, what in results if status != 200} <= {"busy", "no_chunks"}
