@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import structlog
 
 from ..domain import contracts as cn
 from ..domain import events as ev
-from ..domain.clock import iso_micros
+from ..domain.clock import from_micros, iso_micros
 from ..domain.errors import ConcurrencyConflict, Refused
 from ..heartbeat.scheme import HeartbeatError, OutOfChallenges, SeededChunk
-from ..ledger.store import AppendResult
+from ..ledger.group_commit import Decision
+from ..ledger.store import AppendRequest, AppendResult, UnitOfWork
 from ..projections.queries import Reader, TokenView
 from . import tokens
 from .context import OPERATOR, Context
@@ -28,6 +30,16 @@ log = structlog.get_logger("downstream.node")
 # Files a /chunk looks at, least held first: enough that a burst of farmers spreads over the
 # free replicas (cn.spread) rather than racing for one.
 CANDIDATES = 64
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A contract to append if its address may hold ``size`` more bytes."""
+
+    address: str
+    size: int
+    now: int
+    request: AppendRequest
 
 
 class ContractCommands:
@@ -90,12 +102,18 @@ class ContractCommands:
                 already_held=False,
                 now=now,
             )
-            await rt.append(
+            # Appended at the file's version and the token's, and only if the address's bytes
+            # still fit once read under the ledger lock: simultaneous requests from one
+            # address's tokens (in any process) cannot pass its cap together.
+            at, meta = from_micros(now), ctx.meta()
+            request = AppendRequest(
                 ev.file_stream(chosen.file_hash),
                 chosen.version,
-                events,
-                ctx,
+                [e.to_new(at, meta) for e in events],
                 guards=tokens.guard(owner),
+            )
+            await rt.committer.decide(
+                self._within_cap, Assignment(owner.address, chosen.size, now, request)
             )
             assigned = events[1]
             assert isinstance(assigned, ev.ContractAssigned)
@@ -118,6 +136,28 @@ class ContractCommands:
         return await until_appended(
             attempt, busy="too much contention for chunks; try again", on_conflict=reread_owner
         )
+
+    def _within_cap(
+        self, unit: UnitOfWork, asks: list[Assignment]
+    ) -> list[Decision | BaseException]:
+        """Under the ledger lock, in the commit's transaction: each assignment of the batch
+        appended only if its address's bytes, read now, with those granted before it in the
+        batch, stay within the cap; otherwise ``no_chunks``, nothing written."""
+        r = Reader.under_lock(unit)
+        cap = self.rt.settings.max_bytes_per_address
+        held: dict[str, int] = {}
+        decided: list[Decision | BaseException] = []
+        for ask in asks:
+            if ask.address not in held:
+                held[ask.address] = r.bytes_held_by_address(ask.address, ask.now)
+            if held[ask.address] + ask.size > cap:
+                decided.append(
+                    Refused("no_chunks", "no chunk is available for this token right now")
+                )
+                continue
+            held[ask.address] += ask.size
+            decided.append(Decision(ask.request, None))
+        return decided
 
     def encode(self, file: cn.FileView, now: int) -> tuple[dict, dict, dict, dict]:
         """A fresh encoding of ``file`` and its first challenge: ``(tag, initial state,

@@ -290,3 +290,37 @@ async def test_a_burst_of_chunk_requests_finds_the_free_replicas(
     assert len(granted) == 20 and len(set(granted)) == 10
     assert len(busy) <= 15, f"{len(busy)} of 150 were told busy"
     assert {what for status, what in results if status != 200} <= {"busy", "no_chunks"}
+
+
+async def test_the_byte_cap_per_address_holds_for_simultaneous_chunks_on_two_nodes(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Eight tokens of one address, on two nodes sharing the database (as two processes),
+    all asking /chunk at once for 200 KiB chunks under a 1 MiB cap per address: at most five
+    are granted, whatever the interleaving; the others are ``no_chunks``."""
+    cap, size = 1024 * 1024, 200 * 1024
+    nodes = [new_node(db_url, tmp_path, max_bytes_per_address=cap)[0] for _ in range(2)]
+    for node in nodes:
+        await node.start()
+    try:
+        await nodes[0].whitelist([(ADDRESS, "20000")])
+        for i in range(10):
+            await nodes[0].add_seeded(size, seed=f"big-{i}", redundancy=3)
+        tokens = [(await nodes[0].create_token(ADDRESS))[0] for _ in range(8)]
+
+        async def take(i: int) -> str:
+            try:
+                return (await nodes[i % 2].chunk(tokens[i]))["file_hash"]
+            except Refused as refused:
+                return refused.status
+
+        for _ in range(3):  # three rounds of eight at once, the cap never passed
+            results = await asyncio.gather(*(take(i) for i in range(8)))
+            granted = [r for r in results if len(r) == 64]
+            assert set(results) - set(granted) <= {"no_chunks", "busy"}
+            live = sum(len(live_contracts_of(db_url, token)) for token in tokens)
+            assert live * size <= cap, results
+        assert live == cap // size
+    finally:
+        for node in nodes:
+            await node.close()
