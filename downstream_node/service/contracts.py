@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import secrets
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import structlog
 
@@ -16,12 +16,13 @@ from ..domain import contracts as cn
 from ..domain import events as ev
 from ..domain.clock import from_micros, iso_micros
 from ..domain.errors import ConcurrencyConflict, Refused
-from ..heartbeat.scheme import HeartbeatError, OutOfChallenges, SeededChunk
+from ..heartbeat.scheme import HeartbeatError, OutOfChallenges
 from ..ledger.group_commit import Decision
 from ..ledger.store import AppendRequest, AppendResult, UnitOfWork
 from ..projections.queries import Reader, TokenView
 from . import tokens
 from .context import OPERATOR, Context
+from .encodings import Encoding, Encodings
 from .retry import RETRIES, until_appended
 from .runtime import Runtime
 
@@ -45,11 +46,12 @@ class Assignment:
 class ContractCommands:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.encodings = Encodings(rt, parallel=max(1, rt.workers // 2))
 
     async def chunk(self, token: str, ctx: Context = OPERATOR) -> dict[str, Any]:
         """Give the token a new contract on the least-replicated file it does not hold."""
         rt = self.rt
-        scheme = rt.proofs()
+        rt.proofs()  # a node that has not started has no scheme to encode with
         settings = rt.settings
         owner = await tokens.live(rt, token)
         # End this token's lapsed contracts first, so a file it let lapse can be offered to
@@ -69,7 +71,7 @@ class ContractCommands:
             )
 
         async def attempt() -> dict[str, Any]:
-            while True:  # until a candidate encodes: an unreadable file is not a conflict
+            for _ in range(RETRIES * 2):  # an unreadable file or a moved one is no conflict
                 now = rt.now()
                 candidates, held = await rt.read(lambda r, now=now: state(r, now, owner))
                 candidates = [
@@ -81,51 +83,26 @@ class ContractCommands:
                 if not candidates:
                     raise Refused("no_chunks", "no chunk is available for this token right now")
                 chosen = candidates[0]
-                try:
-                    tag, initial, challenge, state_after = await rt.run(self.encode, chosen, now)
-                    break
-                except (OSError, HeartbeatError) as exc:
-                    # A monitored real file that was moved, shrunk or made unreadable: the
-                    # operator's to mend; the farmer gets the next candidate meanwhile.
-                    log.error("file_unreadable", file_hash=chosen.file_hash, error=str(exc))
-                    unreadable.add(chosen.file_hash)
-            events = cn.decide_assign(
-                chosen,
-                contract_id=secrets.token_hex(16),
-                token_hash=owner.token_hash,
-                heartbeat=scheme.kind,
-                tag=tag,
-                initial_state=initial,
-                challenge=challenge,
-                challenge_index=0,
-                state=state_after,
-                already_held=False,
-                now=now,
-            )
-            # Appended at the file's version and the token's, and only if the address's bytes
-            # still fit once read under the ledger lock: simultaneous requests from one
-            # address's tokens (in any process) cannot pass its cap together.
-            at, meta = from_micros(now), ctx.meta()
-            request = AppendRequest(
-                ev.file_stream(chosen.file_hash),
-                chosen.version,
-                [e.to_new(at, meta) for e in events],
-                guards=tokens.guard(owner),
-            )
-            await rt.committer.decide(
-                self._within_cap, Assignment(owner.address, chosen.size, now, request)
-            )
-            assigned = events[1]
-            assert isinstance(assigned, ev.ContractAssigned)
-            return {
-                "seed": events[0].seed,  # type: ignore[attr-defined]
-                "file_hash": chosen.file_hash,
-                "size": chosen.size,
-                "challenge": challenge,
-                "tag": tag,
-                "due": iso_micros(assigned.due),
-                "expiration": iso_micros(assigned.due),
-            }
+                async with self.encodings.of_file(chosen.file_hash):
+                    # Another request may have taken a replica while this one waited: then
+                    # look again before encoding for nothing.
+                    current = await rt.read(lambda r, f=chosen.file_hash, t=now: r.file(f, t))
+                    if current is None or current.version != chosen.version:
+                        continue
+                    try:
+                        encoding = await self.encodings.take(chosen, now)
+                    except (OSError, HeartbeatError) as exc:
+                        # A monitored real file that was moved, shrunk or made unreadable:
+                        # the operator's to mend; the farmer gets the next candidate.
+                        log.error("file_unreadable", file_hash=chosen.file_hash, error=str(exc))
+                        unreadable.add(chosen.file_hash)
+                        continue
+                    try:
+                        return await self._assign(chosen, encoding, owner, now, ctx)
+                    except (ConcurrencyConflict, Refused):
+                        self.encodings.keep(chosen.file_hash, encoding)
+                        raise
+            raise Refused("busy", "too much contention for chunks; try again")
 
         async def reread_owner() -> None:
             # Another farmer took a replica meanwhile (look again), or the token was deleted
@@ -136,6 +113,53 @@ class ContractCommands:
         return await until_appended(
             attempt, busy="too much contention for chunks; try again", on_conflict=reread_owner
         )
+
+    async def _assign(
+        self,
+        file: cn.FileView,
+        encoding: Encoding,
+        owner: TokenView,
+        now: int,
+        ctx: Context,
+    ) -> dict[str, Any]:
+        """Append the contract on ``file`` with ``encoding``; the reply for the farmer."""
+        events = cn.decide_assign(
+            file,
+            contract_id=secrets.token_hex(16),
+            token_hash=owner.token_hash,
+            heartbeat=self.rt.proofs().kind,
+            tag=encoding.tag,
+            initial_state=encoding.initial_state,
+            challenge=encoding.challenge,
+            challenge_index=0,
+            state=encoding.state,
+            already_held=False,
+            now=now,
+        )
+        # Appended at the file's version and the token's, and only if the address's bytes
+        # still fit once read under the ledger lock: simultaneous requests from one
+        # address's tokens (in any process) cannot pass its cap together.
+        at, meta = from_micros(now), ctx.meta()
+        request = AppendRequest(
+            ev.file_stream(file.file_hash),
+            file.version,
+            [e.to_new(at, meta) for e in events],
+            guards=tokens.guard(owner),
+        )
+        await self.rt.committer.decide(
+            self._within_cap, Assignment(owner.address, file.size, now, request)
+        )
+        assigned = events[1]
+        assert isinstance(assigned, ev.ContractAssigned)
+        return {
+            "seed": events[0].seed,  # type: ignore[attr-defined]
+            "file_hash": file.file_hash,
+            "size": file.size,
+            "challenge": encoding.challenge,
+            "tag": encoding.tag,
+            "due": iso_micros(assigned.due),
+            "expiration": iso_micros(assigned.due),
+        }
 
     def _within_cap(
         self, unit: UnitOfWork, asks: list[Assignment]
@@ -158,15 +182,6 @@ class ContractCommands:
             held[ask.address] += ask.size
             decided.append(Decision(ask.request, None))
         return decided
-
-    def encode(self, file: cn.FileView, now: int) -> tuple[dict, dict, dict, dict]:
-        """A fresh encoding of ``file`` and its first challenge: ``(tag, initial state,
-        challenge, state after it)``. CPU-bound: run it in a worker thread."""
-        scheme = self.rt.proofs()
-        with _open(file) as handle:
-            tag, state = scheme.encode(handle, file.size, timestamp=now // 1_000_000)
-        challenge, after = scheme.next_challenge(state, file.size)
-        return tag, state, challenge, after
 
     async def due(self, token: str, ctx: Context = OPERATOR) -> dict[str, Any]:
         """Bring every contract of the token up to date, then list them."""
@@ -303,10 +318,3 @@ class ContractCommands:
             return_exceptions=True,
         )
         return sum(1 for r in results if isinstance(r, AppendResult))
-
-
-def _open(file: cn.FileView) -> BinaryIO:
-    if file.seed is not None:
-        return SeededChunk(file.seed, file.size)  # type: ignore[return-value]
-    assert file.path is not None
-    return open(file.path, "rb")

@@ -156,4 +156,4 @@ class Node:
         return self.rt.now()
 
     def _encode(self, file: cn.FileView, now: int) -> tuple[dict, dict, dict, dict]:
-        return self.contracts.encode(file, now)
+        return self.contracts.encodings.encode(file, now)

@@ -49,6 +49,7 @@ class Runtime:
         self.engine = engine
         self.store = store
         self.read_model = read_model
+        self.workers = workers
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-db")
         self.committer = GroupCommitter(store, executor=self.executor)
         self.scheme: ProofScheme | None = None  # loaded (or given) when the node starts

@@ -324,3 +324,39 @@ async def test_the_byte_cap_per_address_holds_for_simultaneous_chunks_on_two_nod
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_concurrent_chunks_of_a_large_file_encode_it_once_per_contract(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """10 simultaneous /chunk for a 1 GiB (sparse) file at redundancy 3: one encoding per
+    contract granted (one spare at most), never one per request; /health answers 200 all the
+    while, since encodings leave worker threads free for reads."""
+    node, _ = new_node(db_url, tmp_path, max_bytes_per_address=4 * 1024**3)
+    client = await aiohttp_client(create_app(node))
+    await node.whitelist([(ADDRESS, "20000")])
+    big = tmp_path / "big.bin"
+    with big.open("wb") as handle:
+        handle.truncate(1024**3)
+    await node.add_file(big, redundancy=3)
+    tokens = [(await node.create_token(ADDRESS))[0] for _ in range(10)]
+    health: list[int] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            async with client.get("/health") as response:
+                health.append(response.status)
+            await asyncio.sleep(0.2)
+
+    async def take(token: str) -> int:
+        async with client.get(f"{API}/chunk/{token}") as response:
+            return response.status
+
+    prober = asyncio.create_task(probe())
+    statuses = await asyncio.gather(*(take(token) for token in tokens))
+    done.set()
+    await prober
+    assert sorted(statuses) == [200] * 3 + [404] * 7
+    assert 3 <= node.contracts.encodings.made <= 4
+    assert health and set(health) == {200}
