@@ -17,6 +17,7 @@ from marshmallow import Schema
 
 from ..config import Settings
 from . import schemas as sc
+from .openapi_v1 import add_v1_paths
 from .routes import NODE, PREFIX
 
 SCHEMAS: dict[str, type] = {
@@ -249,6 +250,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             }
         },
     )
+    add_v1_paths(spec)
     return spec.to_dict()
 
 
