@@ -490,7 +490,20 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
 
 @main.command()
 @click.option("--url", required=True, help="The node, e.g. http://127.0.0.1:8000")
-@click.option("--address", required=True, help="The SJCX address to farm for.")
+@click.option(
+    "--address",
+    default=None,
+    help="The SJCX address to farm for (required for the 2014-10 API; with --api v1 the "
+    "address whose key the state file keeps, by default each farmer's own).",
+)
+@click.option(
+    "--api",
+    type=click.Choice(["2014-10", "v1"]),
+    default="2014-10",
+    show_default=True,
+    help="The farmers' API: the seed's routes, or v1 (farmer 0.1.8's: signed /new, bulk "
+    "routes), signing with a key kept in each farmer's state file.",
+)
 @click.option("--farmers", type=click.IntRange(1), default=1, show_default=True)
 @click.option(
     "--duration",
@@ -512,7 +525,8 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
 @click.option("--wrong-proofs", is_flag=True, help="Send corrupted proofs (to test a node).")
 def farm(
     url: str,
-    address: str,
+    address: str | None,
+    api: str,
     farmers: int,
     duration: float | None,
     directory: Path,
@@ -525,6 +539,18 @@ def farm(
 
     from .farmer import Display, Swarm, run_farmers
 
+    if api == "2014-10" and address is None:
+        raise click.UsageError("--address is required with --api 2014-10")
+    if api == "v1":
+        from .domain.signatures import address_for
+        from .farmer.v1 import load_key
+
+        for i in range(farmers):
+            try:
+                key = load_key(directory / f"farmer-{i + 1}", address)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+            click.echo(f"farmer-{i + 1} signs as {address_for(key)} (the node must whitelist it)")
     swarm = Swarm()
 
     async def go() -> None:
@@ -537,6 +563,7 @@ def farm(
             await run_farmers(
                 url,
                 address,
+                api=api,
                 farmers=farmers,
                 directory=directory,
                 duration=duration,
