@@ -214,6 +214,14 @@ async def test_signed_new_refuses_as_the_original_did(
     for method, kwargs, message in cases:
         status, body = await call(client, method, url, **kwargs)
         assert (status, body) == (400, {"status": "error", "message": message}), (kwargs, body)
+    # The same identity posted for another (whitelisted) address, or for one that is no address.
+    broken = SIGNED[:-1] + ("2" if SIGNED[-1] != "2" else "3")
+    for address, message in (
+        (ADDRESS, "Signature invalid."),
+        (broken, "Invalid address given: address is not a valid SJCX address."),
+    ):
+        status, body = await call(client, "POST", f"{V1}/new/{address}", json=identity())
+        assert (status, body) == (400, {"status": "error", "message": message}), address
     # A valid signature for an address not on the whitelist.
     stranger_key = hashlib.sha256(b"not whitelisted").digest()
     status, body = await call(
