@@ -42,7 +42,6 @@ EXPIRED = "contract expired"
 NO_MORE = "no more challenges"
 ANSWER_ERRORS = {
     "no_hash": NOT_FOUND,
-    "no_token": NOT_FOUND,  # the token was deleted while its batch was being answered
     "bad_proof_format": "Proof corrupted",
     "expired": "Answer failed: contract expired.",
     "already_answered": "Challenge already answered.",
@@ -246,23 +245,36 @@ class V1Commands:
         self, token: str, proofs: list[Any], ctx: Context = OPERATOR
     ) -> list[dict[str, Any]]:
         """Each proof through the per-contract answer command (so they are verified and
-        recorded together in the group commit's batches): a result per item, in order."""
-        await tokens.live(self.rt, token)
+        recorded together in the group commit's batches): a result per item, in order.
+
+        The token is checked where each answer is decided, under the ledger lock: a batch
+        whose token is unknown (or was deleted meanwhile) is ``no_token`` as a whole. Only a
+        batch with no proof to decide reads the token on its own."""
+        decided = False
+        unknown_token = False
 
         async def one(item: Any) -> dict[str, Any]:
+            nonlocal decided, unknown_token
             sent = item.get("file_hash") if isinstance(item, dict) else None
             key = _file_key(sent)
             if key is None:
                 return {"file_hash": sent, "error": NOT_FOUND}
+            decided = True
             try:
                 verdict = await self.answers.answer(token, key, item.get("proof"), ctx)
             except Refused as refused:
+                unknown_token = unknown_token or refused.status == "no_token"
                 return {"file_hash": sent, "error": ANSWER_ERRORS.get(refused.status, NOT_FOUND)}
             if verdict == "pass":
                 return {"file_hash": sent, "status": "ok"}
             return {"file_hash": sent, "error": "Invalid proof"}
 
-        return list(await asyncio.gather(*(one(item) for item in proofs)))
+        report = list(await asyncio.gather(*(one(item) for item in proofs)))
+        if unknown_token:
+            raise Refused("no_token", "no such token")
+        if not decided:
+            await tokens.live(self.rt, token)
+        return report
 
     # -- public status --------------------------------------------------------------------------
 

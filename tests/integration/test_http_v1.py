@@ -158,9 +158,16 @@ async def test_a_farmer_session_through_v1_is_one_contract_in_both_apis(
         404,
         {"status": "error", "message": "Nonexistent token."},
     )
-    for method, path in (("GET", f"/chunk/{token}"), ("POST", f"/answer/{token}")):
-        status, body = await call(client, method, V1 + path, json={"proofs": []})
+    before = head(node)
+    for method, path, items in (
+        ("GET", f"/chunk/{token}", []),
+        ("POST", f"/answer/{token}", []),
+        ("POST", f"/answer/{token}", [{"file_hash": file_hash, "proof": proof}]),
+        ("POST", f"/answer/{token}", [{"file_hash": file_hash, "proof": "corrupt"}]),
+    ):
+        status, body = await call(client, method, V1 + path, json={"proofs": items})
         assert (status, body["message"]) == (400, "Nonexistent token.")
+    assert head(node) == before
 
 
 async def test_signed_new_refuses_as_the_original_did(
