@@ -138,7 +138,7 @@ class ContractCommands:
         # Only the contracts whose challenge lapsed or fell due need work (a coroutine each,
         # which re-checks); a farmer polling holds mostly the others.
         stale = [c for c in contracts if cn.is_expired(c, now) or cn.is_due(c, now)]
-        refreshed = await asyncio.gather(*(self.refresh(c, ctx, guard) for c in stale))
+        refreshed = await asyncio.gather(*(self._refresh(c, ctx, guard) for c in stale))
         fresh = dict(zip((c.contract_id for c in stale), refreshed, strict=True))
         live = [c for c in (fresh.get(c.contract_id, c) for c in contracts) if c is not None]
         return {
@@ -155,7 +155,7 @@ class ContractCommands:
             ],
         }
 
-    async def refresh(
+    async def _refresh(
         self, contract: cn.ContractView, ctx: Context, guard: dict[str, int]
     ) -> cn.ContractView | None:
         """Expire or advance one contract; None once it has ended.
@@ -199,6 +199,12 @@ class ContractCommands:
                 return None
             contract = fresh
         return contract
+
+    async def refresh(
+        self, contract: cn.ContractView, ctx: Context, guard: dict[str, int]
+    ) -> cn.ContractView | None:
+        """``_refresh`` for the v1 bulk challenge (``service/v1.py``)."""
+        return await self._refresh(contract, ctx, guard)
 
     async def remove(self, token: str, file_hash: str, ctx: Context = OPERATOR) -> None:
         """Hand a contract back: it ends and its replica returns to the pool."""
