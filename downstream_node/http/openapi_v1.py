@@ -82,7 +82,8 @@ CODES = {
     "reads.",
     404: "`Nonexistent token.` (/heartbeat), `Nonexistent farmer id.`, or no such route.",
     413: "The body is larger than this route takes (`too_large`).",
-    429: "Too many requests this minute (see Retry-After).",
+    429: "Too many requests this minute, per token (the status routes: per IP address); "
+    "see Retry-After.",
     500: "An unexpected error on the node (a bug; it is logged with the request id).",
     503: "Too much contention, or the database is unreachable (see Retry-After).",
 }
@@ -259,7 +260,7 @@ def add_v1_paths(spec: APISpec) -> None:
                     + ", "
                     + ("online ones only, " if online else "")
                     + "then paged.",
-                    _responses("The farmers.", "V1Farmers", 400, *([404] if params else [])),
+                    _responses("The farmers.", "V1Farmers", 400, 429, *([404] if params else [])),
                 )
             },
         )
@@ -271,7 +272,7 @@ def add_v1_paths(spec: APISpec) -> None:
                 "v1StatusShow",
                 "One farmer",
                 "The farmer's status, with the same keys and meaning as in the list.",
-                _responses("The farmer.", "V1Farmer", 404),
+                _responses("The farmer.", "V1Farmer", 404, 429),
             )
         },
     )

@@ -112,6 +112,12 @@ def _token(request: web.Request) -> str:
     return token
 
 
+def _public(request: web.Request) -> None:
+    """The public status routes read every farmer: limited per IP address, as a token's
+    requests are (the same limiter, keys of their own)."""
+    request.app[LIMITER].check(f"ip:{request[REMOTE]}", "IP address")
+
+
 def _number(text: str) -> int:
     return int(text) if len(text) <= MAX_DIGITS else 10**MAX_DIGITS
 
@@ -198,6 +204,7 @@ async def answer(request: web.Request) -> web.Response:
 def _lister(*, online: bool, descending: bool) -> Handler:
     @v1_errors()
     async def status_list(request: web.Request) -> web.Response:
+        _public(request)
         info = request.match_info
         limit = info.get("limit")
         farmers = await request.app[NODE].v1.farmers(
@@ -214,6 +221,7 @@ def _lister(*, online: bool, descending: bool) -> Handler:
 
 @v1_errors()
 async def status_show(request: web.Request) -> web.Response:
+    _public(request)
     farmer_id = request.match_info["farmer_id"]
     if len(farmer_id) != FARMER_ID_CHARS or not all(c in "0123456789abcdef" for c in farmer_id):
         raise V1Error(404, NO_FARMER)

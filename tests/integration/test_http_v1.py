@@ -473,3 +473,17 @@ async def test_status_lists_sort_page_and_filter(served: tuple[TestClient, Node]
             404,
             {"status": "error", "message": "Nonexistent farmer id."},
         )
+
+
+async def test_the_public_status_routes_are_limited_per_ip(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    node, _ = new_node(db_url, tmp_path, requests_per_token_per_minute=3)
+    client = await aiohttp_client(create_app(node))
+    for path in ("/status/list/", "/status/list/by/size", "/status/show/" + "0" * 20):
+        status, _ = await call(client, "GET", V1 + path)
+        assert status in (200, 404)
+    async with client.get(f"{V1}/status/list/online/") as response:
+        assert response.status == 429 and int(response.headers["Retry-After"]) > 0
+        body = await response.json()
+    assert body["status"] == "error" and "per IP address" in body["message"]
