@@ -154,7 +154,10 @@ ensure_real_farmer() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q patch unzip
     fi
     log "the real farmer client, downstream-farmer 0.1.8 (built once, then cached)"
-    bash scripts/real_farmer.sh >/dev/null
+    # Python 3.11, on which its patches were made, where there is one.
+    local python
+    python="$(command -v python3.11 || command -v python3)"
+    PYTHON="${PYTHON:-$python}" bash scripts/real_farmer.sh >/dev/null
 }
 
 # -- 4. lint and test --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -34,11 +35,14 @@ RUN_TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def farmer_venv() -> Path:
+    # Cached after its first build (scripts/test.sh builds it before the suite runs).
+    python = shutil.which("python3.11") or shutil.which("python3") or sys.executable
     built = subprocess.run(
         ["bash", str(ROOT / "scripts" / "real_farmer.sh")],
         capture_output=True,
         text=True,
         timeout=1800,
+        env={**os.environ, "PYTHON": os.environ.get("PYTHON", python)},
     )
     if built.returncode != 0:
         pytest.fail(f"the real farmer client could not be built:\n{built.stderr[-3000:]}")
