@@ -406,6 +406,13 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
     help="A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the "
     "farmer, for the per-IP limits and the events. Default: none; the peer's address counts.",
 )
+@click.option(
+    "--geoip",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A MaxMind DB (GeoLite2-City) to locate farmers in the v1 status routes. Read "
+    "locally; without it every location is null (there is never a network lookup).",
+)
 @click.pass_obj
 def serve(
     obj: Obj,
@@ -420,6 +427,7 @@ def serve(
     demo_redundancy: int | None,
     stop_timeout: float,
     trusted_proxies: tuple[str, ...],
+    geoip: Path | None,
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
@@ -451,7 +459,7 @@ def serve(
         stock = DemoStock(demo_chunks, demo_size, demo_interval, demo_redundancy)
         runner.run(
             serve_api(
-                dataclasses.replace(obj.settings, trusted_proxies=trusted_proxies),
+                dataclasses.replace(obj.settings, trusted_proxies=trusted_proxies, geoip=geoip),
                 host=host,
                 port=port,
                 demo=demo,

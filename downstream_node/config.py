@@ -39,6 +39,8 @@ class Settings:
     # A chunk a farmer handed back (/remove) is not offered to it again for this long, so one
     # it cannot store (an operator's real file) does not come back first on every /chunk.
     handed_back_seconds: int = 86_400
+    # A MaxMind DB (GeoLite2-City) for the v1 status routes' locations; None: all null.
+    geoip: Path | None = None
     # Reverse proxies (addresses or networks) whose X-Forwarded-For names the farmer.
     trusted_proxies: tuple[str, ...] = ()
 

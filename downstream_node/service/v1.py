@@ -19,11 +19,12 @@ from ..domain.errors import ConcurrencyConflict, Refused
 from ..domain.signatures import REFUSAL_MESSAGES, check_new_signature
 from ..heartbeat.scheme import HeartbeatError
 from ..projections.queries import Reader, TokenView
-from ..projections.status import farmer_rows
+from ..projections.status import FarmerRow, farmer_rows
 from . import tokens
 from .answers import Answers
 from .context import OPERATOR, Context
 from .contracts import ContractCommands
+from .geoip import GeoIP
 from .retry import RETRIES
 from .runtime import Runtime
 from .tokens import TokenCommands
@@ -79,6 +80,8 @@ class V1Commands:
         self.token_commands = token_commands
         self.contracts = contracts
         self.answers = answers
+        # Opened with the node, so that a database that cannot be read stops serve at once.
+        self.geoip = GeoIP(rt.settings.geoip) if rt.settings.geoip is not None else None
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -299,10 +302,23 @@ class V1Commands:
         if limit is not None:
             start = limit * page
             rows = rows[start : start + limit]
-        return [row.public() for row in rows]
+        return await self._located(rows)
 
     async def farmer(self, farmer_id: str) -> dict[str, Any]:
         now = self.rt.now()
         for row in await self.rt.read(lambda r: farmer_rows(r, now, farmer_id=farmer_id)):
-            return row.public()
+            return (await self._located([row]))[0]
         raise Refused("no_token", "Nonexistent farmer id.")
+
+    async def _located(self, rows: list[FarmerRow]) -> list[dict[str, Any]]:
+        """The rows as shown, each located by the IP that created its token (only the rows
+        shown are looked up; in a worker thread, as the reader reads a file)."""
+        geoip = self.geoip
+        if geoip is not None:
+
+            def locate() -> None:
+                for row in rows:
+                    row.location = geoip.locate(row.ip)
+
+            await self.rt.run(locate)
+        return [row.public() for row in rows]

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, CHUNK, INTERVAL, head, new_node, prove
+from mmdb_support import city, write_city_db
 
 from downstream_node.domain.clock import FakeClock
+from downstream_node.domain.errors import Refused
 from downstream_node.domain.signatures import address_for, sign_message
 from downstream_node.http.app import create_app
 from downstream_node.http.schemas_v1 import (
@@ -487,3 +489,35 @@ async def test_the_public_status_routes_are_limited_per_ip(
         assert response.status == 429 and int(response.headers["Retry-After"]) > 0
         body = await response.json()
     assert body["status"] == "error" and "per IP address" in body["message"]
+
+
+async def test_farmers_are_located_from_the_operators_geoip_database(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    database = write_city_db(
+        tmp_path / "city.mmdb",
+        {"127.0.0.1/32": city("Testland", "North", "Loopville", "12345", 51.5, -0.125)},
+    )
+    node, _ = new_node(db_url, tmp_path, geoip=database)
+    client = await aiohttp_client(create_app(node))
+    await node.whitelist([(SIGNED, "20000")])
+    await v1_token(client)  # from 127.0.0.1
+    await node.create_token(SIGNED)  # the operator's: no IP
+    _, listed = await call(client, "GET", f"{V1}/status/list/")
+    located = [f["location"] for f in listed["farmers"]]
+    assert sorted(located, key=lambda x: x is None) == [
+        {
+            "country": "Testland",
+            "state": "North",
+            "city": "Loopville",
+            "zip": "12345",
+            "lat": 51.5,
+            "lon": -0.125,
+        },
+        None,
+    ]
+    assert farmers_schema.validate(listed) == {}
+    (tmp_path / "broken.mmdb").write_bytes(b"not a database")
+    with pytest.raises(Refused) as refused:
+        new_node(db_url, tmp_path, geoip=tmp_path / "broken.mmdb")
+    assert refused.value.status == "bad_geoip"
