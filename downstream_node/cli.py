@@ -447,6 +447,13 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
     help="Per-IP limits count an IPv6 farmer by its network of this prefix length (one "
     "subscriber commonly holds a whole /64); 128 counts each address alone.",
 )
+@click.option(
+    "--geoip",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A MaxMind DB (GeoLite2-City) to locate farmers in the v1 status routes. Read "
+    "locally; without it every location is null (there is never a network lookup).",
+)
 @click.pass_obj
 def serve(
     obj: Obj,
@@ -462,6 +469,7 @@ def serve(
     stop_timeout: float,
     trusted_proxies: tuple[str, ...],
     ipv6_prefix: int,
+    geoip: Path | None,
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
@@ -496,6 +504,7 @@ def serve(
                 dataclasses.replace(
                     obj.settings,
                     trusted_proxies=trusted_proxies,
+                    geoip=geoip,
                     token_policy=dataclasses.replace(
                         obj.settings.token_policy, ipv6_prefix=ipv6_prefix
                     ),
@@ -538,7 +547,20 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
 
 @main.command()
 @click.option("--url", required=True, help="The node, e.g. http://127.0.0.1:8000")
-@click.option("--address", required=True, help="The SJCX address to farm for.")
+@click.option(
+    "--address",
+    default=None,
+    help="The SJCX address to farm for (required for the 2014-10 API; with --api v1 the "
+    "address whose key the state file keeps, by default each farmer's own).",
+)
+@click.option(
+    "--api",
+    type=click.Choice(["2014-10", "v1"]),
+    default="2014-10",
+    show_default=True,
+    help="The farmers' API: the seed's routes, or v1 (farmer 0.1.8's: signed /new, bulk "
+    "routes), signing with a key kept in each farmer's state file.",
+)
 @click.option("--farmers", type=click.IntRange(1), default=1, show_default=True)
 @click.option(
     "--duration",
@@ -560,7 +582,8 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
 @click.option("--wrong-proofs", is_flag=True, help="Send corrupted proofs (to test a node).")
 def farm(
     url: str,
-    address: str,
+    address: str | None,
+    api: str,
     farmers: int,
     duration: float | None,
     directory: Path,
@@ -573,6 +596,18 @@ def farm(
 
     from .farmer import Display, Swarm, run_farmers
 
+    if api == "2014-10" and address is None:
+        raise click.UsageError("--address is required with --api 2014-10")
+    if api == "v1":
+        from .domain.signatures import address_for
+        from .farmer.v1 import load_key
+
+        for i in range(farmers):
+            try:
+                key = load_key(directory / f"farmer-{i + 1}", address)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+            click.echo(f"farmer-{i + 1} signs as {address_for(key)} (the node must whitelist it)")
     swarm = Swarm()
 
     async def go() -> None:
@@ -585,6 +620,7 @@ def farm(
             await run_farmers(
                 url,
                 address,
+                api=api,
                 farmers=farmers,
                 directory=directory,
                 duration=duration,

@@ -32,6 +32,8 @@ class Settings:
     max_chunks_per_request: int = 10
     token_policy: TokenPolicy = field(default_factory=TokenPolicy)
     max_body: int = 256 * 1024  # bytes of a request body; a Merkle proof is about 1 KiB
+    # The v1 API's bulk /answer: a farmer's batch of several hundred proofs in one body.
+    max_bulk_body: int = 4 * MiB
     requests_per_token_per_minute: int = 600
     new_tokens_per_ip_per_minute: int = 60  # requests to /new, refused ones included
     sweep_seconds: float = 30.0
@@ -41,6 +43,8 @@ class Settings:
     # Hand-backs (/remove) per hour, per token and per crowdsale address across its tokens:
     # each /chunk then /remove cycle writes a new encoding into the ledger for ever.
     hand_backs: HandBackPolicy = field(default_factory=HandBackPolicy)
+    # A MaxMind DB (GeoLite2-City) for the v1 status routes' locations; None: all null.
+    geoip: Path | None = None
     # Reverse proxies (addresses or networks) whose X-Forwarded-For names the farmer.
     trusted_proxies: tuple[str, ...] = ()
 

@@ -13,6 +13,9 @@ Prints ONE JSON document: the machine, then per database (SQLite, MariaDB):
 - ``http``: verified Merkle answers per second through the real server (``downstream-node
   serve``), 256 simulated farmers in a separate load-generator process, p50/p99 latency,
   against a bare aiohttp JSON route under the same load. Target: 15% of the limit, p99 < 50 ms.
+  Beside it, on the same server: the same farmers sending their proofs 16 at a time through the
+  v1 API's bulk ``/answer`` (as farmer 0.1.8 does). Target: at least 3x the per-contract
+  route's verified answers/s, p99 per batch < 250 ms (paced at half the saturated rate).
 
 and ``heartbeat``: the figures of ``scripts/bench_heartbeat.py``, embedded as it prints them.
 
@@ -73,6 +76,9 @@ REBUILD_TARGET = 0.4
 AUDIT_TARGET = 0.4
 HTTP_TARGET = 0.15
 P99_TARGET_MS = 50.0
+BULK_TARGET = 3.0  # the bulk route's verified answers/s over the per-contract route's
+BULK_P99_TARGET_MS = 250.0
+BULK_BATCH = 16  # proofs per bulk /answer
 BARE_REPEAT = 5
 PARTS = ("appends", "rebuild", "audit", "http", "heartbeat")
 COLUMNS = [c.name for c in events_table.columns]
@@ -97,6 +103,9 @@ class Sizes:
         # HTTP rounds, each on contracts of its own; the median round is the figure.
         self.rounds = args.rounds or (1 if quick else 3)
         self.chunk = 64 * 1024
+        # Bulk /answer: each farmer's contracts on this many files per run (saturated, then
+        # paced), sent BULK_BATCH at a time.
+        self.bulk_files = BULK_BATCH * (2 if quick else 4)
 
 
 # -- machine ---------------------------------------------------------------------------------------
@@ -521,7 +530,13 @@ def server(command: list[str], log: Path) -> Iterator[str]:
 
 
 def load(
-    url: str, plan: Path, files: str, mode: str = "closed", rate: float = 0, repeat: int = 1
+    url: str,
+    plan: Path,
+    files: str,
+    mode: str = "closed",
+    rate: float = 0,
+    repeat: int = 1,
+    batch: int = 0,
 ) -> dict:
     command = [
         sys.executable,
@@ -538,6 +553,8 @@ def load(
         str(rate or 1),
         "--repeat",
         str(repeat),
+        "--batch",
+        str(batch),
     ]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -568,7 +585,8 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     secret = tmp / f"http-{dbs.kind}-secret.json"
     secret.unlink(missing_ok=True)
     started = time.perf_counter()
-    plan = asyncio.run(seed_http(url, secret, sizes, sizes.files * sizes.rounds))
+    per_contract_files = sizes.files * sizes.rounds
+    plan = asyncio.run(seed_http(url, secret, sizes, per_contract_files + 2 * sizes.bulk_files))
     seed_s = time.perf_counter() - started
     plan_file = tmp / f"plan-{dbs.kind}.json"
     plan_file.write_text(json.dumps(plan))
@@ -596,6 +614,19 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
                     rate = max(1.0, round(runs["saturated"]["passed_per_s"] * fraction, 1))
                     runs[name] = load(node_url, plan_file, slices[name], "paced", rate)
             node_rounds.append(runs)
+        # The same farmers, their proofs BULK_BATCH at a time through the v1 bulk /answer,
+        # on contracts of their own (each answered once).
+        first, middle = per_contract_files, per_contract_files + sizes.bulk_files
+        bulk = {"saturated": load(node_url, plan_file, f"{first}:{middle}", batch=BULK_BATCH)}
+        bulk_rate = max(1.0, round(bulk["saturated"]["requests_per_s"] * 0.5, 1))
+        bulk["paced_half"] = load(
+            node_url,
+            plan_file,
+            f"{middle}:{middle + sizes.bulk_files}",
+            "paced",
+            bulk_rate,
+            batch=BULK_BATCH,
+        )
     bare_cmd = [sys.executable, str(HERE / "bench_bare.py"), "--port", "0"]
     bare_rounds: list[dict[str, Any]] = []
     with server(bare_cmd, tmp / f"bare-{dbs.kind}.log") as bare_url:
@@ -632,6 +663,28 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
         "node_rounds": node_rounds,
         "bare_rounds": bare_rounds,
         "node_log": "downstream-node serve, JSON access log (info) to a file",
+    }
+    per_contract = node["saturated"]["passed_per_s"]
+    bulk_value = bulk["saturated"]["passed_per_s"]
+    result["bulk"] = {
+        "batch": BULK_BATCH,
+        "contracts": sizes.farmers * 2 * sizes.bulk_files,
+        "runs": bulk,
+        "answers": {
+            "value": bulk_value,
+            "per_contract_route": per_contract,
+            "unit": "verified answers/s",
+            "ratio": round(bulk_value / per_contract, 2) if per_contract else 0.0,
+            "target": f">= {BULK_TARGET:g}x the per-contract route, same run",
+            "met": per_contract > 0 and bulk_value >= BULK_TARGET * per_contract,
+        },
+        "p99": {
+            "value_ms": bulk["paced_half"]["p99_ms"],
+            "p50_ms": bulk["paced_half"]["p50_ms"],
+            "at": f"paced_half: {bulk_rate} batches/s of {BULK_BATCH}",
+            "target": f"< {BULK_P99_TARGET_MS:g} ms per batch",
+            "met": bulk["paced_half"]["p99_ms"] < BULK_P99_TARGET_MS,
+        },
     }
     result["answers"] = figure(
         node["saturated"]["passed_per_s"],
@@ -758,6 +811,27 @@ def markdown(report: dict[str, Any]) -> str:
                 "< 50 ms",
                 p["met"],
             )
+            if "bulk" in h:
+                b = h["bulk"]["answers"]
+                row(
+                    f"verified answers/s, bulk v1 /answer, {h['bulk']['batch']} per request",
+                    db,
+                    f"{b['value']:,.0f}",
+                    f"per-contract route {b['per_contract_route']:,.0f}",
+                    f"{b['ratio']:g}x",
+                    f">= {BULK_TARGET:g}x",
+                    b["met"],
+                )
+                bp = h["bulk"]["p99"]
+                row(
+                    f"bulk /answer p99 per batch, {bp['at']}",
+                    db,
+                    f"{bp['value_ms']:.0f} ms (p50 {bp['p50_ms']:.0f})",
+                    "-",
+                    "-",
+                    f"< {BULK_P99_TARGET_MS:g} ms",
+                    bp["met"],
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -796,6 +870,7 @@ def main() -> None:
             "http_farmers": sizes.farmers,
             "http_contracts_per_farmer_per_round": sizes.files,
             "http_rounds": sizes.rounds,
+            "http_bulk_contracts_per_farmer_per_run": sizes.bulk_files,
         },
         "databases": {},
     }

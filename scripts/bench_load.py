@@ -14,8 +14,13 @@ Two modes, both printing one JSON object (answers, statuses, seconds, rate, p50/
 - ``paced``: the farmers together send ``--rate`` answers per second, spread evenly over them,
   and a farmer that is still waiting sends late rather than twice at once.
 
+With ``--batch N`` each farmer sends its proofs N at a time in one request to the v1 API's bulk
+``/api/downstream/v1/answer/<token>`` (as farmer 0.1.8 does, plain JSON labelled gzip): rates
+and ``--rate`` are then in batches, latencies per batch, and ``passed`` counts the items
+answered ``ok``.
+
     python scripts/bench_load.py --url http://127.0.0.1:8000 --plan plan.json \
-        [--farmers 256] [--files 0:12] [--mode closed|paced] [--rate 200]
+        [--farmers 256] [--files 0:12] [--mode closed|paced] [--rate 200] [--batch 16]
 """
 
 from __future__ import annotations
@@ -44,14 +49,29 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def build_jobs(plan: dict[str, Any], first: int, last: int) -> list[list[tuple[str, bytes]]]:
-    """Per farmer (token), the (path, body) of each answer it sends, proofs pre-computed."""
+def build_jobs(
+    plan: dict[str, Any], first: int, last: int, batch: int = 0
+) -> list[list[tuple[str, bytes]]]:
+    """Per farmer (token), the (path, body) of each request it sends, proofs pre-computed:
+    one answer each, or with ``batch`` that many in each bulk v1 /answer."""
     beat = Merkle.fromdict(plan["heartbeat"])
     files = plan["files"][first:last]
-    bodies = []
-    for f in files:
-        proof = beat.prove(SeededChunk(f["seed"], f["size"]), f["challenge"], f["tag"]).todict()
-        bodies.append(json.dumps({"proof": proof}, separators=(",", ":")).encode())
+    proofs = [
+        beat.prove(SeededChunk(f["seed"], f["size"]), f["challenge"], f["tag"]).todict()
+        for f in files
+    ]
+    if batch > 0:
+        bulk = []
+        for start in range(0, len(files), batch):
+            items = [
+                {"file_hash": f["file_hash"], "proof": proof}
+                for f, proof in zip(files[start : start + batch], proofs[start:], strict=False)
+            ]
+            bulk.append(json.dumps({"proofs": items}, separators=(",", ":")).encode())
+        return [
+            [(f"{PREFIX}/v1/answer/{token}", body) for body in bulk] for token in plan["tokens"]
+        ]
+    bodies = [json.dumps({"proof": proof}, separators=(",", ":")).encode() for proof in proofs]
     return [
         [
             (f"{PREFIX}/answer/{token}/{f['file_hash']}", body)
@@ -67,11 +87,14 @@ async def run(
     *,
     mode: str,
     rate: float,
+    bulk: bool = False,
 ) -> dict[str, Any]:
     farmers = len(jobs)
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     headers = {"Content-Type": "application/json"}
+    if bulk:  # as farmer 0.1.8 sends it: plain JSON under a false label
+        headers["Content-Encoding"] = "gzip"
     connector = aiohttp.TCPConnector(limit=farmers, force_close=False)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
@@ -101,6 +124,12 @@ async def run(
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     key = type(exc).__name__
                 else:
+                    if bulk and code == 200:
+                        for item in json.loads(text)["report"]:
+                            word = "pass" if item.get("status") == "ok" else item.get("error")
+                            statuses[str(word)] = statuses.get(str(word), 0) + 1
+                        latencies.append(time.perf_counter() - sent)
+                        continue
                     key = "pass" if code == 200 and b'"pass"' in text else str(code)
                     if code == 200 and key != "pass":
                         key = "200:" + text[:40].decode(errors="replace")
@@ -115,6 +144,7 @@ async def run(
         "mode": mode,
         "farmers": farmers,
         "target_rate": rate if mode == "paced" else None,
+        "bulk": bulk,
         "requests": total,
         "statuses": statuses,
         "passed": statuses.get("pass", 0),
@@ -142,15 +172,20 @@ def main() -> None:
         help="send each farmer's answers this many times (only for a server that does not "
         "refuse a second answer: the bare limit, to make its run as long as the node's)",
     )
+    parser.add_argument(
+        "--batch", type=int, default=0, help="proofs per bulk v1 /answer (0: one per request)"
+    )
     args = parser.parse_args()
     plan = json.loads(args.plan.read_text())
     first_text, _, last_text = args.files.partition(":")
     first = int(first_text) if first_text else 0
     last = int(last_text) if last_text else len(plan["files"])
     prepared = time.perf_counter()
-    jobs = [mine * args.repeat for mine in build_jobs(plan, first, last)]
+    jobs = [mine * args.repeat for mine in build_jobs(plan, first, last, args.batch)]
     prepare_s = time.perf_counter() - prepared
-    result = asyncio.run(run(args.url, jobs, mode=args.mode, rate=args.rate))
+    result = asyncio.run(run(args.url, jobs, mode=args.mode, rate=args.rate, bulk=args.batch > 0))
+    if args.batch:
+        result["batch"] = args.batch
     result["prepare_s"] = round(prepare_s, 3)
     print(json.dumps(result))
 

@@ -6,7 +6,10 @@
 #      its test extras;
 #   2. makes sure MariaDB is installed (apt-get), running and answering on 127.0.0.1:3306,
 #      that root may log in there without a password, and that database `test` exists;
-#   3. runs ruff, then pytest with DOWNSTREAM_TEST_MYSQL_URL set, so that every database test
+#   3. builds (once, then cached) the real farmer client downstream-farmer 0.1.8 from PyPI
+#      with scripts/real_farmer.sh, for tests/system/test_real_farmer.py (installs the
+#      `patch` and `unzip` tools it needs when missing);
+#   4. runs ruff, then pytest with DOWNSTREAM_TEST_MYSQL_URL set, so that every database test
 #      runs on SQLite and on MariaDB (an unreachable server fails the run, never skips).
 #
 # DOWNSTREAM_TEST_MYSQL_URL given explicitly and pointing at another server skips step 2:
@@ -142,7 +145,22 @@ SQL
     database_ready
 }
 
-# -- 3. lint and test --------------------------------------------------------------------------
+# -- 3. the real farmer client ------------------------------------------------------------------
+
+ensure_real_farmer() {
+    if ! command -v patch >/dev/null 2>&1 || ! command -v unzip >/dev/null 2>&1; then
+        log "installing patch and unzip (to build the real farmer client)"
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q patch unzip
+    fi
+    log "the real farmer client, downstream-farmer 0.1.8 (built once, then cached)"
+    # Python 3.11, on which its patches were made, where there is one.
+    local python
+    python="$(command -v python3.11 || command -v python3)"
+    PYTHON="${PYTHON:-$python}" bash scripts/real_farmer.sh >/dev/null
+}
+
+# -- 4. lint and test --------------------------------------------------------------------------
 
 ensure_venv
 if [ "$DOWNSTREAM_TEST_MYSQL_URL" = "$DEFAULT_MYSQL_URL" ]; then
@@ -151,6 +169,8 @@ if [ "$DOWNSTREAM_TEST_MYSQL_URL" = "$DEFAULT_MYSQL_URL" ]; then
 else
     log "using the server in DOWNSTREAM_TEST_MYSQL_URL as it is"
 fi
+
+ensure_real_farmer
 
 log "ruff check"
 .venv/bin/ruff check downstream_node tests scripts

@@ -12,6 +12,7 @@ import aiohttp
 
 from .client import FarmerError, describe_error
 from .loop import EventHook, Farmer, FarmerStats
+from .v1 import V1Farmer
 
 
 @dataclass
@@ -30,8 +31,9 @@ class Swarm:
 
 async def run_farmers(
     url: str,
-    address: str,
+    address: str | None,
     *,
+    api: str = "2014-10",
     farmers: int = 1,
     directory: str | Path = "farm-data",
     duration: float | None = None,
@@ -45,16 +47,19 @@ async def run_farmers(
     """Run ``farmers`` farmers side by side until ``duration`` passes or ``stop`` is set.
 
     Farmers whose registration the node refuses are reported through ``on_event`` and end;
-    the others go on. Pass ``swarm`` to watch the farmers while they run.
+    the others go on. Pass ``swarm`` to watch the farmers while they run. ``api="v1"``
+    farms through the v1 API (``farmer/v1.py``), each farmer signing with the key kept in its
+    state file (for ``address``, or its own when None).
     """
+    kind = V1Farmer if api == "v1" else Farmer
     stop = stop or asyncio.Event()
     swarm = swarm if swarm is not None else Swarm()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         for i in range(farmers):
             swarm.farmers.append(
-                Farmer(
+                kind(
                     url,
-                    address,
+                    address,  # type: ignore[arg-type]
                     directory=Path(directory) / f"farmer-{i + 1}",
                     session=session,
                     wrong_proofs=wrong_proofs,

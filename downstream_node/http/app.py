@@ -48,7 +48,9 @@ from .routes import (
     RateLimiter,
     UnreadableBody,
     add_routes,
+    body_limit,
 )
+from .v1 import add_v1_routes
 
 log = structlog.get_logger("downstream.http")
 access_log = structlog.get_logger("downstream.access")
@@ -164,7 +166,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    max_body = request.app[NODE].settings.max_body
+    max_body = body_limit(request)
     try:
         length = request.content_length
         if length is not None and length > max_body:
@@ -305,7 +307,13 @@ def create_app(
     to False when the caller owns the node). ``sweep_seconds``: if set, run
     ``node.sweep_expired()`` that often in the background.
     """
-    app = web.Application(client_max_size=node.settings.max_body, middlewares=[observe, errors])
+    app = web.Application(
+        client_max_size=node.settings.max_body,
+        middlewares=[observe, errors],
+        # Bodies are read as sent and decoded by the routes (routes.read_body): farmer 0.1.8
+        # labels plain JSON gzip, which aiohttp's own decoding would refuse before any route.
+        handler_args={"auto_decompress": False},
+    )
     app[NODE] = node
     app[TRUSTED_PROXIES] = parse_trusted(node.settings.trusted_proxies)
     app[METRICS] = Metrics(node)
@@ -313,6 +321,7 @@ def create_app(
     app[NEW_LIMITER] = RateLimiter(node, node.settings.new_tokens_per_ip_per_minute)
     app.cleanup_ctx.append(_node_life(node, manage_node, sweep_seconds))
     add_routes(app)
+    add_v1_routes(app)
     add_doc_routes(app)
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     return app

@@ -17,6 +17,7 @@ from marshmallow import Schema
 
 from ..config import Settings
 from . import schemas as sc
+from .openapi_v1 import add_v1_paths
 from .routes import NODE, PREFIX
 
 SCHEMAS: dict[str, type] = {
@@ -75,7 +76,10 @@ def _description(settings: Settings) -> str:
     )
     return (
         "The farmers' API of a downstream node: get a token for an SJCX address, take chunk "
-        "contracts, answer their heartbeat challenges before they expire, end contracts.\n\n"
+        "contracts, answer their heartbeat challenges before they expire, end contracts. "
+        "The 2014-10 routes are under `/api/downstream`; the v1 API of farmer 0.1.8 (signed "
+        "`/new`, bulk routes, public status) under `/api/downstream/v1`, whose errors are "
+        '`{"status": "error", "message": <the original node\'s text>}`.\n\n'
         'Every error is a JSON object `{"status": word, "message": sentence}`; clients '
         "branch on the word, never on the sentence. The words and their HTTP codes:\n\n"
         "| status | HTTP | meaning |\n|---|---|---|\n"
@@ -84,7 +88,8 @@ def _description(settings: Settings) -> str:
         "(`heartbeat`, `challenge`, `tag`, `proof`) are the heartbeat library's `todict()` "
         "forms. Every response carries `X-Request-Id` (the request's own if it sent a "
         "sane one, else a new one).\n\n"
-        f"Limits of this node: request bodies up to {settings.max_body} bytes; "
+        f"Limits of this node: request bodies up to {settings.max_body} bytes (the v1 bulk "
+        f"`/answer`: {settings.max_bulk_body}); "
         f"{settings.token_policy.max_tokens_per_ip} live tokens per IP address; "
         f"{settings.requests_per_token_per_minute} requests per token per minute; "
         f"{settings.new_tokens_per_ip_per_minute} requests to `/new` per IP address per minute."
@@ -250,6 +255,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             }
         },
     )
+    add_v1_paths(spec)
     return spec.to_dict()
 
 

@@ -260,6 +260,12 @@ class ContractCommands:
             contract = fresh
         return contract
 
+    async def refresh(
+        self, contract: cn.ContractView, ctx: Context, guard: dict[str, int]
+    ) -> cn.ContractView | None:
+        """``_refresh`` for the v1 bulk challenge (``service/v1.py``)."""
+        return await self._refresh(contract, ctx, guard)
+
     async def remove(self, token: str, file_hash: str, ctx: Context = OPERATOR) -> None:
         """Hand a contract back: it ends and its replica returns to the pool."""
         rt = self.rt

@@ -20,6 +20,7 @@ from .context import OPERATOR, Context
 from .contracts import ContractCommands
 from .operator import OperatorCommands
 from .tokens import TokenCommands
+from .v1 import V1Commands
 
 
 class Node:
@@ -39,6 +40,8 @@ class Node:
         self.operator = OperatorCommands(self.rt)
         self.contracts = ContractCommands(self.rt)
         self.answers = Answers(self.rt)
+        # The v1 API's bulk commands, over the same commands as the 2014-10 routes.
+        self.v1 = V1Commands(self.rt, self.tokens, self.contracts, self.answers)
 
     # -- what the runtime holds, as callers have always reached it -------------------------------
 

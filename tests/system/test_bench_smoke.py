@@ -64,3 +64,9 @@ def test_bench_script_prints_every_figure_beside_its_limit(tmp_path: Path) -> No
         assert run["statuses"] == {"pass": run["requests"]} and run["requests"] > 0
     figure_shape(http["answers"])
     assert http["p99"]["value_ms"] > 0 and isinstance(http["p99"]["met"], bool)
+    # The bulk v1 /answer beside it, every proof of every batch verified and passed.
+    bulk = http["bulk"]
+    for run in bulk["runs"].values():
+        assert run["statuses"] == {"pass": run["passed"]} and run["passed"] > run["requests"] > 0
+    assert bulk["answers"]["value"] > 0 and bulk["answers"]["per_contract_route"] > 0
+    assert isinstance(bulk["answers"]["met"], bool) and bulk["p99"]["value_ms"] > 0

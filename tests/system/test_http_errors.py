@@ -316,8 +316,8 @@ async def test_a_client_gone_before_its_body_is_499_and_no_error(
 ) -> None:
     """A farmer that hangs up halfway through its body, or before its reply is ready, is
     logged as 499 (as nginx would), not as the node's 500 with a traceback nor as a 200
-    nobody read; aiohttp's own complaint about draining an undecodable body is one warning
-    line, without the body or a traceback."""
+    nobody read; an undecodable body is the route's 400 (the node decodes bodies itself),
+    with no warning, body or traceback logged."""
     node, _ = new_node(db_url, tmp_path)
     due = node.due
     hung_up = asyncio.Event()
@@ -357,7 +357,7 @@ async def test_a_client_gone_before_its_body_is_499_and_no_error(
             )
             hung_up.set()
             for _ in range(100):  # the server notices the hang-ups in its own time
-                if out.getvalue().count('"status": 499') == 2 and "decoded" in out.getvalue():
+                if out.getvalue().count('"status": 499') == 2:
                     break
                 await asyncio.sleep(0.02)
             assert head(node) == before
@@ -367,9 +367,7 @@ async def test_a_client_gone_before_its_body_is_499_and_no_error(
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     access = [line["status"] for line in lines if line["event"] == "request"]
     assert sorted(access) == [400, 499, 499], lines
-    assert [line["level"] for line in lines if line["level"] not in ("info", "debug")] == [
-        "warning"
-    ], lines
+    assert [line["level"] for line in lines if line["level"] not in ("info", "debug")] == [], lines
     assert not any("exception" in line or "Traceback" in str(line) for line in lines), lines
     assert token not in out.getvalue()
 
@@ -473,7 +471,8 @@ async def test_busy_is_503_with_retry_after(api: Api, monkeypatch: pytest.Monkey
 async def test_unknown_routes_and_methods_are_json(api: Api) -> None:
     token, _ = await api.token()
     before = head(api.node)
-    for path in ("/", "/api/downstream", "/api/downstream/nope", f"{API}/chunk/{token}/extra"):
+    # ("/" answers 200: farmer 0.1.8 checks the server root first.)
+    for path in ("/api", "/api/downstream", "/api/downstream/nope", f"{API}/chunk/{token}/extra"):
         status, body = await api.get(path)
         assert_error(status, body, "not_found", 404)
     async with api.client.get(f"{API}/answer/{token}/{api.files[0]}") as response:

@@ -84,7 +84,7 @@ def test_the_api_keeps_its_openapi_document(served: dict[str, str], mode: Genera
     valid ones (positive) and ones that break the document's own constraints (negative)."""
     schema = schemathesis.openapi.from_url(served["url"] + "/api/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 7
+    assert len(operations) == 36  # 7 of the 2014-10 API and its furniture, 29 of v1
     failures: list[str] = []
     seen: set[tuple[str, int]] = set()
     for operation in operations:
@@ -116,8 +116,10 @@ def test_the_api_keeps_its_openapi_document(served: dict[str, str], mode: Genera
     # the generated requests got past the parameter checks, into the node
     due = "GET /api/downstream/due/{token}"
     assert {(due, 404), (due, 200), ("GET /api/downstream/new/{sjcx_address}", 400)} <= seen
+    beat = "GET /api/downstream/v1/heartbeat/{token}"
+    assert {(beat, 404), ("POST /api/downstream/v1/new/{sjcx_address}", 400)} <= seen
     if mode is GenerationMode.POSITIVE:
-        assert {("GET /health", 200), ("GET /metrics", 200)} <= seen, seen
+        assert {("GET /health", 200), ("GET /metrics", 200), (beat, 200)} <= seen, seen
 
 
 def test_the_document_is_the_one_served(served: dict[str, str]) -> None:
