@@ -22,7 +22,7 @@ from ..ledger.store import AppendRequest, AppendResult, UnitOfWork
 from ..projections.queries import Reader, TokenView
 from . import tokens
 from .context import OPERATOR, Context
-from .encodings import Encoding, Encodings
+from .encodings import Encodings
 from .retry import RETRIES, until_appended
 from .runtime import Runtime
 
@@ -41,6 +41,16 @@ class Assignment:
     size: int
     now: int
     request: AppendRequest
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """A contract just appended, as a farmer is told of it (``due`` in UTC microseconds)."""
+
+    seed: str
+    challenge: dict[str, Any]
+    tag: dict[str, Any]
+    due: int
 
 
 class ContractCommands:
@@ -90,18 +100,22 @@ class ContractCommands:
                     if current is None or current.version != chosen.version:
                         continue
                     try:
-                        encoding = await self.encodings.take(chosen, now)
+                        assigned = await self.assign(chosen, owner, now, ctx)
                     except (OSError, HeartbeatError) as exc:
                         # A monitored real file that was moved, shrunk or made unreadable:
                         # the operator's to mend; the farmer gets the next candidate.
                         log.error("file_unreadable", file_hash=chosen.file_hash, error=str(exc))
                         unreadable.add(chosen.file_hash)
                         continue
-                    try:
-                        return await self._assign(chosen, encoding, owner, now, ctx)
-                    except (ConcurrencyConflict, Refused):
-                        self.encodings.keep(chosen.file_hash, encoding)
-                        raise
+                return {
+                    "seed": assigned.seed,
+                    "file_hash": chosen.file_hash,
+                    "size": chosen.size,
+                    "challenge": assigned.challenge,
+                    "tag": assigned.tag,
+                    "due": iso_micros(assigned.due),
+                    "expiration": iso_micros(assigned.due),
+                }
             raise Refused("busy", "too much contention for chunks; try again")
 
         async def reread_owner() -> None:
@@ -114,15 +128,14 @@ class ContractCommands:
             attempt, busy="too much contention for chunks; try again", on_conflict=reread_owner
         )
 
-    async def _assign(
-        self,
-        file: cn.FileView,
-        encoding: Encoding,
-        owner: TokenView,
-        now: int,
-        ctx: Context,
-    ) -> dict[str, Any]:
-        """Append the contract on ``file`` with ``encoding``; the reply for the farmer."""
+    async def assign(self, file: cn.FileView, owner: TokenView, now: int, ctx: Context) -> Assigned:
+        """A new contract on ``file`` for ``owner``: encoded (or a spare encoding taken) and
+        appended at the file's version and the token's, and only if the address's bytes
+        still fit once read under the ledger lock, so that simultaneous requests from one
+        address's tokens (in any process) cannot pass its cap together. The caller holds
+        ``encodings.of_file(file)``. Raises ``ConcurrencyConflict``, ``Refused`` (the cap:
+        ``no_chunks``), or what reading the file raises."""
+        encoding = await self.encodings.take(file, now)
         events = cn.decide_assign(
             file,
             contract_id=secrets.token_hex(16),
@@ -136,9 +149,6 @@ class ContractCommands:
             already_held=False,
             now=now,
         )
-        # Appended at the file's version and the token's, and only if the address's bytes
-        # still fit once read under the ledger lock: simultaneous requests from one
-        # address's tokens (in any process) cannot pass its cap together.
         at, meta = from_micros(now), ctx.meta()
         request = AppendRequest(
             ev.file_stream(file.file_hash),
@@ -146,20 +156,16 @@ class ContractCommands:
             [e.to_new(at, meta) for e in events],
             guards=tokens.guard(owner),
         )
-        await self.rt.committer.decide(
-            self._within_cap, Assignment(owner.address, file.size, now, request)
-        )
-        assigned = events[1]
-        assert isinstance(assigned, ev.ContractAssigned)
-        return {
-            "seed": events[0].seed,  # type: ignore[attr-defined]
-            "file_hash": file.file_hash,
-            "size": file.size,
-            "challenge": encoding.challenge,
-            "tag": encoding.tag,
-            "due": iso_micros(assigned.due),
-            "expiration": iso_micros(assigned.due),
-        }
+        try:
+            await self.rt.committer.decide(
+                self._within_cap, Assignment(owner.address, file.size, now, request)
+            )
+        except (ConcurrencyConflict, Refused):
+            self.encodings.keep(file.file_hash, encoding)  # for the file's next request
+            raise
+        encoded, assigned = events
+        assert isinstance(encoded, ev.ChunkEncoded) and isinstance(assigned, ev.ContractAssigned)
+        return Assigned(encoded.seed, encoding.challenge, encoding.tag, assigned.due)
 
     def _within_cap(
         self, unit: UnitOfWork, asks: list[Assignment]

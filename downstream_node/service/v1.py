@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 from typing import Any
 
 import structlog
 
 from ..domain import contracts as cn
-from ..domain import events as ev
 from ..domain.errors import ConcurrencyConflict, Refused
 from ..domain.signatures import REFUSAL_MESSAGES, check_new_signature
 from ..heartbeat.scheme import HeartbeatError
@@ -156,37 +154,17 @@ class V1Commands:
         return issued
 
     async def _assign(self, owner: TokenView, chosen: cn.FileView, ctx: Context) -> dict[str, Any]:
-        rt = self.rt
-        now = rt.now()
-        tag, initial, challenge, state_after = await rt.run(self.contracts.encode, chosen, now)
-        events = cn.decide_assign(
-            chosen,
-            contract_id=secrets.token_hex(16),
-            token_hash=owner.token_hash,
-            heartbeat=rt.proofs().kind,
-            tag=tag,
-            initial_state=initial,
-            challenge=challenge,
-            challenge_index=0,
-            state=state_after,
-            already_held=False,
-            now=now,
-        )
-        await rt.append(
-            ev.file_stream(chosen.file_hash),
-            chosen.version,
-            events,
-            ctx,
-            guards=tokens.guard(owner),
-        )
-        assigned = events[1]
-        assert isinstance(assigned, ev.ContractAssigned)
+        """One contract, as the 2014-10 route makes it (one encoder per file, the byte cap
+        checked under the ledger lock), in the v1 reply's terms."""
+        now = self.rt.now()
+        async with self.contracts.encodings.of_file(chosen.file_hash):
+            assigned = await self.contracts.assign(chosen, owner, now, ctx)
         return {
             "file_hash": chosen.file_hash,
-            "seed": events[0].seed,  # type: ignore[attr-defined]
+            "seed": assigned.seed,
             "size": chosen.size,
-            "challenge": challenge,
-            "tag": tag,
+            "challenge": assigned.challenge,
+            "tag": assigned.tag,
             "due": _seconds(assigned.due - now),
         }
 
