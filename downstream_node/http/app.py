@@ -48,9 +48,10 @@ from .routes import (
     REQUEST_ID,
     ClientGone,
     RateLimited,
-    RateLimiter,
     UnreadableBody,
     add_routes,
+    new_token_limiter,
+    token_limiter,
 )
 
 log = structlog.get_logger("downstream.http")
@@ -309,8 +310,8 @@ def create_app(
     app[NODE] = node
     app[TRUSTED_PROXIES] = parse_trusted(node.settings.trusted_proxies)
     app[METRICS] = Metrics(node)
-    app[LIMITER] = RateLimiter(node, node.settings.requests_per_token_per_minute)
-    app[NEW_LIMITER] = RateLimiter(node, node.settings.new_tokens_per_ip_per_minute)
+    app[LIMITER] = token_limiter(node)
+    app[NEW_LIMITER] = new_token_limiter(node)
     app.cleanup_ctx.append(_node_life(node, manage_node, sweep_seconds))
     add_routes(app)
     add_doc_routes(app)

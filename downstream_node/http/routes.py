@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import structlog
@@ -56,7 +57,8 @@ class RateLimited(Refused):
 
 
 class RateLimiter:
-    """At most ``limit`` requests per key (a token, an IP) per clock minute (fixed windows).
+    """At most ``limit`` requests per key (a token, an IP) per clock minute (fixed windows),
+    in this process only (``SharedRateLimiter`` holds across processes).
 
     Only the current minute's counters are kept, so memory is bounded by one minute of
     traffic whatever tokens a client makes up. Time comes from the node's clock.
@@ -86,8 +88,47 @@ class RateLimiter:
             )
 
 
-LIMITER = web.AppKey("rate_limiter", RateLimiter)
-NEW_LIMITER = web.AppKey("new_token_rate_limiter", RateLimiter)
+class SharedRateLimiter:
+    """``RateLimiter``'s limit, held across every process serving this database: the counts
+    live in the database (``service/limits.py``, which leases allowances so that a busy
+    subject costs a few writes a minute). ``max_lease`` 1 counts every request there."""
+
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        limit: int,
+        *,
+        max_lease: int = 1,
+        stored_as: Callable[[str], str] | None = None,
+    ) -> None:
+        self.limit = limit
+        self.shared = node.minute_limit(name, limit, max_lease=max_lease, stored_as=stored_as)
+
+    async def check(self, key: str, per: str = "token") -> None:
+        retry_after = await self.shared.check(key)
+        if retry_after is not None:
+            raise RateLimited(
+                retry_after, f"at most {self.limit} requests per minute per {per}; retry later"
+            )
+
+
+def token_limiter(node: Node) -> SharedRateLimiter:
+    """Requests per token per minute: the hot path, so leases of up to a tenth of the limit;
+    the database holds the token's hash, never the token."""
+    limit = node.settings.requests_per_token_per_minute
+    return SharedRateLimiter(
+        node, "token", limit, max_lease=max(1, limit // 10), stored_as=tk.token_hash
+    )
+
+
+def new_token_limiter(node: Node) -> SharedRateLimiter:
+    """``/new`` per IP per minute: every request counted in the database (exact)."""
+    return SharedRateLimiter(node, "new_ip", node.settings.new_tokens_per_ip_per_minute)
+
+
+LIMITER = web.AppKey("rate_limiter", SharedRateLimiter)
+NEW_LIMITER = web.AppKey("new_token_rate_limiter", SharedRateLimiter)
 
 
 # -- input checks (no node involved) ------------------------------------------------------------
@@ -181,9 +222,9 @@ ANSWER_REPLIES = {
 }
 
 
-def _token_param(request: web.Request) -> str:
+async def _token_param(request: web.Request) -> str:
     token = check_token(request.match_info["token"])
-    request.app[LIMITER].check(token)
+    await request.app[LIMITER].check(token)
     return token
 
 
@@ -191,32 +232,32 @@ def _token_param(request: web.Request) -> str:
 
 
 async def new_token(request: web.Request) -> web.Response:
-    request.app[NEW_LIMITER].check(f"ip:{request[REMOTE]}", "IP address")
+    await request.app[NEW_LIMITER].check(request[REMOTE], "IP address")
     address = check_address(request.match_info["sjcx_address"])
     token, heartbeat = await request.app[NODE].create_token(address, context(request))
     return reply(sc.new_token_schema, {"token": token, "heartbeat": heartbeat})
 
 
 async def chunk(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     contract = await request.app[NODE].chunk(token, context(request))
     return reply(sc.chunk_schema, contract)
 
 
 async def remove(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     file_hash = check_hash(request.match_info["file_hash"])
     await request.app[NODE].remove(token, file_hash, context(request))
     return reply(sc.status_schema, {"status": "ok"})
 
 
 async def due(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     return reply(sc.due_schema, await request.app[NODE].due(token, context(request)))
 
 
 async def answer(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     file_hash = check_hash(request.match_info["file_hash"])
     body = await read_json_object(request)
     proof = body.get("proof")
