@@ -418,6 +418,36 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
     help="A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the "
     "farmer, for the per-IP limits and the events. Default: none; the peer's address counts.",
 )
+@click.option(
+    "--db-connect-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Seconds to connect to MySQL/MariaDB.",
+)
+@click.option(
+    "--db-read-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds a MySQL/MariaDB connection waits to read (then it is dropped; a COMMIT cut "
+    "short has an unknown outcome, retried safely by request id); on SQLite, the busy timeout.",
+)
+@click.option(
+    "--db-write-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds a MySQL/MariaDB connection waits to write.",
+)
+@click.option(
+    "--db-wait",
+    type=click.FloatRange(0, min_open=True),
+    default=4.0,
+    show_default=True,
+    help="Seconds one request waits for the database in all before the farmer gets 503 with "
+    "Retry-After.",
+)
 @click.pass_obj
 def serve(
     obj: Obj,
@@ -432,6 +462,10 @@ def serve(
     demo_redundancy: int | None,
     stop_timeout: float,
     trusted_proxies: tuple[str, ...],
+    db_connect_timeout: float,
+    db_read_timeout: float,
+    db_write_timeout: float,
+    db_wait: float,
 ) -> None:
     """Serve the farmers' API (and /health, /metrics, /api/docs) until Ctrl-C."""
     from .http.logs import configure_logging
@@ -463,7 +497,14 @@ def serve(
         stock = DemoStock(demo_chunks, demo_size, demo_interval, demo_redundancy)
         runner.run(
             serve_api(
-                dataclasses.replace(obj.settings, trusted_proxies=trusted_proxies),
+                dataclasses.replace(
+                    obj.settings,
+                    trusted_proxies=trusted_proxies,
+                    db_connect_timeout=db_connect_timeout,
+                    db_read_timeout=db_read_timeout,
+                    db_write_timeout=db_write_timeout,
+                    db_wait=db_wait,
+                ),
                 host=host,
                 port=port,
                 demo=demo,
