@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,40 @@ async def test_an_unreachable_database_is_a_retryable_503(
             assert (status, body["status"]) == (503, "error") and int(retry_after) > 0
     monkeypatch.undo()
     assert (await call(client, "GET", f"{API}/due/{me['token']}"))[0] == 200
+
+
+async def test_a_request_waits_for_a_locked_ledger_at_most_its_budget(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """Another client holds the ledger (SQLite's write lock; MariaDB's ledger-head row): a
+    request that must write gets 503 with Retry-After once its budget for the database
+    (``db_wait``) is spent, not when the lock is freed; then the node answers again."""
+    node, _ = new_node(db_url, tmp_path, db_wait=1.0)
+    client = await aiohttp_client(create_app(node))
+    await stock(node, files=1)
+    if db_url.startswith("sqlite"):
+        holder: Any = sqlite3.connect(sa.make_url(db_url).database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder_engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+        holder = holder_engine.connect()
+        holder.execute(sa.text("SELECT position FROM ledger_head FOR UPDATE"))
+    try:
+        with capture_logs() as logs:
+            status, body, retry_after = await asyncio.wait_for(
+                call(client, "GET", f"{API}/new/{ADDRESS}"), 10
+            )
+        assert (status, body["status"]) == (503, "error") and int(retry_after) > 0
+        assert "did not answer within 1 s" in body["message"]
+        assert any(e["event"] == "database_timeout" for e in logs)
+    finally:
+        holder.rollback()
+        holder.close()
+        if not db_url.startswith("sqlite"):
+            holder_engine.dispose()
+    status, body, _ = await call(client, "GET", f"{API}/new/{ADDRESS}")
+    assert status == 200 and body["token"]
+    await client.close()
 
 
 # -- MariaDB: KILL the node's connections from the server side ----------------------------------
