@@ -1,9 +1,10 @@
 """Per-minute rate limits that hold across every ``serve`` process on one database.
 
 Each process leases allowances from a counter in the database (``ledger/counters.py``) and
-spends them in memory: a subject's first request in a minute costs one short write, later
-ones none until the lease is spent. Leases double up to ``max_lease``, so a busy subject
-costs a few writes a minute and a quiet one a single write; the processes together never let
+spends them in memory: a subject's first request in a minute costs a lease, later ones none
+until the lease is spent. Leases double up to ``max_lease``, so a busy subject costs a few
+leases a minute and a quiet one a single lease; leases asked at the same time share one
+transaction (a ``Batcher``, as appends share group commits). The processes together never let
 more than the limit through (units leased and not spent are lost, so they may let fewer).
 """
 
@@ -15,6 +16,7 @@ import structlog
 
 from ..domain.clock import to_micros
 from ..ledger import counters
+from ..ledger.batching import Batcher
 from .runtime import Runtime
 
 log = structlog.get_logger("downstream.node")
@@ -46,11 +48,16 @@ class MinuteLimit:
         self.name = name
         self.limit = limit
         self.max_lease = max(1, max_lease)
-        self.leases = 0  # database writes made, for tests and metrics
+        self.leases = 0  # leases asked (several may share a transaction), for tests
         self._period = -1
         self._left: dict[str, int] = {}  # units leased and not spent, per subject
         self._next: dict[str, int] = {}  # the size of the subject's next lease
         self._spent: set[str] = set()  # subjects whose limit this period is reached
+        self._leases: Batcher[counters.Ask, int] = Batcher(
+            lambda asks: list(counters.take_many(rt.engine, asks)),
+            executor=rt.executor,
+            name=f"rate-leases-{name}",
+        )
 
     async def check(self, subject: str) -> int | None:
         """``None`` if the request may go on, else the seconds until the period turns."""
@@ -68,15 +75,8 @@ class MinuteLimit:
         if subject in self._spent:
             return retry_after
         lease = self._next.get(subject, 1)
-        granted = await self.rt.run_db(
-            counters.take,
-            self.rt.engine,
-            self.name,
-            self.stored_as(subject)[:128],
-            period,
-            lease,
-            self.limit,
-        )
+        ask = counters.Ask(self.name, self.stored_as(subject)[:128], period, lease, self.limit)
+        granted = await self.rt.waited(self._leases.submit(ask))
         self.leases += 1
         if period != self._period:
             # The period turned while the lease was taken: this request was counted in the
