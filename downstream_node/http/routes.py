@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -19,7 +18,6 @@ from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError
 
 from ..domain import tokens as tk
-from ..domain.clock import to_micros
 from ..domain.errors import Refused
 from ..service import Context, Node
 from . import schemas as sc
@@ -56,42 +54,11 @@ class RateLimited(Refused):
         self.retry_after = retry_after
 
 
-class RateLimiter:
-    """At most ``limit`` requests per key (a token, an IP) per clock minute (fixed windows),
-    in this process only (``SharedRateLimiter`` holds across processes).
-
-    Only the current minute's counters are kept, so memory is bounded by one minute of
-    traffic whatever tokens a client makes up. Time comes from the node's clock.
-    """
-
-    def __init__(self, node: Node, limit: int) -> None:
-        self.node = node
-        self.limit = limit
-        self._window = -1
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def check(self, key: str, per: str = "token") -> None:
-        if self.limit <= 0:
-            return
-        now = to_micros(self.node.clock.now()) // 1_000_000
-        window = now // 60
-        with self._lock:
-            if window != self._window:
-                self._window, self._counts = window, {}
-            count = self._counts.get(key, 0) + 1
-            self._counts[key] = count
-        if count > self.limit:
-            raise RateLimited(
-                60 - now % 60,
-                f"at most {self.limit} requests per minute per {per}; retry later",
-            )
-
-
 class SharedRateLimiter:
-    """``RateLimiter``'s limit, held across every process serving this database: the counts
-    live in the database (``service/limits.py``, which leases allowances so that a busy
-    subject costs a few writes a minute). ``max_lease`` 1 counts every request there."""
+    """At most ``limit`` requests per key (a token, an IP) per clock minute (fixed windows,
+    the node's clock), held across every process serving this database: the counts live in
+    the database (``service/limits.py``, which leases allowances so that a busy subject
+    costs a few writes a minute). ``max_lease`` 1 counts every request there."""
 
     def __init__(
         self,
