@@ -4,6 +4,7 @@ spending allowances they lease from the database; on SQLite and on MariaDB."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -67,6 +68,9 @@ async def test_exact_limit_with_single_leases(db_url: str, tmp_path: Path) -> No
         outcomes = [await limits[i % 2].check("10.1.2.3") for i in range(20)]
         assert outcomes[:7] == [None] * 7 and all(o is not None for o in outcomes[7:])
         assert await limits[0].check("10.1.2.4") is None  # per address
+        # asked all at once (leases of one subject sharing a transaction): still exactly 7
+        together = await asyncio.gather(*(limits[i % 2].check("10.1.2.5") for i in range(20)))
+        assert sum(1 for o in together if o is None) == 7
     finally:
         await first.close()
         await second.close()
