@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .domain.contracts import HandBackPolicy
 from .domain.tokens import TokenPolicy
-from .ledger.db import default_url, is_sqlite, sqlite_file
+from .ledger.db import DbTimeouts, default_url, is_sqlite, sqlite_file
 
 MiB = 1024 * 1024
 
@@ -47,6 +47,18 @@ class Settings:
     geoip: Path | None = None
     # Reverse proxies (addresses or networks) whose X-Forwarded-For names the farmer.
     trusted_proxies: tuple[str, ...] = ()
+    # Time budgets for the database, in seconds (None: no bound, for the operator's commands,
+    # which may run long statements; ``serve`` sets them all, see its --db-* options): to
+    # connect, to read or write on a connection's socket (on SQLite the read timeout is the
+    # busy timeout), and how long one request waits for the database in all before the node
+    # answers 503 with Retry-After (``db_wait``).
+    db_connect_timeout: float | None = None
+    db_read_timeout: float | None = None
+    db_write_timeout: float | None = None
+    db_wait: float | None = None
+
+    def db_timeouts(self) -> DbTimeouts:
+        return DbTimeouts(self.db_connect_timeout, self.db_read_timeout, self.db_write_timeout)
 
     def secret_path(self) -> Path:
         if self.secret_file is not None:

@@ -1,5 +1,6 @@
 """Helpers of the reliability, security and multi-process tests: checking a whole ledger
-after the fact, and running ``downstream-node serve`` as a child process (always reaped)."""
+after the fact, running ``downstream-node serve`` as a child process (always reaped), and a
+MariaDB server of a test's own (always killed)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,3 +300,85 @@ def assert_passes_recorded(load: Load, facts: LedgerFacts) -> None:
         if index not in facts.passes_of(token, file_hash)
     ]
     assert not missing, f"{len(missing)} pass responses not in the ledger: {missing[:10]}"
+
+
+# -- a MariaDB server of the test's own -----------------------------------------------------------
+
+MARIADBD = "/usr/sbin/mariadbd"
+
+
+@dataclass
+class PrivateMariaDB:
+    url: str
+    process: asyncio.subprocess.Process
+    directory: Path
+
+
+@contextlib.asynccontextmanager
+async def private_mariadb() -> AsyncIterator[PrivateMariaDB]:
+    """A MariaDB server of the test's own (its own data directory, port and socket, root
+    without a password over TCP), for tests that stop or kill the server itself; killed and
+    its directory removed at the end, always. Under /tmp, not pytest's 0700 directory: the
+    server runs as ``mysql`` when the tests run as root."""
+    assert os.access(MARIADBD, os.X_OK), f"{MARIADBD} is missing (scripts/test.sh installs it)"
+    directory = Path(tempfile.mkdtemp(prefix="downstream-mariadb-"))
+    process = None
+    try:
+        data = directory / "data"
+        data.mkdir()
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            directory.chmod(0o755)
+            shutil.chown(directory, "mysql", "mysql")
+            shutil.chown(data, "mysql", "mysql")
+            as_user = ["--user=mysql"]
+        install = await asyncio.create_subprocess_exec(
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={data}",
+            *as_user,
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(install.communicate(), 120)
+        assert install.returncode == 0, err.decode()[-2000:]
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            MARIADBD,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--port={port}",
+            f"--socket={directory / 'mysqld.sock'}",
+            f"--pid-file={directory / 'mysqld.pid'}",
+            f"--log-error={directory / 'error.log'}",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--performance-schema=OFF",
+            "--innodb-buffer-pool-size=64M",
+            *as_user,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        base = f"mysql+pymysql://root@127.0.0.1:{port}"
+        for _ in range(300):  # up within 30 s
+            try:
+                engine = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("CREATE DATABASE test CHARACTER SET utf8mb4")
+                break
+            except sa.exc.OperationalError:
+                assert process.returncode is None, (directory / "error.log").read_text()[-2000:]
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the private MariaDB did not start within 30 s")
+        yield PrivateMariaDB(f"{base}/test", process, directory)
+    finally:
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)  # the test may have left it stopped
+            await kill(process)
+        shutil.rmtree(directory, ignore_errors=True)

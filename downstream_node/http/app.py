@@ -11,9 +11,10 @@ background. Two middlewares wrap every handler:
   ``{"status": word, "message": sentence}`` with the word's HTTP code, answers unknown
   routes and methods with JSON 404/405, and turns anything unexpected into a logged
   ``500 {"status": "error"}``. A database that is unreachable, drops the connection or
-  fails an append is ``503 {"status": "error"}`` with ``Retry-After``: retryable, never a
-  verdict (an append whose commit outcome is unknown is not reported as done; a farmer's
-  identical retry of an answer gets the recorded verdict).
+  fails an append, or does not answer within the request's budget (``settings.db_wait``),
+  is ``503 {"status": "error"}`` with ``Retry-After``: retryable, never a verdict (an
+  append whose commit outcome is unknown is not reported as done; a farmer's identical
+  retry of an answer gets the recorded verdict).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..domain import tokens as tk
 from ..domain.errors import Refused
 from ..ledger.store import AppendFailed
 from ..service import Node
+from ..service.runtime import DatabaseTimeout
 from . import schemas as sc
 from .metrics import METRICS, Metrics, metrics_handler
 from .openapi import add_doc_routes
@@ -45,10 +47,11 @@ from .routes import (
     REMOTE,
     REQUEST_ID,
     ClientGone,
-    RateLimiter,
     UnreadableBody,
     add_routes,
     body_limit,
+    new_token_limiter,
+    token_limiter,
 )
 from .v1 import add_v1_routes
 
@@ -166,12 +169,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    node = request.app[NODE]
     max_body = body_limit(request)
     try:
         length = request.content_length
         if length is not None and length > max_body:
             raise Refused("too_large", f"the body has {length} bytes; at most {max_body} allowed")
-        return await handler(request)
+        with node.rt.wait_budget():  # a stalled database is a 503 in time, not a hang
+            return await handler(request)
     except ClientGone:
         # Nobody reads this reply; its code is what the access log and the metrics record.
         return web.Response(status=CLIENT_GONE)
@@ -207,6 +212,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 "unknown; retry later (an identical answer gets the recorded verdict)"
             )
         return _unavailable(message)
+    except DatabaseTimeout as timeout:
+        log.error("database_timeout", route=route_name(request), seconds=timeout.seconds)
+        return _unavailable(
+            f"the database did not answer within {timeout.seconds:g} s; retry later (an "
+            "identical answer gets the recorded verdict)"
+        )
     except Exception as exc:
         if _database_unavailable(exc):
             log.exception("database_unavailable", route=route_name(request))
@@ -317,8 +328,8 @@ def create_app(
     app[NODE] = node
     app[TRUSTED_PROXIES] = parse_trusted(node.settings.trusted_proxies)
     app[METRICS] = Metrics(node)
-    app[LIMITER] = RateLimiter(node, node.settings.requests_per_token_per_minute)
-    app[NEW_LIMITER] = RateLimiter(node, node.settings.new_tokens_per_ip_per_minute)
+    app[LIMITER] = token_limiter(node)
+    app[NEW_LIMITER] = new_token_limiter(node)
     app.cleanup_ctx.append(_node_life(node, manage_node, sweep_seconds))
     add_routes(app)
     add_v1_routes(app)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import zlib
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import structlog
@@ -19,7 +19,6 @@ from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError
 
 from ..domain import tokens as tk
-from ..domain.clock import to_micros
 from ..domain.errors import Refused
 from ..service import Context, Node
 from . import schemas as sc
@@ -55,39 +54,50 @@ class RateLimited(Refused):
         super().__init__("too_many_requests", message, retry_after=retry_after)
 
 
-class RateLimiter:
-    """At most ``limit`` requests per key (a token, an IP) per clock minute (fixed windows).
+class SharedRateLimiter:
+    """At most ``limit`` requests per key (a token, an IP) per clock minute (fixed windows,
+    the node's clock), held across every process serving this database: the counts live in
+    the database (``service/limits.py``, which leases allowances so that a busy subject
+    costs a few writes a minute). ``max_lease`` 1 counts every request there."""
 
-    Only the current minute's counters are kept, so memory is bounded by one minute of
-    traffic whatever tokens a client makes up. Time comes from the node's clock.
-    """
-
-    def __init__(self, node: Node, limit: int) -> None:
-        self.node = node
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        limit: int,
+        *,
+        max_lease: int = 1,
+        stored_as: Callable[[str], str] | None = None,
+    ) -> None:
         self.limit = limit
-        self._window = -1
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self.shared = node.minute_limit(name, limit, max_lease=max_lease, stored_as=stored_as)
 
-    def check(self, key: str, per: str = "token") -> None:
-        if self.limit <= 0:
-            return
-        now = to_micros(self.node.clock.now()) // 1_000_000
-        window = now // 60
-        with self._lock:
-            if window != self._window:
-                self._window, self._counts = window, {}
-            count = self._counts.get(key, 0) + 1
-            self._counts[key] = count
-        if count > self.limit:
+    async def check(self, key: str, per: str = "token") -> None:
+        retry_after = await self.shared.check(key)
+        if retry_after is not None:
             raise RateLimited(
-                60 - now % 60,
-                f"at most {self.limit} requests per minute per {per}; retry later",
+                retry_after, f"at most {self.limit} requests per minute per {per}; retry later"
             )
 
 
-LIMITER = web.AppKey("rate_limiter", RateLimiter)
-NEW_LIMITER = web.AppKey("new_token_rate_limiter", RateLimiter)
+def token_limiter(node: Node) -> SharedRateLimiter:
+    """Requests per token per minute: the hot path, so leases of up to a tenth of the limit;
+    the database holds the token's hash, never the token."""
+    limit = node.settings.requests_per_token_per_minute
+    return SharedRateLimiter(
+        node, "token", limit, max_lease=max(1, limit // 10), stored_as=tk.token_hash
+    )
+
+
+def new_token_limiter(node: Node) -> SharedRateLimiter:
+    """``/new`` per IP per minute: every request counted in the database (exact)."""
+    return SharedRateLimiter(node, "new_ip", node.settings.new_tokens_per_ip_per_minute)
+
+
+LIMITER = web.AppKey("rate_limiter", SharedRateLimiter)
+NEW_LIMITER = web.AppKey("new_token_rate_limiter", SharedRateLimiter)
+
+
 # Route name -> the largest body it takes, where that is not the node's max_body.
 BODY_LIMITS = web.AppKey("body_limits", dict)
 
@@ -97,6 +107,17 @@ def body_limit(request: web.Request) -> int:
     name = route.name if route is not None else None
     limits = request.app.get(BODY_LIMITS) or {}
     return int(limits.get(name, request.app[NODE].settings.max_body))
+
+
+async def limit_new_tokens(request: web.Request) -> None:
+    """``/new`` (either API) per IP per minute, the IP counted as its group (an IPv6 /64)."""
+    await request.app[NEW_LIMITER].check(client_group(request), "IP address")
+
+
+def client_group(request: web.Request) -> str:
+    """What per-IP limits count the request's client under (``tokens.ip_group``)."""
+    policy = request.app[NODE].settings.token_policy
+    return tk.ip_group(request[REMOTE], policy.ipv6_prefix)
 
 
 # -- input checks (no node involved) ------------------------------------------------------------
@@ -247,9 +268,9 @@ ANSWER_REPLIES = {
 }
 
 
-def _token_param(request: web.Request) -> str:
+async def _token_param(request: web.Request) -> str:
     token = check_token(request.match_info["token"])
-    request.app[LIMITER].check(token)
+    await request.app[LIMITER].check(token)
     return token
 
 
@@ -257,35 +278,32 @@ def _token_param(request: web.Request) -> str:
 
 
 async def new_token(request: web.Request) -> web.Response:
-    policy = request.app[NODE].settings.token_policy
-    request.app[NEW_LIMITER].check(
-        f"ip:{tk.ip_group(request[REMOTE], policy.ipv6_prefix)}", "IP address"
-    )
+    await limit_new_tokens(request)
     address = check_address(request.match_info["sjcx_address"])
     token, heartbeat = await request.app[NODE].create_token(address, context(request))
     return reply(sc.new_token_schema, {"token": token, "heartbeat": heartbeat})
 
 
 async def chunk(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     contract = await request.app[NODE].chunk(token, context(request))
     return reply(sc.chunk_schema, contract)
 
 
 async def remove(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     file_hash = check_hash(request.match_info["file_hash"])
     await request.app[NODE].remove(token, file_hash, context(request))
     return reply(sc.status_schema, {"status": "ok"})
 
 
 async def due(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     return reply(sc.due_schema, await request.app[NODE].due(token, context(request)))
 
 
 async def answer(request: web.Request) -> web.Response:
-    token = _token_param(request)
+    token = await _token_param(request)
     file_hash = check_hash(request.match_info["file_hash"])
     body = await read_json_object(request)
     proof = body.get("proof")

@@ -23,13 +23,13 @@ from . import schemas_v1 as s1
 from .routes import (
     BODY_LIMITS,
     LIMITER,
-    NEW_LIMITER,
     NODE,
-    REMOTE,
     TOKEN_RE,
     RateLimited,
     UnreadableBody,
+    client_group,
     context,
+    limit_new_tokens,
     read_body,
     reply,
 )
@@ -103,19 +103,19 @@ def _refusal(request: web.Request, refused: Refused, no_token_code: int) -> web.
     return response
 
 
-def _token(request: web.Request) -> str:
+async def _token(request: web.Request) -> str:
     token = request.match_info["token"]
     if not TOKEN_RE.match(token):
         raise Refused("no_token", NO_TOKEN)
     token = token.lower()
-    request.app[LIMITER].check(token)
+    await request.app[LIMITER].check(token)
     return token
 
 
-def _public(request: web.Request) -> None:
+async def _public(request: web.Request) -> None:
     """The public status routes read every farmer: limited per IP address, as a token's
     requests are (the same limiter, keys of their own)."""
-    request.app[LIMITER].check(f"ip:{request[REMOTE]}", "IP address")
+    await request.app[LIMITER].check(f"ip:{client_group(request)}", "IP address")
 
 
 def _number(text: str) -> int:
@@ -149,7 +149,7 @@ async def new_get(request: web.Request) -> web.Response:
 
 @v1_errors()
 async def new_post(request: web.Request) -> web.Response:
-    request.app[NEW_LIMITER].check(f"ip:{request[REMOTE]}", "IP address")
+    await limit_new_tokens(request)
     body = await _json_body(request)
     if not isinstance(body, dict) or "signature" not in body or "message" not in body:
         raise V1Error(400, MALFORMED_NEW)
@@ -162,14 +162,14 @@ async def new_post(request: web.Request) -> web.Response:
 
 @v1_errors(no_token_code=404)
 async def heartbeat(request: web.Request) -> web.Response:
-    token = _token(request)
+    token = await _token(request)
     node = request.app[NODE]
     return _token_reply(token, await node.v1.heartbeat(token), node.scheme.kind)
 
 
 @v1_errors()
 async def chunk(request: web.Request) -> web.Response:
-    token = _token(request)
+    token = await _token(request)
     size = request.match_info.get("size")
     wanted = _number(size) if size is not None else DEFAULT_CHUNK_REQUEST
     chunks = await request.app[NODE].v1.chunks(token, wanted, context(request))
@@ -178,7 +178,7 @@ async def chunk(request: web.Request) -> web.Response:
 
 @v1_errors()
 async def challenge(request: web.Request) -> web.Response:
-    token = _token(request)
+    token = await _token(request)
     hashes = None
     if request.method == "POST":
         body = await _json_body(request)
@@ -191,7 +191,7 @@ async def challenge(request: web.Request) -> web.Response:
 
 @v1_errors()
 async def answer(request: web.Request) -> web.Response:
-    token = _token(request)
+    token = await _token(request)
     body = await _json_body(request, lenient_gzip=True)
     if not isinstance(body, dict) or not isinstance(body.get("proofs"), list):
         raise Refused("bad_request", 'the body must be a JSON object {"proofs": [...]}')
@@ -204,7 +204,7 @@ async def answer(request: web.Request) -> web.Response:
 def _lister(*, online: bool, descending: bool) -> Handler:
     @v1_errors()
     async def status_list(request: web.Request) -> web.Response:
-        _public(request)
+        await _public(request)
         info = request.match_info
         limit = info.get("limit")
         farmers = await request.app[NODE].v1.farmers(
@@ -221,7 +221,7 @@ def _lister(*, online: bool, descending: bool) -> Handler:
 
 @v1_errors()
 async def status_show(request: web.Request) -> web.Response:
-    _public(request)
+    await _public(request)
     farmer_id = request.match_info["farmer_id"]
     if len(farmer_id) != FARMER_ID_CHARS or not all(c in "0123456789abcdef" for c in farmer_id):
         raise V1Error(404, NO_FARMER)

@@ -63,6 +63,11 @@ class Batcher(Generic[In, Out]):
         while self._pending:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
+            # A caller that gave up (cancelled its future) before its batch began is told
+            # nothing was done: so nothing is (a stalled database leaves many such).
+            batch = [(item, future) for item, future in batch if not future.done()]
+            if not batch:
+                continue
             try:
                 outcomes = await loop.run_in_executor(
                     self.executor, self.run, [item for item, _ in batch]

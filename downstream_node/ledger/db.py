@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,16 +68,41 @@ def existing_ledger(url: str) -> Engine:
     return engine
 
 
-def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+@dataclass(frozen=True)
+class DbTimeouts:
+    """Seconds a connection may take to connect, and then to read or write on its socket
+    (PyMySQL's ``connect_timeout``, ``read_timeout``, ``write_timeout``); ``None``: the
+    driver's own (no bound on reads and writes). On SQLite ``read`` is also how long a
+    statement waits for another connection's lock (busy timeout; else 30 s). A read that
+    runs out drops its connection: a COMMIT cut short that way has an unknown outcome, as
+    the store already reports (``AppendFailed(before_commit=False)``)."""
+
+    connect: float | None = None
+    read: float | None = None
+    write: float | None = None
+
+
+def make_engine(url: str, *, pool_size: int = 8, timeouts: DbTimeouts | None = None) -> Engine:
+    timeouts = timeouts or DbTimeouts()
     if is_sqlite(url):
-        return _sqlite_engine(url, pool_size)
+        return _sqlite_engine(url, pool_size, busy=timeouts.read or SQLITE_BUSY)
     if url.startswith("mysql://"):
         url = "mysql+pymysql://" + url[len("mysql://") :]
     sep = "&" if "?" in url else "?"
     if "charset=" not in url:
         url += f"{sep}charset=utf8mb4"
+    connect_args = {
+        name: value
+        for name, value in (
+            ("connect_timeout", timeouts.connect),
+            ("read_timeout", timeouts.read),
+            ("write_timeout", timeouts.write),
+        )
+        if value is not None
+    }
     engine = sa.create_engine(
         url,
+        connect_args=connect_args,
         pool_size=pool_size,
         max_overflow=pool_size,
         # No ping per checkout: it was a round trip more for every transaction. A pooled
@@ -126,19 +152,24 @@ def _quick_escape(dbapi_conn: object) -> None:
     dbapi_conn._escape_string = quick  # type: ignore[attr-defined]
 
 
-def _sqlite_engine(url: str, pool_size: int = 8) -> Engine:
+SQLITE_BUSY = 30.0  # seconds a statement waits for another connection's lock, by default
+
+
+def _sqlite_engine(url: str, pool_size: int = 8, busy: float = SQLITE_BUSY) -> Engine:
     # A file's pool keeps as many connections as the node has threads: opening one runs
     # the pragmas below, which an overflow connection would repeat on every checkout.
     memory = sa.make_url(url).database in (None, "", ":memory:")  # sqlite:// is in memory too
     pool = {} if memory else {"pool_size": pool_size, "max_overflow": pool_size}
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
+    engine = sa.create_engine(
+        url, connect_args={"timeout": busy, "check_same_thread": False}, **pool
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         # Let SQLAlchemy, not pysqlite, decide when transactions begin.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
         if not memory:
             _wal(cur)
         cur.execute("PRAGMA synchronous=FULL")

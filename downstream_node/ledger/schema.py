@@ -52,3 +52,17 @@ ledger_head = sa.Table(
 )
 
 HEAD_ID = 1
+
+# Per-minute request counters shared by every node process on this database (the rate limits
+# of service/limits.py): how many requests of a limit's subject (a token's hash, an IP) were
+# let through, or leased to a process, in one period. Not part of the ledger: no event, no
+# hash; rows of past periods are deleted.
+rate_counts = sa.Table(
+    "rate_counts",
+    metadata,
+    sa.Column("limit_name", sa.String(16), primary_key=True),
+    sa.Column("subject", sa.String(128), primary_key=True),
+    sa.Column("period", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("used", sa.BigInteger, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)

@@ -79,7 +79,7 @@ class Answers:
         while conflicts < RETRIES:  # waiting for another answer's flight is not a conflict
             leader = self._answering.get(key)
             if leader is not None:
-                settled = await asyncio.shield(leader)
+                settled = await self.rt.waited(asyncio.shield(leader))  # its database wait
                 if settled is not None and settled[0] == digest:
                     return settled[1]  # the very same answer: the same verdict
                 continue  # another answer: look again (answered now, or still open)
@@ -114,7 +114,7 @@ class Answers:
         """One attempt: looked up, verified, decided and recorded in one unit of work
         (``parsed`` is the proof as verified, ``proof`` its dict as recorded)."""
         ask = AnswerAsk(token, token_hash, file_hash, parsed, proof, digest, self.rt.now(), ctx)
-        verdict, result = await self.rt.committer.decide(self._decide_answers, ask)
+        verdict, result = await self.rt.waited(self.rt.committer.decide(self._decide_answers, ask))
         if verdict == EXPIRED:
             raise Refused("expired", "the challenge expired before this answer arrived")
         # A duplicate request id means this proof for this challenge was recorded already

@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 
 from ..config import Settings
 from ..domain.clock import Clock, SystemClock
-from ..ledger.db import make_engine
+from ..ledger.db import DbTimeouts, make_engine
 from ..ledger.store import EventStore
 from ..projections.projector import Projector
 from ..projections.queries import ReadModel
@@ -21,14 +21,16 @@ def store_on(engine: Engine, *, projections: bool = True) -> EventStore:
     return EventStore(engine, [Projector()] if projections else [])
 
 
-def open_store(url: str, *, projections: bool = True) -> EventStore:
+def open_store(
+    url: str, *, projections: bool = True, timeouts: DbTimeouts | None = None
+) -> EventStore:
     """An event store on a new engine for ``url`` (see ``store_on``)."""
-    return store_on(make_engine(url), projections=projections)
+    return store_on(make_engine(url, timeouts=timeouts), projections=projections)
 
 
 def runtime(settings: Settings, clock: Clock | None = None, *, workers: int = 4) -> Runtime:
     """Everything a node's commands share, wired on ``settings.db_url``."""
-    store = open_store(settings.db_url)
+    store = open_store(settings.db_url, timeouts=settings.db_timeouts())
     return Runtime(
         settings,
         clock or SystemClock(),
@@ -36,4 +38,9 @@ def runtime(settings: Settings, clock: Clock | None = None, *, workers: int = 4)
         store=store,
         read_model=ReadModel(store.engine),
         workers=workers,
+        # The node's start (schema, indexes, perhaps a rebuild of the projections) may run
+        # statements longer than a request's read timeout: on an engine without one.
+        maintenance=lambda: open_store(
+            settings.db_url, timeouts=DbTimeouts(connect=settings.db_connect_timeout)
+        ),
     )

@@ -30,8 +30,13 @@ async def start(rt: Runtime) -> None:
     started from another directory would otherwise make a new one and fail every
     contract), unless ``settings.new_secret`` says to record a new one.
     """
-    await rt.run(rt.store.create_schema)
-    await rt.run(ensure_projections, rt.store)
+    store = rt.maintenance() if rt.maintenance is not None else rt.store
+    try:
+        await rt.run(store.create_schema)
+        await rt.run(ensure_projections, store)
+    finally:
+        if store is not rt.store:
+            store.engine.dispose()
     if rt.scheme is None:
         configured = configured_fingerprint(await rt.run(rt.store.read_stream, ev.NODE_STREAM))
         rt.scheme = await _load_secret(rt, configured)

@@ -18,6 +18,7 @@ from . import bootstrap, lifecycle
 from .answers import Answers
 from .context import OPERATOR, Context
 from .contracts import ContractCommands
+from .limits import MinuteLimit
 from .operator import OperatorCommands
 from .tokens import TokenCommands
 from .v1 import V1Commands
@@ -94,6 +95,17 @@ class Node:
 
     async def health(self) -> dict[str, Any]:
         return await lifecycle.health(self.rt)
+
+    def minute_limit(
+        self,
+        name: str,
+        limit: int,
+        *,
+        max_lease: int = 1,
+        stored_as: Callable[[str], str] | None = None,
+    ) -> MinuteLimit:
+        """A per-minute rate limit held across every process on this ledger's database."""
+        return MinuteLimit(self.rt, name, limit, max_lease=max_lease, stored_as=stored_as)
 
     # -- the operator ---------------------------------------------------------------------------
 

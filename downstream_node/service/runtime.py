@@ -1,6 +1,8 @@
 """What every command of the node shares: its settings, clock and proof scheme, and the
 plumbing to the ledger. Database calls and proof work run in worker threads (the event loop
-never blocks); reads are short transactions; appends go through the group committer.
+never blocks); reads are short transactions; appends go through the group committer. Every
+wait for the database is bounded (``settings.db_wait``, per request): a stalled database is
+``DatabaseTimeout``, which the API answers with 503 and Retry-After, never a hang.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ import asyncio
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
@@ -31,6 +34,32 @@ log = structlog.get_logger("downstream.node")
 T = TypeVar("T")
 
 
+class DatabaseTimeout(Exception):
+    """The database did not answer within the request's budget (``settings.db_wait``).
+
+    What the worker thread was doing goes on until its own timeouts end it (the driver's
+    read timeout): a read then has no effect, an append's outcome is unknown (an answer's
+    identical retry gets the recorded verdict)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the database did not answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+@dataclass
+class WaitBudget:
+    """What one request may still wait for the database, in seconds: every wait (a read, an
+    append, a lease of a rate limit) spends from it, time spent on proofs does not."""
+
+    seconds: float
+    spent: float = 0.0
+
+
+_BUDGET: contextvars.ContextVar[WaitBudget | None] = contextvars.ContextVar(
+    "downstream_db_wait_budget", default=None
+)
+
+
 class Runtime:
     """The node's shared state and its doors to the database (built by ``bootstrap``)."""
 
@@ -43,8 +72,12 @@ class Runtime:
         store: EventStore,
         read_model: ReadModel,
         workers: int,
+        maintenance: Callable[[], EventStore] | None = None,
     ) -> None:
         self.settings = settings
+        # A store for the node's start, on an engine without read timeouts; None: ``store``.
+        self.maintenance = maintenance
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.clock = clock
         self.engine = engine
         self.store = store
@@ -71,8 +104,54 @@ class Runtime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: context.run(fn, *args, **kwargs))
 
+    @contextlib.contextmanager
+    def wait_budget(self) -> Iterator[None]:
+        """Within: the waits for the database together take at most ``settings.db_wait``
+        seconds (one request's; the HTTP middleware opens one per request)."""
+        if self.settings.db_wait is None:
+            yield
+            return
+        token = _BUDGET.set(WaitBudget(self.settings.db_wait))
+        try:
+            yield
+        finally:
+            _BUDGET.reset(token)
+
+    async def waited(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable`` (work on the database), waited for at most what is left of the
+        request's budget (outside a request: ``settings.db_wait``); else ``DatabaseTimeout``.
+        Giving up cancels the wait, not the worker thread's statement, which its own driver
+        timeout ends; an append not yet begun is dropped (``Batcher``)."""
+        limit = self.settings.db_wait
+        if limit is None:
+            return await awaitable
+        budget = _BUDGET.get()
+        left = limit if budget is None else budget.seconds - budget.spent
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            # A timeout context, not wait_for: no task made per database call on the hot path.
+            async with asyncio.timeout(max(left, 0.0)):
+                return await awaitable
+        except TimeoutError:
+            raise DatabaseTimeout(limit) from None  # logged by whoever answers for it
+        finally:
+            if budget is not None:
+                budget.spent += loop.time() - started
+
+    async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` (a database call) in a worker thread, within the wait budget."""
+        return await self.waited(self.run(fn, *args))
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background (housekeeping nobody waits for); cancelled when the
+        node closes."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def read(self, fn: Callable[[Reader], T]) -> T:
-        return await self.run(self.read_now, fn)
+        return await self.waited(self.run(self.read_now, fn))
 
     def read_now(self, fn: Callable[[Reader], T]) -> T:
         """Run ``fn`` in a read transaction; once more if the connection was dropped under it.
@@ -106,15 +185,19 @@ class Runtime:
         """Append ``events`` to ``stream`` at version ``expected`` (None: any), stamped now."""
         at = self.clock.now()
         meta = ctx.meta()
-        return await self.committer.append(
-            stream,
-            expected,
-            [e.to_new(at, meta) for e in events],
-            request_id=request_id,
-            guards=guards,
+        return await self.waited(
+            self.committer.append(
+                stream,
+                expected,
+                [e.to_new(at, meta) for e in events],
+                request_id=request_id,
+                guards=guards,
+            )
         )
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self.committer.close()
         # Joining the worker threads blocks: off the event loop, and in a thread of its own,
         # not the loop's default executor, which a caller giving up on a stalled database

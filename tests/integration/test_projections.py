@@ -4,6 +4,8 @@ even while the node keeps writing; on SQLite and on MariaDB."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import threading
 from pathlib import Path
 
@@ -407,3 +409,107 @@ def test_the_sweep_and_the_replica_count_read_only_open_contracts(store: EventSt
                 steps = [row for row in plan if row["table"] == t.contracts.name]
                 assert all(row["type"] not in ("ALL", "index") for row in steps), plan
                 assert any(row["key"].endswith("contracts_open") for row in steps), plan
+
+
+async def rebuild_cli(db_url: str, *args: str) -> tuple[int, dict, str]:
+    """``downstream-node projections rebuild`` in a process of its own, as an operator runs
+    it beside a serving node: its exit status, its JSON report and what it wrote to stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "downstream_node.cli",
+        "--db",
+        db_url,
+        "projections",
+        "rebuild",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    return process.returncode, report, err.decode()
+
+
+async def test_the_rebuild_command_under_farmer_load_reports_identical(
+    db_url: str, tmp_path: Path
+) -> None:
+    """While the node answers, polls and records (into the new generation once it is
+    swapped in), the command compares both generations as of the swap: identical, exit 0."""
+    clock = FakeClock()
+    node = await start_node(db_url, tmp_path, clock)
+    try:
+        address = make_address(b"\x14" * 20)
+        tokens = await farm_a_while(node, clock, address, 2, files=4, size=8 * 1024)
+        for n in range(300):  # history enough for a rebuild of many batches
+            await node.whitelist([(make_address(b"\xdd" + n.to_bytes(2, "big") * 9 + b"\0"), "1")])
+        public = Merkle.fromdict(node.scheme.public())  # type: ignore[union-attr]
+        held = {}
+        for tok in tokens:
+            got = await node.chunk(tok, FARMER)
+            held[tok + got["file_hash"]] = got
+        command = asyncio.create_task(rebuild_cli(db_url, "--batch", "20"))
+        rounds = 0
+        while not command.done() or rounds < 3:
+            for tok in tokens:
+                for item in (await node.due(tok, FARMER))["due_contracts"]:
+                    got = held.get(tok + item["hash"])
+                    if got is None:
+                        continue  # taken before this test's loop (farm_a_while's)
+                    proof = public.prove(
+                        SeededChunk(got["seed"], got["size"]), item["challenge"], got["tag"]
+                    ).todict()
+                    assert await node.answer(tok, item["hash"], proof, FARMER) == "pass"
+            await node.whitelist([(make_address(b"\xde" + bytes([rounds % 256]) * 19), "7")])
+            clock.advance(61)
+            rounds += 1
+        code, report, err = await command
+        assert (code, report["identical_to_previous"], report["differences"]) == (0, True, {}), err
+        assert node.store.head().position > report["position"]  # the node wrote after the swap
+    finally:
+        await node.close()
+
+
+async def test_the_rebuild_command_names_a_row_edited_by_hand_and_exits_1(
+    db_url: str, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    node = await start_node(db_url, tmp_path, clock)
+    try:
+        address = make_address(b"\x15" * 20)
+        tokens = await farm_a_while(node, clock, address, 2, files=3, size=8 * 1024)
+        live = tables_for(node.store.head().projection_generation)
+        edited = token_hash(tokens[1])
+        with node.engine.begin() as conn:
+            contract_id = conn.execute(
+                sa.select(live.contracts.c.contract_id)
+                .where(live.contracts.c.token_hash == edited)
+                .limit(1)
+            ).scalar_one()
+            conn.execute(
+                live.contracts.update()
+                .where(live.contracts.c.contract_id == contract_id)
+                .values(passed=live.contracts.c.passed + 5)
+            )
+            conn.execute(
+                live.uptime.update()
+                .where(live.uptime.c.token_hash == edited)
+                .values(closed=live.uptime.c.closed + 1_000_000)
+            )
+    finally:
+        await node.close()
+    code, report, err = await rebuild_cli(db_url)
+    assert code == 1 and report["identical_to_previous"] is False
+    contracts, uptime = report["differences"]["contracts"], report["differences"]["uptime"]
+    assert set(report["differences"]) == {"contracts", "uptime"}
+    assert contracts["count"] == 1 and contracts["rows"][0]["contract_id"] == contract_id
+    assert set(contracts["rows"][0]["live"]) == {"passed"}
+    assert uptime["rows"] == [
+        {
+            "token_hash": edited,
+            "live": {"closed": uptime["rows"][0]["rebuilt"]["closed"] + 1_000_000},
+            "rebuilt": {"closed": uptime["rows"][0]["rebuilt"]["closed"]},
+        }
+    ]
+    assert "contracts" in err and contract_id in err

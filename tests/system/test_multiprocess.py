@@ -1,13 +1,15 @@
 """Several processes, one ledger: two ``downstream-node serve`` processes on one MariaDB
 database, started together, under farmer load split across both, make one gap-free,
 verifiable ledger whose projections rebuild to the live ones, with every pass recorded;
-the same answer sent to both at once is recorded once. MariaDB only (fails, never skips,
+the same answer sent to both at once is recorded once; the per-minute limits hold for both
+together. MariaDB only (fails, never skips,
 when it is unreachable)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +26,7 @@ from reliability_support import (
     start_serve,
 )
 
+from downstream_node.config import Settings
 from downstream_node.farmer import Farmer
 
 mariadb_only = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)
@@ -114,3 +117,38 @@ async def test_the_same_answer_sent_to_both_processes_is_recorded_once(
     assert results == [(200, {"status": "pass"})] * 20
     facts = check_ledger(db_url)
     assert sum(1 for e in facts.events if e.event_type == "AnswerPassed") == 1
+
+
+@mariadb_only
+async def test_new_per_ip_per_minute_holds_across_both_processes(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Twice the limit of /new (60 a minute per IP) from one address, alternating between
+    the two processes: at most the limit get past it, the rest are 429 with Retry-After."""
+    limit = Settings().new_tokens_per_ip_per_minute
+    servers = await start_two(db_url, tmp_path)
+    try:
+        # The limit is per clock minute: start early in one, so that all go into the same.
+        second = time.time() % 60
+        if second > 40:
+            await asyncio.sleep(60.5 - second)
+        async with aiohttp.ClientSession() as http:
+
+            async def new(i: int) -> tuple[int, str, str | None]:
+                url = f"{servers[i % 2].url}/api/downstream/new/{servers[0].address}"
+                async with http.get(url) as response:
+                    body = await response.json()
+                    word = body.get("status", "ok")  # a token has no status word
+                    return response.status, word, response.headers.get("Retry-After")
+
+            replies = []
+            for wave in range(2 * limit // 10):  # 10 at a time, 5 to each process
+                replies += await asyncio.gather(*(new(wave * 10 + i) for i in range(10)))
+    finally:
+        await kill_all(s.process for s in servers)
+    limited = [r for r in replies if r[1] == "too_many_requests"]
+    past = [r for r in replies if r[1] != "too_many_requests"]
+    assert len(past) == limit, sorted({(s, w) for s, w, _ in past})
+    assert all(status == 429 and 1 <= int(after or 0) <= 60 for status, _, after in limited)
+    # what got past was served: 5 tokens (the per-IP token limit), then too_many_tokens
+    assert sorted({(s, w) for s, w, _ in past}) == [(200, "ok"), (429, "too_many_tokens")]

@@ -4,14 +4,18 @@ and the farmer's identical retry gets the recorded verdict without a second even
 recovers without a restart.
 
 The ``KILL`` tests need MariaDB (they fail, not skip, when it is unreachable): they kill the
-node's own connections from the server side while a request waits on them.
+node's own connections from the server side while a request waits on them. The stall test
+starts a MariaDB server of its own and stops it (SIGSTOP): every request is answered in time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ import sqlalchemy as sa
 import structlog
 from aiohttp.test_utils import TestClient
 from http_support import ADDRESS, new_node, prove, stock
-from reliability_support import check_ledger, kill, start_serve
+from reliability_support import check_ledger, demo_args, kill, private_mariadb, start_serve
 from structlog.testing import capture_logs
 
 from downstream_node.http.app import create_app
@@ -111,6 +115,40 @@ async def test_an_unreachable_database_is_a_retryable_503(
             assert (status, body["status"]) == (503, "error") and int(retry_after) > 0
     monkeypatch.undo()
     assert (await call(client, "GET", f"{API}/due/{me['token']}"))[0] == 200
+
+
+async def test_a_request_waits_for_a_locked_ledger_at_most_its_budget(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """Another client holds the ledger (SQLite's write lock; MariaDB's ledger-head row): a
+    request that must write gets 503 with Retry-After once its budget for the database
+    (``db_wait``) is spent, not when the lock is freed; then the node answers again."""
+    node, _ = new_node(db_url, tmp_path, db_wait=1.0)
+    client = await aiohttp_client(create_app(node))
+    await stock(node, files=1)
+    if db_url.startswith("sqlite"):
+        holder: Any = sqlite3.connect(sa.make_url(db_url).database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder_engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+        holder = holder_engine.connect()
+        holder.execute(sa.text("SELECT position FROM ledger_head FOR UPDATE"))
+    try:
+        with capture_logs() as logs:
+            status, body, retry_after = await asyncio.wait_for(
+                call(client, "GET", f"{API}/new/{ADDRESS}"), 10
+            )
+        assert (status, body["status"]) == (503, "error") and int(retry_after) > 0
+        assert "did not answer within 1 s" in body["message"]
+        assert any(e["event"] == "database_timeout" for e in logs)
+    finally:
+        holder.rollback()
+        holder.close()
+        if not db_url.startswith("sqlite"):
+            holder_engine.dispose()
+    status, body, _ = await call(client, "GET", f"{API}/new/{ADDRESS}")
+    assert status == 200 and body["token"]
+    await client.close()
 
 
 # -- MariaDB: KILL the node's connections from the server side ----------------------------------
@@ -294,3 +332,123 @@ async def test_a_stalled_database_is_reported_and_does_not_hold_the_stop(
         locker.exec_driver_sql("UNLOCK TABLES")
         locker.close()
         await kill(served.process)
+
+
+# -- MariaDB stalled (SIGSTOP): every request answered in time, nothing acknowledged lost ---------
+
+STALL = 20.0  # seconds the server is stopped
+IN_TIME = 6.0  # seconds any request may take, its answer or a 503 with Retry-After
+
+
+@dataclass(frozen=True)
+class Timed:
+    started: float  # loop time
+    seconds: float
+    route: str
+    status: int
+    word: str
+    retry_after: str | None
+
+
+async def _stall_farmer(
+    http: aiohttp.ClientSession,
+    url: str,
+    address: str,
+    stop: asyncio.Event,
+    seen: list[Timed],
+    passes: list[tuple[str, str, int]],
+) -> None:
+    """A farmer timing every request: a token, two contracts, then polls and answers until
+    ``stop`` (a contract that ended, by expiring in the stall, is dropped and replaced)."""
+    loop = asyncio.get_running_loop()
+
+    async def call(route: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        started = loop.time()
+        try:
+            async with http.request(method, url + API + path, **kwargs) as response:
+                body = await response.json()
+                status, retry_after = response.status, response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:  # no answer in the client's 30 s
+            body, status, retry_after = {"status": type(exc).__name__}, 0, None
+        word = body.get("status", "ok") if isinstance(body, dict) else "ok"
+        seen.append(Timed(started, loop.time() - started, route, status, word, retry_after))
+        return status, body
+
+    status, created = await call("new", "GET", f"/new/{address}")
+    assert status == 200, created
+    token, heartbeat = created["token"], created["heartbeat"]
+    held: dict[str, dict] = {}
+    while not stop.is_set():
+        if len(held) < 2:
+            status, got = await call("chunk", "GET", f"/chunk/{token}")
+            if status == 200:
+                held[got["file_hash"]] = got
+        status, due = await call("due", "GET", f"/due/{token}")
+        if status == 200:
+            live = {c["hash"] for c in due["all_contracts"]}
+            held = {h: c for h, c in held.items() if h in live}
+            for item in due["due_contracts"]:
+                contract = held.get(item["hash"])
+                if contract is None:
+                    continue
+                proof = prove(heartbeat, contract, item["challenge"])
+                path = f"/answer/{token}/{item['hash']}"
+                status, reply = await call("answer", "POST", path, json={"proof": proof})
+                if status == 200 and reply["status"] == "pass":
+                    passes.append((token, item["hash"], int(item["challenge"]["index"])))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def test_a_stalled_database_gets_503_in_time_and_loses_nothing(tmp_path: Path) -> None:
+    """A MariaDB of the test's own, SIGSTOPped for 20 s under farmer load: every request gets
+    its answer or a 503 with Retry-After within 6 s (the driver's read timeout and the
+    request's budget for the database, ``serve --db-*``); after SIGCONT the farmers go on,
+    every ``pass`` they were told is in the ledger and the chain verifies."""
+    async with private_mariadb() as server:
+        served = await start_serve(server.url, tmp_path, *demo_args(redundancy=2, interval=2))
+        seen: list[Timed] = []
+        passes: list[tuple[str, str, int]] = []
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            timeout = aiohttp.ClientTimeout(total=30)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                assert served.address is not None
+                farmers = [
+                    asyncio.create_task(
+                        _stall_farmer(http, served.url, served.address, stop, seen, passes)
+                    )
+                    for _ in range(4)
+                ]
+                try:
+                    await asyncio.sleep(4)
+                    before = len(passes)
+                    server.process.send_signal(signal.SIGSTOP)
+                    stalled = loop.time()
+                    try:
+                        await asyncio.sleep(STALL)
+                    finally:
+                        server.process.send_signal(signal.SIGCONT)
+                    resumed = loop.time()
+                    await asyncio.sleep(8)
+                finally:
+                    stop.set()
+                    outcomes = await asyncio.gather(*farmers, return_exceptions=True)
+            assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+        finally:
+            await kill(served.process, signal.SIGTERM)
+        facts = check_ledger(server.url)  # chain verifies, no gap, rebuild equals live
+
+    slow = [t for t in seen if t.seconds > IN_TIME]
+    assert not slow, slow[:10]
+    in_stall = [t for t in seen if stalled + 0.5 < t.started < resumed - IN_TIME]
+    assert in_stall and all(t.status == 503 for t in in_stall), in_stall[:10]
+    unavailable = [t for t in seen if t.status == 503 and t.word == "error"]
+    assert all(t.retry_after and int(t.retry_after) > 0 for t in unavailable), unavailable[:5]
+    assert not [t for t in seen if t.status >= 500 and t.status != 503], seen
+    assert before > 0 and [p for p in passes[before:] if p], "no pass before or after the stall"
+    after = [t for t in seen if t.started > resumed + 3 and t.route == "answer"]
+    assert any(t.status == 200 and t.word == "pass" for t in after), after[:10]
+    for token, file_hash, index in passes:
+        assert index in facts.passes_of(token, file_hash), (token[:4], file_hash[:8], index)

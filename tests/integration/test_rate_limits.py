@@ -1,0 +1,76 @@
+"""Per-minute rate limits held across processes: two nodes on one database (each stands for a
+``serve`` process: its own engine, its own leases) together let at most the limit through,
+spending allowances they lease from the database; on SQLite and on MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import sqlalchemy as sa
+from http_support import new_node
+
+from downstream_node.domain.tokens import new_token, token_hash
+from downstream_node.ledger.schema import rate_counts
+
+
+async def test_two_nodes_together_let_at_most_the_limit_through(
+    db_url: str, tmp_path: Path
+) -> None:
+    first, clock = new_node(db_url, tmp_path)
+    second, _ = new_node(db_url, tmp_path)
+    second.rt.clock = clock  # one clock for both: the same minute
+    await first.start()
+    await second.start()
+    try:
+        limit, lease = 50, 5
+        token = new_token()
+        limits = [
+            node.minute_limit("token", limit, max_lease=lease, stored_as=token_hash)
+            for node in (first, second)
+        ]
+        chooser = random.Random(21)
+        let = [0, 0]
+        for _ in range(4 * limit):
+            side = chooser.randrange(2)
+            if await limits[side].check(token) is None:
+                let[side] += 1
+        # Never more than the limit; less by at most what each holds leased and unspent.
+        assert limit - 2 * (lease - 1) <= sum(let) <= limit, let
+        assert all(let), let
+        # Leased, not counted one by one: far fewer writes than requests let through.
+        assert sum(lim.leases for lim in limits) < sum(let) // 2 + 4
+        refused = await limits[0].check(token)
+        assert refused is not None and 1 <= refused <= 60
+        # The database holds the token's hash, never the token.
+        with first.engine.connect() as conn:
+            subjects = set(conn.execute(sa.select(rate_counts.c.subject)).scalars())
+        assert subjects == {token_hash(token)}
+
+        clock.advance(60)  # the next minute: allowed again, on both
+        assert await limits[0].check(token) is None and await limits[1].check(token) is None
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_exact_limit_with_single_leases(db_url: str, tmp_path: Path) -> None:
+    """``max_lease`` 1 (``/new`` per IP): every request counted in the database, so the two
+    nodes let exactly the limit through whichever of them is asked."""
+    first, clock = new_node(db_url, tmp_path)
+    second, _ = new_node(db_url, tmp_path)
+    second.rt.clock = clock
+    await first.start()
+    await second.start()
+    try:
+        limits = [node.minute_limit("new_ip", 7) for node in (first, second)]
+        outcomes = [await limits[i % 2].check("10.1.2.3") for i in range(20)]
+        assert outcomes[:7] == [None] * 7 and all(o is not None for o in outcomes[7:])
+        assert await limits[0].check("10.1.2.4") is None  # per address
+        # asked all at once (leases of one subject sharing a transaction): still exactly 7
+        together = await asyncio.gather(*(limits[i % 2].check("10.1.2.5") for i in range(20)))
+        assert sum(1 for o in together if o is None) == 7
+    finally:
+        await first.close()
+        await second.close()
