@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,10 +19,11 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
+from ..ledger import leases
 from ..ledger.db import (
     is_sqlite,
-    named_lock,
     read_transaction,
+    retry_raced,
     schema_lock,
     sqlite_file,
     write_transaction,
@@ -53,10 +53,15 @@ def ensure_projections(store: EventStore) -> ProjectionTables:
     holds while it rebuilds: the others wait, then find the new generation).
     """
     with write_transaction(store.engine) as conn, schema_lock(conn):
-        with conn.begin():
-            tables = tables_for(store.head(conn).projection_generation)
-            create_tables(conn, tables)
-            outdated = outdated_tables(conn, tables)
+
+        def create() -> tuple[ProjectionTables, list[str]]:
+            # Again after racing another cluster node's creation (retry_raced)
+            with conn.begin():
+                tables = tables_for(store.head(conn).projection_generation)
+                create_tables(conn, tables)
+                return tables, outdated_tables(conn, tables)
+
+        tables, outdated = retry_raced(create)
         if outdated:
             # The projections are derived data: folding the ledger again is the migration.
             log.warning("projections_outdated", generation=tables.generation, tables=outdated)
@@ -91,22 +96,26 @@ class RebuildRunning(LedgerError):
     """Another rebuild of this ledger is running (in this process or another)."""
 
 
-# MySQL named lock (one per database: named_lock) a rebuild holds from start to swap.
+# The lease (ledger/leases.py, one row in the ledger's database) a rebuild holds on MySQL.
 REBUILD_LOCK = "downstream_node.rebuild"
 
 
 @contextmanager
 def rebuild_lock(engine: Engine, *, wait: float = 0) -> Iterator[None]:
-    """One rebuild at a time per ledger, across processes: two would both fill and swap in
-    generation g+1, the second dropping the tables the first had just made live. MySQL: a
-    named lock held by one pooled connection for the duration; SQLite: an advisory lock on a
-    file beside the database (``<database>.rebuild-lock``). Both go with their process if it
-    dies. Raises ``RebuildRunning`` if the lock is not had within ``wait`` seconds."""
+    """One rebuild at a time per ledger, across processes and cluster nodes: two would both
+    fill and swap in generation g+1, the second dropping the tables the first had just made
+    live. MySQL: a lease row (not a named lock: ``GET_LOCK`` is per node on Galera), renewed
+    while the rebuild runs, free a minute after its holder dies; SQLite: an advisory lock on
+    a file beside the database (``<database>.rebuild-lock``), which goes with its process.
+    Raises ``RebuildRunning`` if the lock is not had within ``wait`` seconds."""
     if not is_sqlite(engine):
-        with engine.connect() as conn, named_lock(conn, REBUILD_LOCK, math.ceil(wait)) as got:
-            if not got:
-                raise RebuildRunning("another rebuild of this ledger is running")
-            yield
+        try:
+            with leases.held(engine, REBUILD_LOCK, wait=wait):
+                yield
+        except leases.LeaseHeld as held:
+            raise RebuildRunning(
+                f"another rebuild of this ledger is running ({held.holder.owner})"
+            ) from None
         return
     database = sqlite_file(str(engine.url))
     if database is None:
