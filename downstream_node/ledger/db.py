@@ -115,6 +115,7 @@ def make_engine(url: str, *, pool_size: int = 8, clock: Clock | None = None) -> 
         **extra,
     )
     sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _quick_escape(dbapi_conn))
+    sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _causal_reads(dbapi_conn))
     sa.event.listen(engine, "handle_error", _not_ready_is_a_disconnect)
     return engine
 
@@ -169,8 +170,10 @@ def aborted(exc: BaseException) -> int | None:
 
 
 # What a node finds when another node (of a cluster, or beside it on one server) created the
-# same table, index or row a moment before: ER_TABLE_EXISTS_ERROR, ER_DUP_KEYNAME, ER_DUP_ENTRY.
-RACED_CODES = frozenset({1050, 1061, 1062})
+# same table, index or row a moment before: ER_TABLE_EXISTS_ERROR, ER_DUP_KEYNAME, ER_DUP_ENTRY,
+# and ER_WARN_I_S_SKIPPED_TABLE (1684, the table is being altered by another node's DDL, seen
+# by an inspection while it runs).
+RACED_CODES = frozenset({1050, 1061, 1062, 1684})
 
 
 def retry_raced(fn: Callable[[], T], *, tries: int = 5, pause: float = 0.2) -> T:
@@ -188,6 +191,18 @@ def retry_raced(fn: Callable[[], T], *, tries: int = 5, pause: float = 0.2) -> T
             log.info("schema_raced", code=code)
             time.sleep(pause * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")
+
+
+def _causal_reads(dbapi_conn: Any) -> None:
+    """On a Galera node, reads wait until the node has applied what the cluster committed
+    before them (``wsrep_sync_wait = 1``): a read on one node then sees a write certified on
+    another, as on one server, and a decision read under the ledger lock is not stale (a
+    stale one would only fail certification and run again). Nothing on other servers."""
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        row = cur.fetchone()
+        if row is not None and str(row[1]).upper() == "ON":
+            cur.execute("SET SESSION wsrep_sync_wait = 1")
 
 
 def _not_ready_is_a_disconnect(context: sa.engine.ExceptionContext) -> None:

@@ -169,25 +169,31 @@ def _rebuild(
     total = store.head().position
     done = _catch_up(store, new_tables, batch=batch, progress=progress, total=total)
     # Swap under the head lock: nothing can be appended between the last fold and the swap.
-    with write_transaction(store.engine) as conn, conn.begin():
-        head = conn.execute(
-            sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
-        ).one()
-        if head.projection_generation != old:
-            # Swapped by a rebuild that took no lock (an older release): leave it live.
-            raise RebuildRunning(
-                f"generation {head.projection_generation} was swapped in during this rebuild"
+
+    def swap() -> tuple[int, int]:
+        with write_transaction(store.engine) as conn, conn.begin():
+            head = conn.execute(
+                sa.select(ledger_head).where(ledger_head.c.id == HEAD_ID).with_for_update()
+            ).one()
+            if head.projection_generation != old:
+                # Swapped by a rebuild that took no lock (an older release): leave it live.
+                raise RebuildRunning(
+                    f"generation {head.projection_generation} was swapped in during this rebuild"
+                )
+            start = checkpoint(conn, new_tables)
+            folded = apply_items(conn, new_tables, read_items(conn, start, head.position))
+            conn.execute(
+                ledger_head.update()
+                .where(ledger_head.c.id == HEAD_ID)
+                .values(projection_generation=new_tables.generation)
             )
-        start = checkpoint(conn, new_tables)
-        done += apply_items(conn, new_tables, read_items(conn, start, head.position)) - start
-        conn.execute(
-            ledger_head.update()
-            .where(ledger_head.c.id == HEAD_ID)
-            .values(projection_generation=new_tables.generation)
-        )
+            return head.position, folded - start
+
+    position, last = store.retrying(swap)  # appends on other cluster nodes may abort it
+    done += last
     if progress is not None:
         progress(done, done)
-    return RebuildReport(old, new_tables.generation, head.position, done)
+    return RebuildReport(old, new_tables.generation, position, done)
 
 
 def _catch_up(
@@ -207,16 +213,30 @@ def _catch_up(
     """
     done = 0
     fold = None
-    while True:
-        with write_transaction(store.engine) as conn, conn.begin():
-            if locked:
-                conn.execute(
-                    sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID).with_for_update()
+
+    def one_batch() -> tuple[int, int]:
+        nonlocal fold
+        try:
+            with write_transaction(store.engine) as conn, conn.begin():
+                if locked:
+                    conn.execute(
+                        sa.select(ledger_head.c.id)
+                        .where(ledger_head.c.id == HEAD_ID)
+                        .with_for_update()
+                    )
+                start = checkpoint(conn, tables)
+                if fold is None and not locked:
+                    fold = Fold(tables, empty=start == 0)
+                return start, apply_items(
+                    conn, tables, read_items(conn, start, start + batch), fold
                 )
-            start = checkpoint(conn, tables)
-            if fold is None and not locked:
-                fold = Fold(tables, empty=start == 0)
-            folded = apply_items(conn, tables, read_items(conn, start, start + batch), fold)
+        except Exception:
+            fold = None  # what it held may not have been committed: read the rows again
+            raise
+
+    while True:
+        # Run again when the database aborted it (on Galera, another node's write set can).
+        start, folded = store.retrying(one_batch)
         count = folded - start
         done += count
         if progress is not None and count:

@@ -85,7 +85,8 @@ def make_store(
         engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
         engines.append(engine)
         # random() == 0: every pause is the lower end of its jitter, half the nominal pause
-        store = EventStore(engine, backoff=Backoff(random=lambda: 0.0, sleep=pauses.append))
+        backoff = Backoff(tries=5, first=0.005, most=0.05, random=lambda: 0.0, sleep=pauses.append)
+        store = EventStore(engine, backoff=backoff)
         store.create_schema()
         return store, Faults(engine, at)
 
@@ -148,7 +149,7 @@ def test_when_every_try_is_aborted_the_caller_gets_append_failed_before_commit(
 
 
 def test_backoff_jitters_between_half_and_all_of_each_pause() -> None:
-    top = Backoff(tries=6, random=lambda: 0.999999)
+    top = Backoff(tries=6, first=0.005, most=0.05, random=lambda: 0.999999)
     assert [round(p, 4) for p in top.pauses()] == [0.005, 0.01, 0.02, 0.04, 0.05]
 
 
@@ -181,3 +182,23 @@ async def test_a_batch_aborted_on_every_try_fails_each_caller_without_running_ea
     # not five tries for the batch and then five for each of its requests alone
     assert faults.commits <= 5 * committer.batches
     assert store.head().position == 0
+
+
+def test_retrying_runs_a_transaction_again_only_when_the_database_aborted_it(
+    make_store, pauses: list[float]
+) -> None:
+    store, _ = make_store("commit")
+    errors = [DEADLOCK, NOT_READY]
+    calls: list[int] = []
+
+    def catch_up() -> str:
+        calls.append(1)
+        if errors:
+            raise sa.exc.OperationalError("SELECT", {}, errors.pop(0))
+        return "folded"
+
+    assert store.retrying(catch_up) == "folded"
+    assert len(calls) == 3 and len(pauses) == 2
+    with pytest.raises(sa.exc.OperationalError):
+        store.retrying(lambda: (_ for _ in ()).throw(sa.exc.OperationalError("S", {}, LOCK_WAIT)))
+    assert len(pauses) == 2  # a lock wait timeout is the caller's
