@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 from typing import Any, BinaryIO
 
@@ -63,7 +64,7 @@ class ContractCommands:
                 ]
                 if not candidates:
                     raise Refused("no_chunks", "no chunk is available for this token right now")
-                chosen = candidates[0]
+                chosen = spread(candidates, owner.token_hash)
                 try:
                     tag, initial, challenge, state_after = await rt.run(self.encode, chosen, now)
                     break
@@ -249,3 +250,12 @@ def _open(file: cn.FileView) -> BinaryIO:
         return SeededChunk(file.seed, file.size)  # type: ignore[return-value]
     assert file.path is not None
     return open(file.path, "rb")
+
+
+def spread(candidates: list[cn.FileView], token_hash: str) -> cn.FileView:
+    """The candidate to take: one of the least held, which one by the token. Tokens asking at
+    once then mostly take different files instead of all racing for the same one (each
+    loser reads and tries again: with several nodes writing, enough rounds of that came to
+    ``busy``)."""
+    least = [f for f in candidates if f.live_contracts == candidates[0].live_contracts]
+    return min(least, key=lambda f: hashlib.sha256(f"{token_hash}{f.file_hash}".encode()).digest())
