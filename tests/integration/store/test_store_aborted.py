@@ -1,7 +1,7 @@
 """Transactions the database rolled back whole (a Galera certification conflict, a node
 outside the primary component) run again, a few times, with jittered pauses; an outcome
-that is really unknown is never retried. No database server: an in-memory SQLite ledger
-whose driver is made to raise PyMySQL's errors where MariaDB raises them."""
+that is really unknown is never retried. No database server: an SQLite ledger whose driver
+is made to raise PyMySQL's errors where MariaDB raises them (at COMMIT, at a statement)."""
 
 from __future__ import annotations
 
