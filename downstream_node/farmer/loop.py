@@ -423,6 +423,22 @@ class Farmer:
             farming.result()  # what ended the farming early, if anything
         return self.stats
 
+    async def _connect_or_wait(self) -> bool:
+        """``connect()``; ``False`` (recorded as an error) when the node answered 503 or could
+        not be reached, so that the farm loop tries again in its next round, after the
+        node's ``Retry-After`` (``request`` waits it out). A refusal (a bad address, too
+        many tokens) still ends the farming."""
+        try:
+            await self.connect()
+            return True
+        except FarmerError as exc:
+            if exc.http_status != 503:
+                raise
+            self.record_error(f"registration: {exc}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.record_error(f"registration: {type(exc).__name__}: {describe_error(exc)}")
+        return False
+
     async def _farm(
         self,
         duration: float | None,
@@ -433,16 +449,17 @@ class Farmer:
     ) -> None:
         started = self.clock.now()
         deadline = None if duration is None else started + dt.timedelta(seconds=duration)
-        if self.token is None:
-            await self.connect()
         next_take = started
         while not stop.is_set() and (deadline is None or self.clock.now() < deadline):
+            # Outside the try below: a refused registration ends the farming, as before.
+            registered = self.token is not None or await self._connect_or_wait()
             try:
-                if len(self.contracts) < max_contracts and self.clock.now() >= next_take:
-                    await self.take_contracts(max_contracts)
-                    if len(self.contracts) < max_contracts:
-                        next_take = self.clock.now() + dt.timedelta(seconds=retake_seconds)
-                await self.poll_and_answer()
+                if registered:  # else the node was busy or unreachable: the next round tries
+                    if len(self.contracts) < max_contracts and self.clock.now() >= next_take:
+                        await self.take_contracts(max_contracts)
+                        if len(self.contracts) < max_contracts:
+                            next_take = self.clock.now() + dt.timedelta(seconds=retake_seconds)
+                    await self.poll_and_answer()
             except FarmerError as exc:
                 if exc.status == "no_token":
                     self._emit("error", error="the node no longer knows our token")
