@@ -450,16 +450,28 @@ class Farmer:
         started = self.clock.now()
         deadline = None if duration is None else started + dt.timedelta(seconds=duration)
         next_take = started
-        while not stop.is_set() and (deadline is None or self.clock.now() < deadline):
-            # Outside the try below: a refused registration ends the farming, as before.
-            registered = self.token is not None or await self._connect_or_wait()
+
+        def going_on() -> bool:
+            return not stop.is_set() and (deadline is None or self.clock.now() < deadline)
+
+        async def pause() -> None:
+            wait = poll_seconds
+            if deadline is not None:
+                wait = min(wait, max(0.0, self._seconds_until(deadline)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+
+        # Registration is tried again after a 503 or a connection error, as every other
+        # request is (a refusal still ends the farming).
+        while self.token is None and going_on() and not await self._connect_or_wait():
+            await pause()
+        while going_on():
             try:
-                if registered:  # else the node was busy or unreachable: the next round tries
-                    if len(self.contracts) < max_contracts and self.clock.now() >= next_take:
-                        await self.take_contracts(max_contracts)
-                        if len(self.contracts) < max_contracts:
-                            next_take = self.clock.now() + dt.timedelta(seconds=retake_seconds)
-                    await self.poll_and_answer()
+                if len(self.contracts) < max_contracts and self.clock.now() >= next_take:
+                    await self.take_contracts(max_contracts)
+                    if len(self.contracts) < max_contracts:
+                        next_take = self.clock.now() + dt.timedelta(seconds=retake_seconds)
+                await self.poll_and_answer()
             except FarmerError as exc:
                 if exc.status == "no_token":
                     self._emit("error", error="the node no longer knows our token")
@@ -467,8 +479,4 @@ class Farmer:
                 self.record_error(str(exc))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self.record_error(f"{type(exc).__name__}: {describe_error(exc)}")
-            wait = poll_seconds
-            if deadline is not None:
-                wait = min(wait, max(0.0, self._seconds_until(deadline)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+            await pause()
