@@ -68,7 +68,7 @@ from downstream_node.domain.tokens import make_address, token_hash
 from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.schema import events as events_table
-from downstream_node.ledger.store import AppendRequest, EventStore
+from downstream_node.ledger.store import AppendFailed, AppendRequest, EventStore
 from downstream_node.projections.rebuild import rebuild
 from downstream_node.service import Node, bootstrap
 
@@ -709,6 +709,7 @@ def append_run_multi(urls: list[str], writers: int, total: int) -> dict[str, Any
         for w in range(writers)
     ]
     executors = [ThreadPoolExecutor(max_workers=8) for _ in stores]
+    spent: list[int] = []
 
     async def main() -> float:
         committers = [GroupCommitter(s, executor=e) for s, e in zip(stores, executors, strict=True)]
@@ -717,7 +718,15 @@ def append_run_multi(urls: list[str], writers: int, total: int) -> dict[str, Any
             committer = committers[w % len(committers)]
             version = 0
             for new in work[w]:
-                result = await committer.append(streams[w], version, [new])
+                while True:
+                    try:
+                        result = await committer.append(streams[w], version, [new])
+                        break
+                    except AppendFailed as failed:
+                        # Aborted on every try (certification, writers on several nodes):
+                        # what a farmer sees as a 503; sent again, as it would be.
+                        assert failed.before_commit, failed
+                        spent.append(1)
                 version = result.stream_version
 
         started = time.perf_counter()
@@ -741,6 +750,7 @@ def append_run_multi(urls: list[str], writers: int, total: int) -> dict[str, Any
         "seconds": round(seconds, 3),
         "events_per_s": round(appended / seconds, 1),
         "aborted_and_run_again": sum(s.aborted_retries for s in stores),
+        "tries_spent_503": len(spent),
     }
 
 
@@ -946,14 +956,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "| configuration (3 stores / 3 serves) | appends/s, 64 writers | aborted, run again "
-            "| verified answers/s | answer statuses |",
-            "|---|---|---|---|---|",
+            "| tries spent (503) | verified answers/s | answer statuses |",
+            "|---|---|---|---|---|---|",
         ]
         for name, c in cluster["configurations"].items():
             a, h = c["appends"], c.get("http", {})
             lines.append(
                 f"| {name} | {a['events_per_s']:,.0f} | {a['aborted_and_run_again']} | "
-                f"{h.get('passed_per_s', 0):,.0f} | {h.get('statuses', {})} |"
+                f"{a['tries_spent_503']} | {h.get('passed_per_s', 0):,.0f} | "
+                f"{h.get('statuses', {})} |"
             )
     return "\n".join(lines) + "\n"
 
