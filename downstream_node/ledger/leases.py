@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from ..domain.clock import Clock, SystemClock, to_micros
-from .db import ABORTED_CODES, RACED_CODES, mysql_error_code, write_transaction
+from .db import ABORTED_CODES, RACED_CODES, mysql_error_code, retry_raced, write_transaction
 from .schema import leases
 
 log = structlog.get_logger("downstream.ledger")
@@ -50,7 +50,8 @@ def try_take(
     taken, else who holds it. One transaction, committed: the row lock decides between takers
     on one server; between nodes of a Galera cluster certification does (the later commit is
     aborted, and tries again to find the row taken)."""
-    leases.create(engine, checkfirst=True)  # a ledger made before leases existed
+    # A ledger made before leases existed: made now (again, if another node raced this one).
+    retry_raced(lambda: leases.create(engine, checkfirst=True))
     for _ in range(10):
         now = to_micros(clock.now())
         try:
