@@ -215,6 +215,7 @@ class Load:
     errors: dict[str, int] = field(default_factory=dict)
     farmers: list = field(default_factory=list)
     error_times: list[tuple[float, str]] = field(default_factory=list)
+    pass_times: list[tuple[float, str]] = field(default_factory=list)  # (when, node URL)
     clock: Callable[[], float] = time.monotonic
 
     def count(self, table: dict[str, int], key: str) -> None:
@@ -250,6 +251,7 @@ async def farm(
                 contract = farmer.contracts[data["file_hash"]]
                 index = int(contract.challenge["index"])
                 load.passes.append((str(farmer.token), data["file_hash"], index))
+                load.pass_times.append((load.clock(), farmer.url))
         elif kind == "refused":
             load.count(load.verdicts, data["status"])
 
