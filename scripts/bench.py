@@ -17,7 +17,13 @@ Prints ONE JSON document: the machine, then per database (SQLite, MariaDB):
   v1 API's bulk ``/answer`` (as farmer 0.1.8 does). Target: at least 3x the per-contract
   route's verified answers/s, p99 per batch < 250 ms (paced at half the saturated rate).
 
-and ``heartbeat``: the figures of ``scripts/bench_heartbeat.py``, embedded as it prints them.
+and ``heartbeat``: the figures of ``scripts/bench_heartbeat.py``, embedded as it prints them;
+and ``cluster``: appends/s (64 writers over three stores, as three node processes) and verified
+answers/s (three ``serve`` processes, the farmers split over them) for three configurations,
+one after the other in this run: the one MariaDB server (``DOWNSTREAM_BENCH_MYSQL_URL``); the
+Galera cluster of ``scripts/cluster.sh`` (``DOWNSTREAM_BENCH_GALERA_PORTS``, default
+3311,3312,3313) with every process writing through node 1 (the others standing by in the
+URL); and the cluster with one process per node, each its own node first.
 
     .venv/bin/python scripts/bench.py [--db sqlite|mysql|both] [--events N] [--quick]
                                       [--output FILE] [--skip http,heartbeat,...]
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -64,7 +71,7 @@ from downstream_node.domain.tokens import make_address, token_hash
 from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.schema import events as events_table
-from downstream_node.ledger.store import AppendRequest, EventStore
+from downstream_node.ledger.store import AppendFailed, AppendRequest, EventStore
 from downstream_node.projections.rebuild import rebuild
 from downstream_node.service import Node, bootstrap
 
@@ -80,7 +87,8 @@ BULK_TARGET = 3.0  # the bulk route's verified answers/s over the per-contract r
 BULK_P99_TARGET_MS = 250.0
 BULK_BATCH = 16  # proofs per bulk /answer
 BARE_REPEAT = 5
-PARTS = ("appends", "rebuild", "audit", "http", "heartbeat")
+PARTS = ("appends", "rebuild", "audit", "http", "heartbeat", "cluster")
+DEFAULT_GALERA_PORTS = "3311,3312,3313"
 COLUMNS = [c.name for c in events_table.columns]
 
 
@@ -709,6 +717,191 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     return result
 
 
+# -- the cluster -----------------------------------------------------------------------------------
+
+
+def galera_url(ports: list[int], database: str, first: int) -> str:
+    """Every node of the cluster in one URL, node ``first`` (1-based) preferred."""
+    order = [first, *(n for n in range(1, len(ports) + 1) if n != first)]
+    hosts = "&".join(f"host=127.0.0.1:{ports[n - 1]}" for n in order)
+    return f"mysql+pymysql://root@/{database}?{hosts}"
+
+
+def fresh_database(url: str) -> None:
+    """Drop and create the database ``url`` names (through any of its hosts)."""
+    parsed = sa.make_url(url)
+    engine = make_engine(parsed.set(database="").render_as_string(hide_password=False))
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{parsed.database}`")
+        conn.exec_driver_sql(f"CREATE DATABASE `{parsed.database}` CHARACTER SET utf8mb4")
+    engine.dispose()
+
+
+def drop_database(url: str) -> None:
+    parsed = sa.make_url(url)
+    engine = make_engine(parsed.set(database="").render_as_string(hide_password=False))
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{parsed.database}`")
+    engine.dispose()
+
+
+def append_run_multi(urls: list[str], writers: int, total: int) -> dict[str, Any]:
+    """As ``append_run``, with one store and group committer per URL (as one node process
+    each), the writers dealt round-robin over them."""
+    stores = [EventStore(make_engine(url)) for url in urls]
+    stores[0].create_schema()
+    per_writer = total // writers
+    at = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    meta = {"actor": "farmer", "remote": "127.0.0.1", "request_id": "0" * 32}
+    streams = [ev.contract_stream(f"{w:032x}") for w in range(writers)]
+    work = [
+        [
+            ev.AnswerPassed(f"{w:032x}", i, PROOF_LIKE, 1_767_225_600_000_000 + i).to_new(at, meta)
+            for i in range(per_writer)
+        ]
+        for w in range(writers)
+    ]
+    executors = [ThreadPoolExecutor(max_workers=8) for _ in stores]
+    spent: list[int] = []
+
+    async def main() -> float:
+        committers = [GroupCommitter(s, executor=e) for s, e in zip(stores, executors, strict=True)]
+
+        async def writer(w: int) -> None:
+            committer = committers[w % len(committers)]
+            version = 0
+            for new in work[w]:
+                while True:
+                    try:
+                        result = await committer.append(streams[w], version, [new])
+                        break
+                    except AppendFailed as failed:
+                        # Aborted on every try (certification, writers on several nodes):
+                        # what a farmer sees as a 503; sent again, as it would be.
+                        assert failed.before_commit, failed
+                        spent.append(1)
+                version = result.stream_version
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        seconds = time.perf_counter() - started
+        for committer in committers:
+            await committer.close()
+        return seconds
+
+    seconds = asyncio.run(main())
+    for executor in executors:
+        executor.shutdown()
+    appended = per_writer * writers
+    assert stores[0].head().position == appended
+    for store in stores:
+        store.engine.dispose()
+    return {
+        "writers": writers,
+        "stores": len(stores),
+        "events": appended,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(appended / seconds, 1),
+        "aborted_and_run_again": sum(s.aborted_retries for s in stores),
+        "tries_spent_503": len(spent),
+    }
+
+
+def http_multi(urls: list[str], sizes: Sizes, tmp: Path, name: str) -> dict[str, Any]:
+    """Verified answers/s through one ``serve`` per URL, each loaded by its own load
+    generator (closed loop, all tokens, a third of the files each) at the same time."""
+    secret = tmp / f"cluster-{name}-secret.json"
+    secret.unlink(missing_ok=True)
+    per_server = max(1, sizes.files // 2)
+    plan = asyncio.run(seed_http(urls[0], secret, sizes, per_server * len(urls)))
+    plan_file = tmp / f"plan-cluster-{name}.json"
+    plan_file.write_text(json.dumps(plan))
+    with contextlib.ExitStack() as stack:
+        node_urls = [
+            stack.enter_context(
+                server(
+                    [
+                        *downstream_cli(),
+                        "--db",
+                        url,
+                        "--secret-file",
+                        str(secret),
+                        "serve",
+                        "--port",
+                        "0",
+                        "--no-demo",
+                        "--log-format",
+                        "json",
+                    ],
+                    tmp / f"serve-cluster-{name}-{i}.log",
+                )
+            )
+            for i, url in enumerate(urls)
+        ]
+        # Each generator sees only the farmers' share of the 256 (the plan's tokens).
+        with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+            runs = list(
+                pool.map(
+                    lambda i: load(
+                        node_urls[i], plan_file, f"{i * per_server}:{(i + 1) * per_server}"
+                    ),
+                    range(len(urls)),
+                )
+            )
+    passed = sum(r["passed"] for r in runs)
+    seconds = max(r["seconds"] for r in runs)
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for key, count in r["statuses"].items():
+            statuses[key] = statuses.get(key, 0) + count
+    return {
+        "serves": len(urls),
+        "answers": sum(sum(r["statuses"].values()) for r in runs),
+        "statuses": statuses,
+        "seconds": seconds,
+        "passed_per_s": round(passed / seconds, 1),
+        "p99_ms_by_serve": [r["p99_ms"] for r in runs],
+    }
+
+
+def bench_cluster(mysql_url: str, sizes: Sizes, tmp: Path) -> dict[str, Any]:
+    ports = [
+        int(p)
+        for p in (os.environ.get("DOWNSTREAM_BENCH_GALERA_PORTS") or DEFAULT_GALERA_PORTS).split(
+            ","
+        )
+    ]
+    single = sa.make_url(mysql_url)
+    name = f"{single.database}_cluster"  # beside the other parts' database, not in it
+    single_url = single.set(database=name).render_as_string(hide_password=False)
+    configs = {
+        "one_server": [single_url] * 3,
+        "cluster_one_writer_node": [galera_url(ports, name, 1)] * 3,
+        "cluster_writers_on_all_nodes": [galera_url(ports, name, n) for n in (1, 2, 3)],
+    }
+    writers = 64
+    total = sizes.appends[64]
+    out: dict[str, Any] = {
+        "method": (
+            "three stores/serves per configuration; appends: 64 writers, one event each in "
+            "flight; answers: closed loop, the farmers of the plan split over the serves"
+        ),
+        "configurations": {},
+    }
+    for config, urls in configs.items():
+        print(f"bench: cluster {config} ...", file=sys.stderr, flush=True)
+        result: dict[str, Any] = {"urls": [sa.make_url(u).render_as_string() for u in urls]}
+        try:
+            fresh_database(urls[0])
+            result["appends"] = append_run_multi(urls, writers, total)
+            fresh_database(urls[0])
+            result["http"] = http_multi(urls, sizes, tmp, config)
+        finally:
+            drop_database(urls[0])
+        out["configurations"][config] = result
+    return out
+
+
 # -- heartbeat -------------------------------------------------------------------------------------
 
 
@@ -832,6 +1025,21 @@ def markdown(report: dict[str, Any]) -> str:
                     f"< {BULK_P99_TARGET_MS:g} ms",
                     bp["met"],
                 )
+    cluster = report.get("cluster")
+    if cluster:
+        lines += [
+            "",
+            "| configuration (3 stores / 3 serves) | appends/s, 64 writers | aborted, run again "
+            "| tries spent (503) | verified answers/s | answer statuses |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, c in cluster["configurations"].items():
+            a, h = c["appends"], c.get("http", {})
+            lines.append(
+                f"| {name} | {a['events_per_s']:,.0f} | {a['aborted_and_run_again']} | "
+                f"{a['tries_spent_503']} | {h.get('passed_per_s', 0):,.0f} | "
+                f"{h.get('statuses', {})} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -900,6 +1108,12 @@ def main() -> None:
                     )
             finally:
                 dbs.drop()
+        if "cluster" in parts and "mysql" in kinds:  # beside the one MariaDB server's figures
+            timed_part(
+                report,
+                "cluster",
+                lambda t=tmp: bench_cluster(mysql_url, sizes, t),
+            )
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["elapsed_s"] = round(time.time() - started, 1)
     text = json.dumps(report, indent=2)

@@ -9,11 +9,16 @@
 #   3. builds (once, then cached) the real farmer client downstream-farmer 0.1.8 from PyPI
 #      with scripts/real_farmer.sh, for tests/system/test_real_farmer.py (installs the
 #      `patch` and `unzip` tools it needs when missing);
-#   4. runs ruff, then pytest with DOWNSTREAM_TEST_MYSQL_URL set, so that every database test
-#      runs on SQLite and on MariaDB (an unreachable server fails the run, never skips).
+#   4. starts the three-node MariaDB Galera cluster of scripts/cluster.sh (installing galera-4
+#      and rsync when missing) unless it runs already, and stops it at the end if it started it;
+#   5. runs ruff, then pytest with DOWNSTREAM_TEST_MYSQL_URL set, so that every database test
+#      runs on SQLite and on MariaDB (an unreachable server fails the run, never skips), and
+#      DOWNSTREAM_TEST_GALERA_PORTS set, so that tests/system/test_galera.py runs on the
+#      cluster (unset or unreachable fails those tests, never skips).
 #
 # DOWNSTREAM_TEST_MYSQL_URL given explicitly and pointing at another server skips step 2:
-# that server is used as it is.
+# that server is used as it is. DOWNSTREAM_TEST_GALERA_PORTS given explicitly (e.g.
+# 3311,3312,3313) skips step 3: that cluster is used as it is.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -171,9 +176,20 @@ else
 fi
 
 ensure_real_farmer
+if [ -z "${DOWNSTREAM_TEST_GALERA_PORTS:-}" ]; then
+    if ! bash scripts/cluster.sh status >/dev/null 2>&1; then
+        log "starting the Galera cluster (scripts/cluster.sh start)"
+        trap 'log "stopping the Galera cluster"; bash scripts/cluster.sh stop || true' EXIT
+    fi
+    ports="$(bash scripts/cluster.sh start)"
+    export DOWNSTREAM_TEST_GALERA_PORTS="${ports// /,}"
+    log "Galera cluster ready on ports $DOWNSTREAM_TEST_GALERA_PORTS"
+else
+    log "using the cluster in DOWNSTREAM_TEST_GALERA_PORTS as it is"
+fi
 
 log "ruff check"
 .venv/bin/ruff check downstream_node tests scripts
 
-log "pytest on SQLite and MariaDB"
+log "pytest on SQLite, MariaDB and the Galera cluster"
 .venv/bin/pytest -q "$@"

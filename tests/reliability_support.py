@@ -13,7 +13,8 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,15 +210,23 @@ async def kill_all(processes: Iterable[asyncio.subprocess.Process]) -> None:
 
 @dataclass
 class Load:
-    """What the farmers saw: every ``pass`` response with its token, file and challenge."""
+    """What the farmers saw: every ``pass`` response with its token, file and challenge;
+    each error also with when it came (``clock``: seconds, monotonic)."""
 
     passes: list[tuple[str, str, int]] = field(default_factory=list)
     verdicts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     farmers: list = field(default_factory=list)
+    error_times: list[tuple[float, str]] = field(default_factory=list)
+    pass_times: list[tuple[float, str]] = field(default_factory=list)  # (when, node URL)
+    clock: Callable[[], float] = time.monotonic
 
     def count(self, table: dict[str, int], key: str) -> None:
         table[key] = table.get(key, 0) + 1
+
+    def failed(self, key: str) -> None:
+        self.count(self.errors, key)
+        self.error_times.append((self.clock(), key))
 
 
 async def farm(
@@ -245,6 +254,7 @@ async def farm(
                 contract = farmer.contracts[data["file_hash"]]
                 index = int(contract.challenge["index"])
                 load.passes.append((str(farmer.token), data["file_hash"], index))
+                load.pass_times.append((load.clock(), farmer.url))
         elif kind == "refused":
             load.count(load.verdicts, data["status"])
 
@@ -257,9 +267,9 @@ async def farm(
                     await farmer.take_contracts(max_contracts)
                 await farmer.poll_and_answer()
             except FarmerError as exc:
-                load.count(load.errors, f"{exc.http_status} {exc.status}")
+                load.failed(f"{exc.http_status} {exc.status}")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                load.count(load.errors, type(exc).__name__)
+                load.failed(type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll)
 

@@ -423,6 +423,22 @@ class Farmer:
             farming.result()  # what ended the farming early, if anything
         return self.stats
 
+    async def _connect_or_wait(self) -> bool:
+        """``connect()``; ``False`` (recorded as an error) when the node answered 503 or could
+        not be reached, so that the farm loop tries again in its next round, after the
+        node's ``Retry-After`` (``request`` waits it out). A refusal (a bad address, too
+        many tokens) still ends the farming."""
+        try:
+            await self.connect()
+            return True
+        except FarmerError as exc:
+            if exc.http_status != 503:
+                raise
+            self.record_error(f"registration: {exc}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.record_error(f"registration: {type(exc).__name__}: {describe_error(exc)}")
+        return False
+
     async def _farm(
         self,
         duration: float | None,
@@ -433,10 +449,23 @@ class Farmer:
     ) -> None:
         started = self.clock.now()
         deadline = None if duration is None else started + dt.timedelta(seconds=duration)
-        if self.token is None:
-            await self.connect()
         next_take = started
-        while not stop.is_set() and (deadline is None or self.clock.now() < deadline):
+
+        def going_on() -> bool:
+            return not stop.is_set() and (deadline is None or self.clock.now() < deadline)
+
+        async def pause() -> None:
+            wait = poll_seconds
+            if deadline is not None:
+                wait = min(wait, max(0.0, self._seconds_until(deadline)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+
+        # Registration is tried again after a 503 or a connection error, as every other
+        # request is (a refusal still ends the farming).
+        while self.token is None and going_on() and not await self._connect_or_wait():
+            await pause()
+        while going_on():
             try:
                 if len(self.contracts) < max_contracts and self.clock.now() >= next_take:
                     await self.take_contracts(max_contracts)
@@ -450,8 +479,4 @@ class Farmer:
                 self.record_error(str(exc))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self.record_error(f"{type(exc).__name__}: {describe_error(exc)}")
-            wait = poll_seconds
-            if deadline is not None:
-                wait = min(wait, max(0.0, self._seconds_until(deadline)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+            await pause()

@@ -2,6 +2,8 @@
 
 The engines are synchronous SQLAlchemy Core engines; async callers run them in threads.
 SQLite write transactions start with ``BEGIN IMMEDIATE`` so that writers serialise up front.
+A MySQL URL may name several hosts (a Galera cluster): connections go to the first that
+answers (``HostChooser``); ``aborted`` says which driver errors rolled a transaction back whole.
 """
 
 from __future__ import annotations
@@ -10,17 +12,22 @@ import hashlib
 import os
 import random
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Engine
 
+from ..domain.clock import Clock, SystemClock
 from .schema import ledger_head
+
+log = structlog.get_logger("downstream.db")
 
 DEFAULT_SQLITE_FILE = "downstream.db"
 # Values per IN list: well under every database's limit on bound parameters.
@@ -82,7 +89,16 @@ class DbTimeouts:
     write: float | None = None
 
 
-def make_engine(url: str, *, pool_size: int = 8, timeouts: DbTimeouts | None = None) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 8,
+    timeouts: DbTimeouts | None = None,
+    clock: Clock | None = None,
+) -> Engine:
+    """An engine for ``url``, its connections bounded by ``timeouts``. A MySQL URL may name
+    several hosts as query parameters, ``mysql+pymysql://user:pw@/db?host=h1:3306&host=h2:3306``
+    (see ``HostChooser``; ``clock`` times its return to a preferred host)."""
     timeouts = timeouts or DbTimeouts()
     if is_sqlite(url):
         return _sqlite_engine(url, pool_size, busy=timeouts.read or SQLITE_BUSY)
@@ -100,9 +116,17 @@ def make_engine(url: str, *, pool_size: int = 8, timeouts: DbTimeouts | None = N
         )
         if value is not None
     }
+    parsed, hosts = split_hosts(url)
+    extra: dict[str, Any] = {"pool_recycle": 3600, "connect_args": connect_args}
+    if hosts:
+        chooser = HostChooser(hosts, clock=clock or SystemClock())
+        # The creator connects itself: SQLAlchemy's connect_args do not reach it.
+        extra["creator"] = _host_creator(parsed, chooser, connect_args)
+        # A pooled connection lives at most this long, so connections made on a fallback
+        # host while a preferred one was down move back to it once it answers again.
+        extra["pool_recycle"] = chooser.retry_after
     engine = sa.create_engine(
-        url,
-        connect_args=connect_args,
+        parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
         # No ping per checkout: it was a round trip more for every transaction. A pooled
@@ -116,13 +140,231 @@ def make_engine(url: str, *, pool_size: int = 8, timeouts: DbTimeouts | None = N
         # SQLAlchemy one, which the connection's close() rolls back itself if it is still
         # open; after a commit the pool's rollback was one more round trip for nothing.
         pool_reset_on_return=None,
-        pool_recycle=3600,
         # Locking reads under the ledger head see the latest commits; plain reads after them
         # must too, which REPEATABLE READ's snapshot would not guarantee.
         isolation_level="READ COMMITTED",
+        **extra,
     )
     sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _quick_escape(dbapi_conn))
+    sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _causal_reads(dbapi_conn))
+    sa.event.listen(engine, "handle_error", _not_ready_is_a_disconnect)
     return engine
+
+
+# -- Galera: transactions rolled back whole -----------------------------------------------------
+
+# ER_LOCK_DEADLOCK: a deadlock, or on Galera a certification conflict with a transaction
+# committed on another node (also reported at COMMIT).
+CERTIFICATION_CONFLICT = 1213
+# ER_UNKNOWN_COM_ERROR: "WSREP has not yet prepared node for application use" (the node is
+# not in the primary component, or not synced yet), for any table access, BEGIN and COMMIT.
+NODE_NOT_READY = 1047
+ABORTED_CODES = frozenset({CERTIFICATION_CONFLICT, NODE_NOT_READY})
+
+
+def mysql_error_code(exc: BaseException | None) -> int | None:
+    """The MySQL error number carried by ``exc`` (a driver error, SQLAlchemy's wrapper of
+    one, or an exception caused by one), else ``None``."""
+    seen = 0
+    while exc is not None and seen < 8:
+        orig = getattr(exc, "orig", None)
+        candidate = orig if orig is not None else exc
+        args = getattr(candidate, "args", ())
+        if args and isinstance(args[0], int) and type(candidate).__module__.startswith("pymysql"):
+            return args[0]
+        exc, seen = exc.__cause__, seen + 1
+    return None
+
+
+def aborted(exc: BaseException) -> int | None:
+    """The error number when ``exc`` means "this transaction was rolled back whole, nothing
+    was written" (so running the whole unit of work again is safe), else ``None``.
+
+    - 1213 (``ER_LOCK_DEADLOCK``): InnoDB rolls back the whole transaction of a deadlock
+      victim; Galera reports a certification failure (a conflicting write set committed on
+      another node first) the same way, also at COMMIT, and rolls it back too.
+    - 1047 (``ER_UNKNOWN_COM_ERROR``, "WSREP has not yet prepared node for application use"):
+      the node is outside the primary component (``wsrep_cluster_status`` is not
+      ``Primary``) and refuses every statement, COMMIT included; the write set of a
+      transaction refused at COMMIT never reached the cluster.
+
+    Not aborted: 1205 (lock wait timeout rolls back only the statement, the transaction goes
+    on), and a connection lost during COMMIT (2013/2006), whose outcome is unknown.
+
+    Documentation: https://mariadb.com/docs/galera-cluster/reference/mariadb-galera-cluster-known-limitations
+    (conflicts as deadlock errors, GET_LOCK unsupported),
+    https://mariadb.com/docs/reference/mdb/status-variables/wsrep_cluster_status/ and
+    https://dev.mysql.com/doc/refman/8.0/en/innodb-deadlocks.html .
+    """
+    code = mysql_error_code(exc)
+    return code if code in ABORTED_CODES else None
+
+
+# What a node finds when another node (of a cluster, or beside it on one server) created the
+# same table, index or row a moment before: ER_TABLE_EXISTS_ERROR, ER_DUP_KEYNAME, ER_DUP_ENTRY,
+# and ER_WARN_I_S_SKIPPED_TABLE (1684, the table is being altered by another node's DDL, seen
+# by an inspection while it runs).
+RACED_CODES = frozenset({1050, 1061, 1062, 1684})
+
+
+def retry_raced(fn: Callable[[], T], *, tries: int = 5, pause: float = 0.2) -> T:
+    """``fn()`` (idempotent schema work: check, then create), run again when it raced another
+    node's: on a Galera cluster a named lock excludes only the clients of one node, so two
+    nodes starting together may both find a table missing; DDL is replicated in total
+    order, and the loser finds it made (or its write set aborted) and checks again."""
+    for n in range(tries):
+        try:
+            return fn()
+        except sa.exc.DBAPIError as exc:
+            code = mysql_error_code(exc)
+            if n == tries - 1 or not (code in RACED_CODES or code in ABORTED_CODES):
+                raise
+            log.info("schema_raced", code=code)
+            time.sleep(pause * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")
+
+
+def _causal_reads(dbapi_conn: Any) -> None:
+    """On a Galera node, reads wait until the node has applied what the cluster committed
+    before them (``wsrep_sync_wait = 1``): a read on one node then sees a write certified on
+    another, as on one server, and a decision read under the ledger lock is not stale (a
+    stale one would only fail certification and run again). Nothing on other servers."""
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        row = cur.fetchone()
+        if row is not None and str(row[1]).upper() == "ON":
+            cur.execute("SET SESSION wsrep_sync_wait = 1")
+
+
+def _not_ready_is_a_disconnect(context: sa.engine.ExceptionContext) -> None:
+    """A node that answers 1047 answers nothing else until it rejoins the primary component:
+    its connections are dropped like dead ones, so the next try (a read's, or a unit of
+    work's) takes a fresh connection, which ``HostChooser`` puts on a node that is ready."""
+    if mysql_error_code(context.original_exception) == NODE_NOT_READY:
+        context.is_disconnect = True
+
+
+# -- several hosts in one URL ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def split_hosts(url: str | sa.URL) -> tuple[sa.URL, tuple[Host, ...]]:
+    """The URL without its ``host`` query parameters, and the hosts they name, in order
+    (``host=h1:3306&host=h2``; no port: 3306). No ``host`` parameter: no hosts. A URL with
+    both a host before the path and ``host`` parameters, or a malformed one, is refused."""
+    parsed = sa.make_url(url)
+    given = parsed.query.get("host")
+    if given is None:
+        return parsed, ()
+    if parsed.host:
+        raise ValueError(
+            "give the hosts either before the database name or as host= parameters, not both"
+        )
+    hosts = []
+    for item in (given,) if isinstance(given, str) else given:
+        name, _, port = item.rpartition(":") if ":" in item else (item, "", "3306")
+        if not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad host parameter {item!r}: expected host or host:port")
+        hosts.append(Host(name, int(port)))
+    if not parsed.drivername.endswith("pymysql"):
+        raise ValueError("several hosts need the PyMySQL driver (mysql+pymysql://)")
+    return parsed.difference_update_query(["host"]), tuple(hosts)
+
+
+class HostChooser:
+    """The order in which to try a URL's hosts for a new connection.
+
+    The hosts' own order is the operator's preference. A host that failed (refused the
+    connection, timed out, or was not a ready Galera node) goes to the end of the order for
+    ``retry_after`` seconds, so new connections go to the next one that worked and do not
+    wait on a dead host each time; after that the preferred host is tried first again.
+    """
+
+    def __init__(self, hosts: Iterable[Host], *, clock: Clock, retry_after: float = 30.0) -> None:
+        self.hosts = tuple(hosts)
+        if not self.hosts:
+            raise ValueError("no host to choose from")
+        self.retry_after = retry_after
+        self._clock = clock
+        self._failed: dict[Host, float] = {}
+        self._lock = threading.Lock()
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
+
+    def order(self) -> list[Host]:
+        now = self._now()
+        with self._lock:
+            recent = {h for h, at in self._failed.items() if now - at < self.retry_after}
+        return [h for h in self.hosts if h not in recent] + [h for h in self.hosts if h in recent]
+
+    def failed(self, host: Host) -> None:
+        with self._lock:
+            self._failed[host] = self._now()
+
+    def worked(self, host: Host) -> None:
+        with self._lock:
+            self._failed.pop(host, None)
+
+
+CONNECT_TIMEOUT = 2  # seconds per host: a dead host must not hold a request up for long
+
+
+def _host_creator(url: sa.URL, chooser: HostChooser, connect_args: dict[str, Any]) -> Any:
+    """A DB-API ``connect()`` that tries ``chooser``'s hosts in order: the first that accepts
+    the connection and, on Galera, says it is ready (``wsrep_ready``) is used."""
+    import pymysql
+
+    dialect = url.get_dialect()()
+
+    def connect() -> Any:
+        errors = []
+        for host in chooser.order():
+            _, kwargs = dialect.create_connect_args(url.set(host=host.host, port=host.port))
+            kwargs.update(connect_args)
+            kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+            try:
+                conn = pymysql.connect(**kwargs)
+                try:
+                    if not _ready(conn):
+                        raise pymysql.err.OperationalError(NODE_NOT_READY, "wsrep_ready is OFF")
+                except Exception:
+                    conn.close()
+                    raise
+            except pymysql.err.MySQLError as exc:
+                chooser.failed(host)
+                errors.append(f"{host}: {exc}")
+                log.warning("db_host_failed", host=str(host), error=str(exc)[:200])
+                continue
+            if host != chooser.hosts[0] or errors:
+                log.info("db_host_connected", host=str(host), preferred=str(chooser.hosts[0]))
+            chooser.worked(host)
+            return conn
+        raise pymysql.err.OperationalError(2003, "no database host answered: " + "; ".join(errors))
+
+    return connect
+
+
+def _ready(conn: Any) -> bool:
+    """Whether a new connection's server may serve transactions: not a Galera node, or one
+    whose ``wsrep_ready`` is ON (synced, in the primary component). A MariaDB built with
+    Galera but running alone says ``wsrep_ready`` OFF too, and ``wsrep_on`` OFF."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+        row = cur.fetchone()
+        if row is None or str(row[1]).upper() == "ON":
+            return True
+        cur.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        row = cur.fetchone()
+    return row is None or str(row[1]).upper() != "ON"
 
 
 # What a MySQL string literal must not hold raw: PyMySQL's escape table without the double

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .batching import Batcher
+from .db import aborted
 from .store import (
     AppendFailed,
     AppendRequest,
@@ -124,9 +125,11 @@ class GroupCommitter:
         try:
             return self._transact(jobs)
         except AppendFailed as failed:
-            if failed.before_commit and len(jobs) > 1:
+            if failed.before_commit and len(jobs) > 1 and aborted(failed.cause) is None:
                 # Nothing was written: retry one by one so a single bad request (or a
                 # listener bug it triggers) fails alone instead of failing its neighbours.
+                # Not after the database aborted the batch, retries spent: that was no
+                # request's fault, and each one alone would go through every retry again.
                 return [self._commit_one(job) for job in jobs]
             return [failed] * len(jobs)
         except LedgerError as exc:

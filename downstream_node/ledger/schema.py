@@ -1,4 +1,5 @@
-"""The ledger's two tables: ``events`` (append-only, hash-chained) and ``ledger_head``.
+"""The ledger's tables: ``events`` (append-only, hash-chained), ``ledger_head``, and
+``ledger_leases`` (cluster-wide locks for long jobs).
 
 One schema serves MySQL/MariaDB and SQLite. Positions are assigned by the application under
 the lock on the single ``ledger_head`` row, never by auto-increment, so they are gap-free
@@ -64,5 +65,17 @@ rate_counts = sa.Table(
     sa.Column("subject", sa.String(128), primary_key=True),
     sa.Column("period", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("used", sa.BigInteger, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Leases: a name held by one owner until a time, cluster-wide (``ledger/leases.py``): MySQL's
+# named locks are per node on a Galera cluster.
+leases = sa.Table(
+    "ledger_leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    # UTC microseconds from the holder's injected clock; the lease is free after it.
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
     **MYSQL_TABLE_ARGS,
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,10 +21,11 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
+from ..ledger import leases
 from ..ledger.db import (
     is_sqlite,
-    named_lock,
     read_transaction,
+    retry_raced,
     schema_lock,
     sqlite_file,
     write_transaction,
@@ -59,10 +59,15 @@ def ensure_projections(store: EventStore) -> ProjectionTables:
     holds while it rebuilds: the others wait, then find the new generation).
     """
     with write_transaction(store.engine) as conn, schema_lock(conn):
-        with conn.begin():
-            tables = tables_for(store.head(conn).projection_generation)
-            create_tables(conn, tables)
-            outdated = outdated_tables(conn, tables)
+
+        def create() -> tuple[ProjectionTables, list[str]]:
+            # Again after racing another cluster node's creation (retry_raced)
+            with conn.begin():
+                tables = tables_for(store.head(conn).projection_generation)
+                create_tables(conn, tables)
+                return tables, outdated_tables(conn, tables)
+
+        tables, outdated = retry_raced(create)
         if outdated:
             # The projections are derived data: folding the ledger again is the migration.
             log.warning("projections_outdated", generation=tables.generation, tables=outdated)
@@ -97,22 +102,26 @@ class RebuildRunning(LedgerError):
     """Another rebuild of this ledger is running (in this process or another)."""
 
 
-# MySQL named lock (one per database: named_lock) a rebuild holds from start to swap.
+# The lease (ledger/leases.py, one row in the ledger's database) a rebuild holds on MySQL.
 REBUILD_LOCK = "downstream_node.rebuild"
 
 
 @contextmanager
 def rebuild_lock(engine: Engine, *, wait: float = 0) -> Iterator[None]:
-    """One rebuild at a time per ledger, across processes: two would both fill and swap in
-    generation g+1, the second dropping the tables the first had just made live. MySQL: a
-    named lock held by one pooled connection for the duration; SQLite: an advisory lock on a
-    file beside the database (``<database>.rebuild-lock``). Both go with their process if it
-    dies. Raises ``RebuildRunning`` if the lock is not had within ``wait`` seconds."""
+    """One rebuild at a time per ledger, across processes and cluster nodes: two would both
+    fill and swap in generation g+1, the second dropping the tables the first had just made
+    live. MySQL: a lease row (not a named lock: ``GET_LOCK`` is per node on Galera), renewed
+    while the rebuild runs, free a minute after its holder dies; SQLite: an advisory lock on
+    a file beside the database (``<database>.rebuild-lock``), which goes with its process.
+    Raises ``RebuildRunning`` if the lock is not had within ``wait`` seconds."""
     if not is_sqlite(engine):
-        with engine.connect() as conn, named_lock(conn, REBUILD_LOCK, math.ceil(wait)) as got:
-            if not got:
-                raise RebuildRunning("another rebuild of this ledger is running")
-            yield
+        try:
+            with leases.held(engine, REBUILD_LOCK, wait=wait):
+                yield
+        except leases.LeaseHeld as held:
+            raise RebuildRunning(
+                f"another rebuild of this ledger is running ({held.holder.owner})"
+            ) from None
         return
     database = sqlite_file(str(engine.url))
     if database is None:
@@ -179,7 +188,8 @@ def _rebuild(
 
     total = store.head().position
     done = _catch_up(store, new_tables, batch=batch, progress=progress, total=total)
-    report, snapshot = _swap(store, old, new_tables, done, compare=compare)
+    # Appends on other cluster nodes may abort the swap at certification: it runs again.
+    report, snapshot = store.retrying(lambda: _swap(store, old, new_tables, done, compare=compare))
     if snapshot is not None:
         # The head lock is released: appends go on into the new generation while the
         # snapshot still shows both generations at the swap position.
@@ -290,16 +300,30 @@ def _catch_up(
     """
     done = 0
     fold = None
-    while True:
-        with write_transaction(store.engine) as conn, conn.begin():
-            if locked:
-                conn.execute(
-                    sa.select(ledger_head.c.id).where(ledger_head.c.id == HEAD_ID).with_for_update()
+
+    def one_batch() -> tuple[int, int]:
+        nonlocal fold
+        try:
+            with write_transaction(store.engine) as conn, conn.begin():
+                if locked:
+                    conn.execute(
+                        sa.select(ledger_head.c.id)
+                        .where(ledger_head.c.id == HEAD_ID)
+                        .with_for_update()
+                    )
+                start = checkpoint(conn, tables)
+                if fold is None and not locked:
+                    fold = Fold(tables, empty=start == 0)
+                return start, apply_items(
+                    conn, tables, read_items(conn, start, start + batch), fold
                 )
-            start = checkpoint(conn, tables)
-            if fold is None and not locked:
-                fold = Fold(tables, empty=start == 0)
-            folded = apply_items(conn, tables, read_items(conn, start, start + batch), fold)
+        except Exception:
+            fold = None  # what it held may not have been committed: read the rows again
+            raise
+
+    while True:
+        # Run again when the database aborted it (on Galera, another node's write set can).
+        start, folded = store.retrying(one_batch)
         count = folded - start
         done += count
         if progress is not None and count:

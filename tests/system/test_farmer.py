@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from http_support import ADDRESS, CHUNK, INTERVAL, STRANGER, new_node, real_server, stock
+from reliability_support import free_port
 
 from downstream_node.farmer import (
     STATE_FILE,
@@ -408,9 +410,17 @@ async def test_a_node_that_never_replies(
     silent_node: tuple[str, asyncio.Event], tmp_path: Path
 ) -> None:
     url, connected = silent_node
-    async with Farmer(url, ADDRESS, directory=tmp_path / "a", timeout=0.3) as farmer:
-        with pytest.raises(TimeoutError, match=r"^timed out after 0\.3 s$"):
-            await farmer.run()
+    errors: list[str] = []
+
+    def seen(_farmer: object, kind: str, data: dict) -> None:
+        if kind == "error":
+            errors.append(data["error"])
+
+    # Registration timing out is tried again, as any request is, until the run ends.
+    async with Farmer(url, ADDRESS, directory=tmp_path / "a", timeout=0.3, on_event=seen) as farmer:
+        stats = await farmer.run(duration=1.5, poll_seconds=0.1)
+    assert farmer.token is None and stats.errors == len(errors) >= 2
+    assert set(errors) == {"registration: TimeoutError: timed out after 0.3 s"}
     async with Farmer(url, ADDRESS, directory=tmp_path / "b") as farmer:  # 60 s timeout
         stop = asyncio.Event()
         run = asyncio.create_task(farmer.run(stop=stop))
@@ -489,3 +499,60 @@ async def test_farm_runs_reuse_their_saved_token(db_url: str, tmp_path: Path) ->
         assert fresh.token in state.read_text() and token not in state.read_text()
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
     assert token not in out.getvalue() and fresh.token not in out.getvalue()  # redacted
+
+
+@pytest.mark.parametrize("first", ["503", "unreachable"])
+async def test_a_farmer_whose_first_registration_fails_registers_on_its_next_try(
+    db_url: str, tmp_path: Path, first: str
+) -> None:
+    """``/new`` answered 503 (with ``Retry-After``), or the node not answering at all: the
+    farm loop tries again in its next round instead of giving up for the whole run."""
+    node, _ = new_node(db_url, tmp_path)
+    app = create_app(node)
+    news: list[int] = []
+
+    @aiohttp.web.middleware
+    async def busy_once(request: aiohttp.web.Request, handler):  # type: ignore[no-untyped-def]
+        if "/new/" in request.path:
+            news.append(1)
+            if len(news) == 1 and first == "503":
+                return aiohttp.web.json_response(
+                    {"status": "busy", "message": "try again"},
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
+        return await handler(request)
+
+    app.middlewares.append(busy_once)
+    port = free_port()
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()  # starts the node
+    await stock(node, files=1)
+    errors: list[str] = []
+
+    def seen(_farmer: object, kind: str, data: dict) -> None:
+        if kind == "error":
+            errors.append(data["error"])
+
+    try:
+        if first == "503":
+            await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+        async with Farmer(
+            f"http://127.0.0.1:{port}", ADDRESS, directory=tmp_path / "farm", on_event=seen
+        ) as farmer:
+            task = asyncio.create_task(farmer.run(duration=30, poll_seconds=0.05))
+            for _ in range(400):
+                if first == "unreachable" and errors and not runner.sites:
+                    # the node comes up only after the farmer's first try failed
+                    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+                if farmer.stats.passed == 1:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await runner.cleanup()
+    assert farmer.token is not None and farmer.stats.passed == 1, errors
+    assert errors and errors[0].startswith("registration: ")
+    assert len(news) == (2 if first == "503" else 1)
