@@ -452,6 +452,21 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
     "farmer, for the per-IP limits and the events. Default: none; the peer's address counts.",
 )
 @click.option(
+    "--requests-per-minute",
+    type=click.IntRange(0),
+    default=600,
+    show_default=True,
+    help="Requests per token per minute, for all the processes on this database (0: no limit).",
+)
+@click.option(
+    "--new-per-minute",
+    type=click.IntRange(0),
+    default=60,
+    show_default=True,
+    help="Requests to /new per IP address (its group) per minute, refused ones included, for "
+    "all the processes on this database (0: no limit).",
+)
+@click.option(
     "--ipv6-prefix",
     type=click.IntRange(32, 128),
     default=64,
@@ -510,6 +525,8 @@ def serve(
     demo_redundancy: int | None,
     stop_timeout: float,
     trusted_proxies: tuple[str, ...],
+    requests_per_minute: int,
+    new_per_minute: int,
     ipv6_prefix: int,
     geoip: Path | None,
     db_connect_timeout: float,
@@ -551,6 +568,8 @@ def serve(
                     obj.settings,
                     trusted_proxies=trusted_proxies,
                     geoip=geoip,
+                    requests_per_token_per_minute=requests_per_minute,
+                    new_tokens_per_ip_per_minute=new_per_minute,
                     token_policy=dataclasses.replace(
                         obj.settings.token_policy, ipv6_prefix=ipv6_prefix
                     ),

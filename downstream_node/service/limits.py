@@ -54,7 +54,9 @@ class MinuteLimit:
         self._next: dict[str, int] = {}  # the size of the subject's next lease
         self._spent: set[str] = set()  # subjects whose limit this period is reached
         self._leases: Batcher[counters.Ask, int] = Batcher(
-            lambda asks: list(counters.take_many(rt.engine, asks)),
+            # On a Galera cluster every node's leases raise the same counter rows, and
+            # certification aborts the losers whole: such a transaction runs again.
+            lambda asks: rt.store.retrying(lambda: list(counters.take_many(rt.engine, asks))),
             executor=rt.executor,
             name=f"rate-leases-{name}",
         )

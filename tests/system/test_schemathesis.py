@@ -54,6 +54,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "4096",
             "--log-level",
             "warning",
+            # Both modes' requests within a minute: the limits are not what is fuzzed here.
+            "--new-per-minute",
+            "0",
+            "--requests-per-minute",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
