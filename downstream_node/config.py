@@ -39,6 +39,11 @@ class Settings:
     handed_back_seconds: int = 86_400
     # Reverse proxies (addresses or networks) whose X-Forwarded-For names the farmer.
     trusted_proxies: tuple[str, ...] = ()
+    # The transparency log's origin (its checkpoints' first line and its key's name); default:
+    # the name kept in the log's key file, made from its first public key.
+    log_origin: str | None = None
+    # Record a new signing key for the log (a rotation); the commitment key is kept.
+    new_log_key: bool = False
 
     def secret_path(self) -> Path:
         if self.secret_file is not None:

@@ -21,8 +21,9 @@ from sqlalchemy.engine import Connection, Engine
 from ..domain.canonical import canonical, chain_next
 from ..domain.clock import from_micros, to_micros
 from ..domain.errors import ConcurrencyConflict, LedgerError
+from ..domain.public import PublicForms
 from ..domain.records import NewEvent, RecordedEvent
-from . import reader
+from . import reader, tree
 from .db import (
     create_all,
     in_lists,
@@ -121,6 +122,8 @@ class AppendResult:
     stream_version: int
     duplicate: bool = False
     events: tuple[RecordedEvent, ...] = ()
+    # The events' leaf hashes in the ledger's Merkle tree (empty when the store keeps none).
+    leaves: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -301,6 +304,7 @@ class Seen:
     before: int = -1
     after: int = -1
     versions: dict[str, int] = field(default_factory=dict)
+    frontier: Any = None  # the tree's frontier after the append, when the store keeps one
 
 
 class VersionCache:
@@ -346,11 +350,40 @@ SCHEMA_LOCK_WAIT = 60
 class EventStore:
     """Synchronous event store over one SQLAlchemy engine; safe to call from many threads."""
 
-    def __init__(self, engine: Engine, listeners: Sequence[Listener] = ()) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        listeners: Sequence[Listener] = (),
+        public: PublicForms | None = None,
+    ) -> None:
+        """``public``: the ledger's public forms (its commitment key); with them every append
+        also extends the Merkle tree over the events, in the same transaction."""
         self.engine = engine
         self.listeners: list[Listener] = list(listeners)
         self._versions = VersionCache()
         self._insert_events = insert_events_sql(engine.dialect)
+        self.tree: tree.TreeKeeper | None = None
+        if public is not None:
+            self.keep_tree(public)
+
+    def keep_tree(self, public: PublicForms) -> None:
+        """From now on, extend the Merkle tree with every append (the composition root calls
+        this once the node has loaded the ledger's commitment key)."""
+        self.tree = tree.TreeKeeper(public)
+
+    def catch_up_tree(self, batch: int = 10_000) -> int:
+        """Bring the tree level with the ledger, ``batch`` events per transaction (so a node
+        starting on a long ledger made without the tree does not hold the lock for long);
+        the tree's size."""
+        if self.tree is None:
+            raise LedgerError("this store keeps no tree")
+        while True:
+            with write_transaction(self.engine) as conn, conn.begin():
+                head = conn.execute(LOCK_HEAD).one()
+                frontier = self.tree.frontier(conn, head.position, limit=batch)
+            self.tree.committed(frontier)
+            if frontier.size >= head.position:
+                return int(frontier.size)
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -382,6 +415,7 @@ class EventStore:
                                 id=HEAD_ID, position=0, hash=GENESIS_HASH, projection_generation=1
                             )
                         )
+                    tree.ensure_head(conn)
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -446,12 +480,16 @@ class EventStore:
                 appended = iter(self._append_locked(unit, requests, seen))
                 committing = True
             self._versions.committed(seen)
+            if self.tree is not None and seen.frontier is not None:
+                self.tree.committed(seen.frontier)
             return [None if req is None else next(appended) for req in decided]
         except (LedgerError, _Dropped):
             raise
         except Exception as exc:
             if committing:
                 self._versions.clear()  # whether it committed is unknown
+                if self.tree is not None:
+                    self.tree.clear()
             raise AppendFailed(exc, before_commit=not committing) from exc
 
     def _append_locked(
@@ -474,6 +512,8 @@ class EventStore:
         outcomes: list[BatchOutcome] = []
         rows: list[tuple[Any, ...]] = []
         recorded_all: list[RecordedEvent] = []
+        keeper = self.tree
+        all_leaves: list[bytes] = []
 
         for req in requests:
             if req.request_id is not None:
@@ -492,13 +532,22 @@ class EventStore:
             if refused is not None:
                 outcomes.append(refused)
                 continue
+            first_row = len(rows)
             recorded, last_hash = self._record(
                 req, position, versions[req.stream_id], last_hash, rows
             )
             position = recorded[-1].position
             versions[req.stream_id] = current = recorded[-1].version
+            leaves: tuple[bytes, ...] = ()
+            if keeper is not None:
+                leaves = tuple(keeper.leaf(row) for row in rows[first_row:])
+                all_leaves.extend(leaves)
             result = AppendResult(
-                req.stream_id, tuple(e.position for e in recorded), current, events=recorded
+                req.stream_id,
+                tuple(e.position for e in recorded),
+                current,
+                events=recorded,
+                leaves=leaves,
             )
             if req.request_id is not None:
                 seen_requests[req.request_id] = result
@@ -507,6 +556,8 @@ class EventStore:
 
         if rows:
             conn.exec_driver_sql(self._insert_events, rows)
+            if keeper is not None:
+                seen.frontier = keeper.extend(conn, head.position, all_leaves)
             for listener in self.listeners:
                 listener(unit, recorded_all)
             conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
