@@ -57,6 +57,7 @@ from downstream_node.config import Settings
 from downstream_node.domain import events as ev
 from downstream_node.domain.clock import UTC, to_micros
 from downstream_node.domain.contracts import FileView, decide_assign
+from downstream_node.domain.public import PublicForms
 from downstream_node.domain.tokens import make_address, token_hash
 from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
 from downstream_node.ledger.group_commit import GroupCommitter
@@ -212,11 +213,12 @@ PROOF_LIKE = {
 }
 
 
-def append_run(url: str, writers: int, total: int) -> dict[str, Any]:
+def append_run(url: str, writers: int, total: int, *, tree: bool = False) -> dict[str, Any]:
     """``writers`` coroutines append one event at a time to their own contract stream, with
-    optimistic concurrency, through one group committer; each waits for its commit."""
+    optimistic concurrency, through one group committer; each waits for its commit.
+    ``tree``: the store also keeps the transparency log's Merkle tree, as a node does."""
     engine = make_engine(url)
-    store = EventStore(engine)
+    store = EventStore(engine, public=PublicForms(b"bench-commit-key" * 2) if tree else None)
     store.create_schema()
     per_writer = total // writers
     at = dt.datetime(2026, 1, 1, tzinfo=UTC)

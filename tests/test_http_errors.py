@@ -455,6 +455,14 @@ async def test_unknown_routes_and_methods_are_json(api: Api) -> None:
     assert head(api.node) == before
 
 
+async def test_not_in_log_for_a_proof_beyond_the_tree(api: Api) -> None:
+    size = head(api.node)
+    status, body = await api.get(f"/api/ledger/proof/inclusion?position=1&size={size + 1}")
+    assert_error(status, body, "not_in_log", 404)
+    status, body = await api.get(f"/api/ledger/proof/consistency?first=1&second={size + 1}")
+    assert_error(status, body, "not_in_log", 404)
+
+
 async def test_every_documented_word_is_produced_somewhere() -> None:
     """The words this module asserts on cover the whole table (a guard for new words)."""
     source = Path(__file__).read_text()

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from .events import ip_stream
@@ -49,7 +50,8 @@ def meta_key(commit_key: bytes, position: int) -> bytes:
 
 def meta_commitment(commit_key: bytes, position: int, meta_text: str) -> str:
     """HMAC-SHA-256, under the event's own key, of its meta as stored (canonical text), hex."""
-    return hmac.digest(meta_key(commit_key, position), meta_text.encode(), "sha256").hex()
+    event_key = hmac.digest(commit_key, b"meta-commitment:%d" % position, "sha256")
+    return hmac.digest(event_key, meta_text.encode(), "sha256").hex()
 
 
 def open_commitment(event_key: bytes, meta_text: str, commitment: str) -> bool:
@@ -142,8 +144,11 @@ class PublicForms:
                 self.public_payload(event_type, json.loads(payload_text))
             ).decode()
         commitment = meta_commitment(self._key, position, meta_text)
-        head = json.dumps(event_type, ensure_ascii=False)
-        stream = json.dumps(self.public_stream(stream_id), ensure_ascii=False)
+        # The C string encoder json.dumps uses with ensure_ascii=False, without its set-up.
+        head = encode_basestring(event_type)
+        stream = encode_basestring(
+            self.pseudonym(stream_id) if stream_id.startswith(IP_STREAM_PREFIX) else stream_id
+        )
         return (
             f'{{"event_type":{head},"meta_commitment":"{commitment}",'
             f'"occurred_at":{occurred_at},"payload":{payload_text},"position":{position},'

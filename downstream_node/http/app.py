@@ -34,6 +34,7 @@ from ..domain.errors import Refused
 from ..ledger.store import AppendFailed
 from ..service import Node
 from . import schemas as sc
+from .ledger import add_ledger_routes
 from .metrics import METRICS, Metrics, metrics_handler
 from .openapi import add_doc_routes
 from .proxies import Network, client_address, parse_trusted
@@ -303,6 +304,7 @@ def create_app(
     app[NEW_LIMITER] = RateLimiter(node, node.settings.new_tokens_per_ip_per_minute)
     app.cleanup_ctx.append(_node_life(node, manage_node, sweep_seconds))
     add_routes(app)
+    add_ledger_routes(app)
     add_doc_routes(app)
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     return app

@@ -47,6 +47,10 @@ STATUS_WORDS: dict[str, tuple[int, str]] = {
         "More requests this minute than the node allows (per token; for /new, per IP "
         "address); see Retry-After.",
     ),
+    "not_in_log": (
+        404,
+        "The position or tree size is beyond the transparency log's current tree.",
+    ),
     "error": (
         500,
         "An unexpected error on the node (a bug; it is logged with the request id). "

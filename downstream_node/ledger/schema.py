@@ -54,9 +54,10 @@ ledger_head = sa.Table(
 HEAD_ID = 1
 
 # The transparency log over the events (RFC 6962): every full subtree's hash, keyed by
-# (level, index), level 0 the leaves; and how many leaves the tree covers. Kept apart from
-# ledger_head so that a store without the log's key (an older release, a benchmark) appends
-# as before and a store with it catches the tree up.
+# (level, index), level 0 the leaves. The tree's size is its last leaf's index + 1 (read from
+# the primary key, and never a row to update on every append). Kept apart from ledger_head so
+# that a store without the log's key (an older release, a benchmark) appends as before and a
+# store with it catches the tree up.
 Hash32 = sa.LargeBinary(32).with_variant(mysql.BINARY(32), "mysql", "mariadb")
 
 tlog_nodes = sa.Table(
@@ -65,13 +66,5 @@ tlog_nodes = sa.Table(
     sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
     sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("hash", Hash32, nullable=False),
-    **MYSQL_TABLE_ARGS,
-)
-
-tlog_head = sa.Table(
-    "tlog_head",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
     **MYSQL_TABLE_ARGS,
 )

@@ -415,7 +415,6 @@ class EventStore:
                                 id=HEAD_ID, position=0, hash=GENESIS_HASH, projection_generation=1
                             )
                         )
-                    tree.ensure_head(conn)
 
     # -- appending ----------------------------------------------------------------------------
 

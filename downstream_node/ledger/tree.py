@@ -20,7 +20,7 @@ from ..domain.errors import LedgerError
 from ..domain.public import PublicForms
 from ..tlog import merkle
 from .reader import PUBLIC_COLUMNS
-from .schema import HEAD_ID, tlog_head, tlog_nodes
+from .schema import tlog_nodes
 
 Key = tuple[int, int]
 NODES_PER_QUERY = 400  # (level, idx) pairs per IN list: below SQLite's 999 parameters
@@ -39,18 +39,13 @@ def insert_nodes_sql(dialect: sa.Dialect) -> str:
     )
 
 
-SET_SIZE = tlog_head.update().where(tlog_head.c.id == HEAD_ID).values(size=sa.bindparam("size"))
+LAST_LEAF = sa.select(sa.func.max(tlog_nodes.c.idx)).where(tlog_nodes.c.level == 0)
 
 
 def tree_size(conn: Connection) -> int:
     """How many leaves the stored tree covers (0 before any)."""
-    size = conn.execute(sa.select(tlog_head.c.size).where(tlog_head.c.id == HEAD_ID)).scalar()
-    return int(size or 0)
-
-
-def ensure_head(conn: Connection) -> None:
-    if conn.execute(sa.select(tlog_head.c.id).where(tlog_head.c.id == HEAD_ID)).first() is None:
-        conn.execute(tlog_head.insert().values(id=HEAD_ID, size=0))
+    last = conn.execute(LAST_LEAF).scalar()
+    return 0 if last is None else int(last) + 1
 
 
 def lookup(conn: Connection, keys: Iterable[Key]) -> dict[Key, bytes]:
@@ -155,7 +150,6 @@ class TreeKeeper:
                 if rows[0][0] != frontier.size + 1 or rows[-1][0] != frontier.size + len(rows):
                     raise TreeBehind(f"position {frontier.size + 1} is missing from the events")
                 self._store(conn, frontier.extend(self.forms.leaf(*r) for r in rows))
-            conn.execute(SET_SIZE, {"size": frontier.size})
         return frontier
 
     def extend(self, conn: Connection, position: int, new: Sequence[bytes]) -> Any:
@@ -163,7 +157,6 @@ class TreeKeeper:
         frontier, to hand to ``committed`` once the transaction commits."""
         frontier = self.frontier(conn, position)
         self._store(conn, frontier.extend(new))
-        conn.execute(SET_SIZE, {"size": frontier.size})
         return frontier
 
     def _store(self, conn: Connection, nodes: list[merkle.StoredNode]) -> None:

@@ -18,6 +18,7 @@ from . import bootstrap, lifecycle
 from .answers import Answers
 from .context import OPERATOR, Context
 from .contracts import ContractCommands
+from .ledger import LedgerLog
 from .operator import OperatorCommands
 from .tokens import TokenCommands
 
@@ -39,6 +40,7 @@ class Node:
         self.operator = OperatorCommands(self.rt)
         self.contracts = ContractCommands(self.rt)
         self.answers = Answers(self.rt)
+        self.ledger = LedgerLog(self.rt)
 
     # -- what the runtime holds, as callers have always reached it -------------------------------
 
