@@ -116,6 +116,16 @@ class AnswerResultSchema(_Base):
             "when it is not (the challenge stays open until it expires)."
         },
     )
+    receipt = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "The node's signed receipt for the recorded verdict: a C2SP signed "
+            "note `<origin>\\nreceipt\\n<position>\\n<base64 leaf hash>\\n` under the log's "
+            "key. Keep it: an inclusion proof against any later checkpoint shows the verdict "
+            "is still in the ledger. The same answer sent again gets the same receipt."
+        },
+    )
 
 
 class NewTokenSchema(_Base):

@@ -87,14 +87,13 @@ class LedgerLog:
         except (ValueError, ProofError) as exc:
             raise Refused("not_in_log", str(exc)) from None
 
-    # -- receipts -------------------------------------------------------------------------------
 
-    def receipt_now(self, position: int, leaf: bytes | None = None) -> str | None:
-        """The signed receipt of the event at ``position`` (blocking); its leaf hash read
-        from the tree unless given. None if the tree does not hold it."""
+def receipt_now(rt: Runtime, position: int, leaf: bytes | None = None) -> str | None:
+    """The signed receipt of the event at ``position`` (blocking: signs, and reads its leaf
+    hash from the tree unless given). None if the tree does not hold it."""
+    if leaf is None:
+        with read_transaction(rt.engine) as conn:
+            leaf = tree.leaf(conn, position)
         if leaf is None:
-            with read_transaction(self.rt.engine) as conn:
-                leaf = tree.leaf(conn, position)
-            if leaf is None:
-                return None
-        return self.rt.keys().receipt(position, leaf)
+            return None
+    return rt.keys().receipt(position, leaf)
