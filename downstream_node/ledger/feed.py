@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Connection, Engine
 
 from ..domain.public import PublicForms, leaf_hash
-from ..tlog.merkle import MemoryTree
+from ..tlog.checkpoint import Checkpoint
+from ..tlog.merkle import MemoryTree, ProofError, verify_consistency
 from .reader import PUBLIC_COLUMNS
 
 
@@ -62,3 +63,81 @@ def recompute(engine: Engine, forms: PublicForms, until: int | None = None) -> R
             return Recomputed(tree, tree.size + 1)
         tree.append_hash(leaf)
     return Recomputed(tree)
+
+
+@dataclass(frozen=True)
+class CheckpointCheck:
+    """Whether the ledger, as its events are now, extends a checkpoint an auditor kept."""
+
+    ok: bool
+    checkpoint_size: int
+    ledger_size: int
+    reason: str = ""
+    consistency_proof: tuple[bytes, ...] = ()
+    stored_tree_matches: bool = True
+
+    def todict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "checkpoint_size": self.checkpoint_size,
+            "ledger_size": self.ledger_size,
+            "reason": self.reason,
+            "consistency_proof": [base64.b64encode(h).decode() for h in self.consistency_proof],
+            "stored_tree_matches": self.stored_tree_matches,
+        }
+
+
+def against_checkpoint(
+    engine: Engine,
+    forms: PublicForms,
+    checkpoint: Checkpoint,
+    stored: tuple[int, bytes] | None = None,
+) -> CheckpointCheck:
+    """Recompute the tree from the events (never trusting the stored one) and prove, with an
+    RFC 9162 consistency proof, that the checkpoint's tree is its prefix. ``stored``: the
+    stored tree's (size, root), compared with the recomputed tree's root at that size."""
+    recomputed = recompute(engine, forms)
+    memory, size, wanted = recomputed.tree, recomputed.tree.size, checkpoint.size
+    matches = stored is None or (stored[0] <= size and stored[1] == memory.root(stored[0]))
+    if recomputed.gap is not None and recomputed.gap <= wanted:
+        return CheckpointCheck(
+            False,
+            wanted,
+            size,
+            f"position {recomputed.gap} is missing: the ledger no longer holds the "
+            f"checkpoint's {wanted} events",
+            stored_tree_matches=matches,
+        )
+    if size < wanted:
+        return CheckpointCheck(
+            False,
+            wanted,
+            size,
+            f"the ledger is shorter than the checkpoint: {size} events, the checkpoint "
+            f"covers {wanted}",
+            stored_tree_matches=matches,
+        )
+    if memory.root(wanted) != checkpoint.root_hash:
+        return CheckpointCheck(
+            False,
+            wanted,
+            size,
+            f"a different history: the first {wanted} events do not hash to the checkpoint's root",
+            stored_tree_matches=matches,
+        )
+    proof = memory.consistency_proof(wanted, size)
+    try:
+        verify_consistency(wanted, size, proof, checkpoint.root_hash, memory.root())
+    except ProofError as exc:  # pragma: no cover - the tree's own proof: a bug, not tampering
+        return CheckpointCheck(False, wanted, size, f"consistency proof failed: {exc}")
+    if not matches:
+        return CheckpointCheck(
+            False,
+            wanted,
+            size,
+            "the stored tree does not match the events (edited, or the commitment key "
+            "is not this ledger's)",
+            tuple(proof),
+            stored_tree_matches=False,
+        )
+    return CheckpointCheck(True, wanted, size, "", tuple(proof))
