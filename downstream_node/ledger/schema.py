@@ -53,18 +53,20 @@ ledger_head = sa.Table(
 
 HEAD_ID = 1
 
-# The transparency log over the events (RFC 6962): every full subtree's hash, keyed by
-# (level, index), level 0 the leaves. The tree's size is its last leaf's index + 1 (read from
-# the primary key, and never a row to update on every append). Kept apart from ledger_head so
-# that a store without the log's key (an older release, a benchmark) appends as before and a
-# store with it catches the tree up.
-Hash32 = sa.LargeBinary(32).with_variant(mysql.BINARY(32), "mysql", "mariadb")
+# The transparency log over the events (RFC 6962), kept as tiles (after C2SP tlog-tiles, of
+# height TILE_HEIGHT): the row (level L, idx N) holds the hashes at tree level L * TILE_HEIGHT of
+# indices N * 2**TILE_HEIGHT onwards, 32 bytes each, up to 2**TILE_HEIGHT of them (the last tile
+# of a level is partial, and rewritten as it fills). Any other node is hashed up from the
+# tile below it. An append writes a few rows, not one per node; the tree's size is read from
+# its last level-0 tile. Kept apart from ledger_head so that a store without the log's key (an
+# older release, a benchmark) appends as before and a store with it catches the tree up.
+TILE_HEIGHT = 6
 
-tlog_nodes = sa.Table(
-    "tlog_nodes",
+tlog_tiles = sa.Table(
+    "tlog_tiles",
     metadata,
     sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
     sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("hash", Hash32, nullable=False),
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
     **MYSQL_TABLE_ARGS,
 )

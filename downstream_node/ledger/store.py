@@ -304,7 +304,7 @@ class Seen:
     before: int = -1
     after: int = -1
     versions: dict[str, int] = field(default_factory=dict)
-    frontier: Any = None  # the tree's frontier after the append, when the store keeps one
+    frontier: Any = None  # the tree's state after the append, when the store keeps one
 
 
 class VersionCache:
@@ -380,10 +380,10 @@ class EventStore:
         while True:
             with write_transaction(self.engine) as conn, conn.begin():
                 head = conn.execute(LOCK_HEAD).one()
-                frontier = self.tree.frontier(conn, head.position, limit=batch)
-            self.tree.committed(frontier)
-            if frontier.size >= head.position:
-                return int(frontier.size)
+                state = self.tree.state(conn, head.position, limit=batch)
+            self.tree.committed(state)
+            if state.frontier.size >= head.position:
+                return int(state.frontier.size)
 
     # -- schema -------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -105,3 +106,37 @@ def test_the_export_line_is_the_public_form_with_its_leaf_hash(engine: Engine) -
             data.decode()
         )
         assert b"198.51.100.4" not in data
+
+
+def test_tiles_across_levels_give_the_recomputed_roots_and_proofs(engine: Engine) -> None:
+    """Over 64 * 64 leaves the tree has tiles on three levels; batches of odd sizes, appends
+    without the key and catch-ups cut them at every kind of place."""
+    keyless = EventStore(engine)
+    keyless.create_schema()
+    keyed = EventStore(engine, public=FORMS)
+    rng = random.Random(5)
+    total = 0
+    while total < 4200:
+        count = rng.choice([1, 3, 63, 64, 65, 130, 200])
+        store = keyless if rng.random() < 0.2 else keyed
+        store.append_batch([AppendRequest(f"s{total + i}", None, [new(i)]) for i in range(count)])
+        total += count
+    keyed.catch_up_tree()
+    memory = feed.recompute(engine, FORMS).tree
+    sizes = sorted(
+        {1, 63, 64, 65, 4095, 4096, 4097, memory.size} | set(rng.sample(range(1, memory.size), 40))
+    )
+    with read_transaction(engine) as conn:
+        assert tree.tree_size(conn) == memory.size == total
+        for n in sizes:
+            assert tree.root(conn, n) == memory.root(n), n
+            i = rng.randrange(n)
+            merkle.verify_inclusion(
+                memory.get(0, i), i, n, tree.inclusion_proof(conn, i, n), memory.root(n)
+            )
+            m = rng.randint(0, n)
+            merkle.verify_consistency(
+                m, n, tree.consistency_proof(conn, m, n), memory.root(m), memory.root(n)
+            )
+            assert tree.leaf(conn, i + 1) == memory.get(0, i)
+        assert tree.leaf(conn, memory.size + 1) is None

@@ -90,7 +90,7 @@ def rechain(engine: sa.Engine, tmp_path: Path) -> None:
         conn.execute(
             sa.text("UPDATE ledger_head SET position = :p, hash = :h"), {"p": last, "h": previous}
         )
-        conn.execute(sa.text("DELETE FROM tlog_nodes"))
+        conn.execute(sa.text("DELETE FROM tlog_tiles"))
     keys = LogKeys.load(keys_path(tmp_path / "node-secret.json"))
     EventStore(engine, public=keys.public_forms()).catch_up_tree()
 

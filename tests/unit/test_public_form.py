@@ -82,9 +82,17 @@ def test_a_commitment_opens_with_its_events_key_only() -> None:
 
 
 def test_a_short_key_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least 16 bytes"):
+    with pytest.raises(ValueError, match="16 to 64 bytes"):
         PublicForms(b"short")
 
 
 def test_canonical_bytes_sort_and_keep_unicode() -> None:
     assert canonical_bytes({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode()
+
+
+@pytest.mark.parametrize("key", [b"k" * 16, b"k" * 32, bytes(range(64))])
+def test_the_fast_commitment_is_the_hmac_of_the_format(key: bytes) -> None:
+    forms = PublicForms(key)
+    for position in (1, 9, 10, 12345, 2**62):
+        for meta in ("{}", META, '{"remote":"é"}'):
+            assert forms.commitment(position, meta) == meta_commitment(key, position, meta)
