@@ -9,6 +9,7 @@ with the commit, so positions become visible strictly in order, across processes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -512,7 +513,7 @@ class EventStore:
         rows: list[tuple[Any, ...]] = []
         recorded_all: list[RecordedEvent] = []
         keeper = self.tree
-        all_leaves: list[bytes] = []
+        spans: list[tuple[int, int, int]] = []  # (outcome, its rows' first and end)
 
         for req in requests:
             if req.request_id is not None:
@@ -537,16 +538,9 @@ class EventStore:
             )
             position = recorded[-1].position
             versions[req.stream_id] = current = recorded[-1].version
-            leaves: tuple[bytes, ...] = ()
-            if keeper is not None:
-                leaves = tuple(keeper.leaf(row) for row in rows[first_row:])
-                all_leaves.extend(leaves)
+            spans.append((len(outcomes), first_row, len(rows)))
             result = AppendResult(
-                req.stream_id,
-                tuple(e.position for e in recorded),
-                current,
-                events=recorded,
-                leaves=leaves,
+                req.stream_id, tuple(e.position for e in recorded), current, events=recorded
             )
             if req.request_id is not None:
                 seen_requests[req.request_id] = result
@@ -554,11 +548,20 @@ class EventStore:
             outcomes.append(result)
 
         if rows:
+            # The leaf hashes are made in a thread of their own while this one waits for the
+            # database (the inserts, the projections): CPU work that would otherwise add to
+            # the time the ledger lock is held.
+            hashed = tree.hash_leaves(keeper, rows) if keeper is not None else None
             conn.exec_driver_sql(self._insert_events, rows)
-            if keeper is not None:
-                seen.frontier = keeper.extend(conn, head.position, all_leaves)
             for listener in self.listeners:
                 listener(unit, recorded_all)
+            if keeper is not None and hashed is not None:
+                leaves = hashed.result()
+                seen.frontier = keeper.extend(conn, head.position, leaves)
+                for at, first, end in spans:
+                    done = outcomes[at]
+                    assert isinstance(done, AppendResult)
+                    outcomes[at] = dataclasses.replace(done, leaves=tuple(leaves[first:end]))
             conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
         seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -127,6 +128,19 @@ def leaf(conn: Connection, position: int) -> bytes | None:
     if tile is None or len(tile) < offset + HASH:
         return None
     return tile[offset : offset + HASH]
+
+
+_HASHER: ThreadPoolExecutor | None = None
+_HASHER_LOCK = threading.Lock()
+
+
+def hash_leaves(keeper: TreeKeeper, rows: Sequence[Sequence[Any]]) -> Future[list[bytes]]:
+    """The leaf hashes of events rows, made in the process's one hashing thread."""
+    global _HASHER
+    with _HASHER_LOCK:
+        if _HASHER is None:
+            _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree-leaves")
+    return _HASHER.submit(lambda: [keeper.leaf(row) for row in rows])
 
 
 class _State:
