@@ -657,8 +657,7 @@ def farm(
     """Run reference farmers against a node: take contracts, store chunks, answer challenges."""
     import signal
 
-    from .farmer import Swarm, run_farmers
-    from .farmer_display import Display
+    from .farmer import Display, Swarm, run_farmers
 
     swarm = Swarm()
 

@@ -1,9 +1,9 @@
 """The projection oracle: the projector as first written, one event and several statements
 at a time, kept as the executable specification of what the projection tables hold.
 
-``downstream_node/projections/projector.py`` folds batches in memory and writes each table
-once per batch; ``tests/test_projection_oracle.py`` checks that both give the same tables,
-row for row. A change to what a projection holds belongs in both.
+``downstream_node/projections/fold.py`` folds batches in memory and writes each table
+once per batch; ``tests/integration/test_projection_oracle.py`` checks that both give the
+same tables, row for row. A change to what a projection holds belongs in both.
 """
 
 from __future__ import annotations

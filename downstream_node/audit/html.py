@@ -12,7 +12,7 @@ import io
 from html import escape
 from typing import Any
 
-from .report import COUNTERS, duration, header_lines, percent, score
+from .formatting import COUNTERS, duration, header_lines, percent, score
 
 MAX_LINES = 12  # uptime lines drawn in colour with a legend entry; the rest are drawn grey
 MAX_BARS = 30  # tokens in the pass/fail chart (those with the most challenges)

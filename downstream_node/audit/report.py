@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain.clock import from_micros
 from ..ledger.verify import VerifyReport
+from .formatting import COUNTERS, duration, header_lines, percent, score
+from .html import render_html
 from .reputation import SCORING_VERSION
 
 if TYPE_CHECKING:
     from .replay import Replay
 
 REPORT_VERSION = 1
-COUNTERS = ("contracts", "challenges", "passed", "failed", "rejected", "missed")
 
 
 def iso_us(micros: int | None) -> str | None:
@@ -243,24 +244,6 @@ def render_csv(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def duration(micros: int) -> str:
-    """Microseconds as ``[Nd ]H:MM:SS.ffffff`` (exact: nothing is rounded away)."""
-    seconds, us = divmod(micros, 1_000_000)
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    text = f"{hours}:{minutes:02d}:{seconds:02d}.{us:06d}"
-    return f"{days}d {text}" if days else text
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.3f}%"
-
-
-def score(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
-
-
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
@@ -272,29 +255,6 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
         ).rstrip()
 
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
-def header_lines(report: dict[str, Any]) -> list[str]:
-    v = report["verified"]
-    verified = (
-        f"verified ok up to position {v['last_position']}, hash {v['last_hash']}"
-        if v["ok"]
-        else f"VERIFICATION FAILED at position {v['first_broken']}: {v['reason']} "
-        f"(last good position {v['last_position']}, hash {v['last_hash']})"
-    )
-    w = report["window"]
-    window = (
-        "all time"
-        if w["since"] is None and w["until"] is None
-        else f"[{w['since'] or 'beginning'}, {w['until'] or 'now'})"
-    )
-    params = " ".join(f"{k}={v}" for k, v in report["scoring"]["params"].items())
-    return [
-        report["report"],
-        f"ledger position {report['ledger']['position']}: {verified}",
-        f"now {report['now']} ({report['now_source']}); window {window}",
-        f"scoring {report['scoring']['version']}: {params}",
-    ]
 
 
 def render_table(report: dict[str, Any]) -> str:
@@ -385,7 +345,5 @@ def render(report: dict[str, Any], fmt: str) -> str:
     if fmt == "csv":
         return render_csv(report)
     if fmt == "html":
-        from .html import render_html
-
         return render_html(report)
     return render_table(report)

@@ -34,6 +34,8 @@ from ecdsa import SECP256k1, SigningKey
 from ecdsa.ecdsa import Public_key, Signature
 from ecdsa.ellipticcurve import INFINITY, PointJacobi
 
+from .tokens import b58decode, b58encode
+
 __all__ = [
     "ACCEPTED_ADDRESS_VERSIONS",
     "MAX_MESSAGE_CHARS",
@@ -76,8 +78,6 @@ _CURVE = SECP256k1.curve
 _G = SECP256k1.generator
 _N = SECP256k1.order
 _P = _CURVE.p()
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(_B58)}
 
 
 # --- hashes -------------------------------------------------------------------------------------
@@ -182,28 +182,6 @@ def _ripemd160_py(data: bytes) -> bytes:
 # --- addresses ----------------------------------------------------------------------------------
 
 
-def _b58encode(data: bytes) -> str:
-    n = int.from_bytes(data, "big")
-    out = []
-    while n:
-        n, rem = divmod(n, 58)
-        out.append(_B58[rem])
-    pad = len(data) - len(data.lstrip(b"\x00"))
-    return "1" * pad + "".join(reversed(out))
-
-
-def _b58decode(text: str) -> bytes | None:
-    n = 0
-    for c in text:
-        digit = _B58_INDEX.get(c)
-        if digit is None:
-            return None
-        n = n * 58 + digit
-    pad = len(text) - len(text.lstrip("1"))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    return b"\x00" * pad + body
-
-
 def _checksum(data: bytes) -> bytes:
     return hashlib.sha256(hashlib.sha256(data).digest()).digest()[:4]
 
@@ -211,7 +189,7 @@ def _checksum(data: bytes) -> bytes:
 def encode_address(h160: bytes, version: int = 0x00) -> str:
     """Base58Check of ``version || h160``."""
     payload = bytes([version]) + bytes(h160)
-    return _b58encode(payload + _checksum(payload))
+    return b58encode(payload + _checksum(payload))
 
 
 def decode_address(
@@ -221,8 +199,11 @@ def decode_address(
     when it is not text, not Base58, not 25 bytes, has a bad checksum or another version."""
     if not isinstance(address, str) or not address or len(address) > 64:
         return None
-    raw = _b58decode(address)
-    if raw is None or len(raw) != 25:
+    try:
+        raw = b58decode(address)
+    except ValueError:
+        return None
+    if len(raw) != 25:
         return None
     payload, check = raw[:21], raw[21:]
     if _checksum(payload) != check or payload[0] not in versions:

@@ -23,7 +23,8 @@ from ..domain.uptime import Coverage
 from ..ledger.db import IN_LIST, in_lists, read_transaction
 from ..ledger.schema import HEAD_ID, ledger_head
 from ..ledger.store import UnitOfWork, stream_versions
-from .projector import CONTRACT_READ, CONTRACT_ROWS, UPTIME_FIELDS, UPTIME_ROWS, checkpoint
+from .held import CONTRACT_READ, UPTIME_FIELDS, UPTIME_READ, Held
+from .projector import checkpoint
 from .tables import ProjectionTables, tables_for
 
 
@@ -232,9 +233,9 @@ class Reader:
             for view in self._views(rows):
                 found[(view.token_hash, view.file_hash)] = view
             if self.memo is not None:
-                whole = _contract_row
-                self.memo.setdefault(CONTRACT_ROWS, []).extend(whole(r) for r in rows)
-                uptime = self.memo.setdefault(UPTIME_ROWS, {})
+                held = Held.of(self.memo)
+                held.contracts.extend(_contract_row(r) for r in rows)
+                uptime = held.uptime
                 for r in rows:  # first_start is NOT NULL: a NULL one means no uptime row
                     has_row = r[_UPTIME_FIRST_START] is not None
                     uptime[r[_TOKEN_HASH]] = _uptime_row(r) if has_row else None
@@ -383,8 +384,7 @@ def hot(t: ProjectionTables) -> HotQueries:
 
 def _pairs_query(t: ProjectionTables) -> sa.Select:
     """Live contract views, each with the rest of its row and its token's uptime row (for
-    the projector: ``CONTRACT_ROWS``, ``UPTIME_ROWS``) and its token; the pairs are the
-    caller's condition."""
+    the projector: ``held.Held``) and its token; the pairs are the caller's condition."""
     c, tk, u = t.contracts.c, t.tokens.c, t.uptime.c
     query = (
         hot_contracts(t)
@@ -408,12 +408,17 @@ def _pairs_query(t: ProjectionTables) -> sa.Select:
     return query
 
 
+_VIEW_WIDTH = len(VIEW_COLUMNS) + 1  # and the file's size
+
+
 def _view(r: Any) -> ContractView:
     """A row's ``VIEW_COLUMNS`` and size as a ContractView (fields in the same order), taken
     by position: a row's named attribute costs about eight times its item, and a batch of
     answers reads 35 columns of each of hundreds of rows."""
-    cid, token, file, hb, seed, state, challenge, index, interval, started, due = r[:11]
-    answered, expiration, version, size = r[11:15]
+    (
+        cid, token, file, hb, seed, state, challenge, index, interval, started, due, answered,
+        expiration, version, size,
+    ) = r[:_VIEW_WIDTH]  # fmt: skip
     return ContractView(
         cid, token, file, hb, seed, None, json.loads(state), json.loads(challenge), index,
         interval, started, due, bool(answered), expiration, version, size,
@@ -449,8 +454,9 @@ def _pair_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 TOKEN_COLUMNS = ("address", "ip", "created_at", "deleted_at", "token_version")
 # The columns of a contracts_for_pairs row, in order (``_pairs_query`` checks it), and,
-# taken from it by position: the contract's columns as the projector holds them, its token's
-# uptime row (token hash, then UPTIME_FIELDS) and its TokenView's fields.
+# taken from it by position: the contract's columns as the projector holds them
+# (``held.CONTRACT_READ``), its token's uptime row (``held.UPTIME_READ``) and its TokenView's
+# fields.
 PAIR_COLUMNS = (
     *VIEW_COLUMNS,
     "size",
@@ -460,7 +466,10 @@ PAIR_COLUMNS = (
 )
 _at = {name: i for i, name in enumerate(PAIR_COLUMNS)}
 _contract_row = operator.itemgetter(*(_at[name] for name in CONTRACT_READ))
-_uptime_row = operator.itemgetter(_at["token_hash"], *(_at[f"uptime_{n}"] for n in UPTIME_FIELDS))
+# An uptime row's key is its contract's token_hash; its fields are labelled uptime_<name>.
+_uptime_row = operator.itemgetter(
+    *(_at[f"uptime_{n}" if n in UPTIME_FIELDS else n] for n in UPTIME_READ)
+)
 _token_row = operator.itemgetter(_at["token_hash"], *(_at[name] for name in TOKEN_COLUMNS))
 _TOKEN_HASH, _UPTIME_FIRST_START = _at["token_hash"], _at["uptime_first_start"]
 

@@ -1,6 +1,6 @@
 """Every fold decides every event type: it handles it or ignores it on purpose.
 
-The live projector and the rebuild share one fold (``projections.projector.Fold``), the
+The live projector and the rebuild share one fold (``projections.fold.Fold``), the
 auditors another (``audit.replay.Replay``), and the projection oracle a third. An event type
 added to the registry without a decision in each fails here, naming the fold and the type.
 """
@@ -18,11 +18,11 @@ from downstream_node.audit.replay import AUDITED, Replay
 from downstream_node.domain import events as ev
 from downstream_node.domain.errors import UnknownEvent
 from downstream_node.domain.folds import EventFold, handles, ignoring, undecided
-from downstream_node.projections.projector import HANDLED, Fold
+from downstream_node.projections.fold import HANDLED, Fold
 from downstream_node.projections.rebuild import ITEMS
 
 FOLDS: dict[str, Any] = {
-    "live projector and rebuild (projections.projector.Fold)": Fold,
+    "live projector and rebuild (projections.fold.Fold)": Fold,
     "audit replay (audit.replay.Replay)": Replay,
     "projection oracle (tests/projection_oracle.py)": oracle,
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from downstream_node.domain import signatures as sig
+from downstream_node.domain.tokens import b58decode
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -25,8 +26,8 @@ def _b64(raw: bytes) -> str:
 
 def _wif_secret(wif: str) -> tuple[bytes, bool]:
     """The 32-byte secret of a WIF private key and whether it asks for a compressed key."""
-    raw = sig._b58decode(wif)
-    assert raw is not None and sig._checksum(raw[:-4]) == raw[-4:]
+    raw = b58decode(wif)
+    assert sig._checksum(raw[:-4]) == raw[-4:]
     return raw[1:33], len(raw) == 38
 
 

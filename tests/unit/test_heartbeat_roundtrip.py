@@ -30,7 +30,7 @@ from downstream_node.heartbeat import (
 from downstream_node.heartbeat.crypto import Cfb8Cipher
 from downstream_node.heartbeat.merkle import MIN_CHUNK_SIZE
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "heartbeat-interop.json").read_text())
+VECTORS = json.loads((Path(__file__).parents[1] / "data" / "heartbeat-interop.json").read_text())
 PRIME = next(c for c in VECTORS if c["kind"] == "PySwizzle")["secret"]["prime"]  # 1024 bits
 SMALL_PRIME = 340282366920938463463374607431768211507  # 2**128 + 51
 

@@ -20,6 +20,7 @@ from http_support import ADDRESS, CHUNK, INTERVAL, STRANGER, new_node, real_serv
 
 from downstream_node.farmer import (
     STATE_FILE,
+    Display,
     Farmer,
     FarmerError,
     Swarm,
@@ -27,7 +28,6 @@ from downstream_node.farmer import (
     run_farmers,
     write_chunk,
 )
-from downstream_node.farmer_display import Display
 from downstream_node.heartbeat import Merkle, MerkleProof, SeededChunk
 from downstream_node.http.app import create_app
 
@@ -281,7 +281,7 @@ async def test_a_full_disk_hands_back_one_chunk_and_ends_the_round(
             def full(*args: object) -> None:
                 raise OSError(28, "No space left on device")
 
-            monkeypatch.setattr("downstream_node.farmer.write_chunk", full)
+            monkeypatch.setattr("downstream_node.farmer.loop.write_chunk", full)
             assert await farmer.take_contracts(4) == []
             assert farmer.stats.errors == 1 and farmer.unstorable == set()
             monkeypatch.undo()

@@ -30,7 +30,7 @@ from downstream_node.heartbeat import (
     Swizzle,
 )
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "heartbeat-interop.json").read_text())
+VECTORS = json.loads((Path(__file__).parents[1] / "data" / "heartbeat-interop.json").read_text())
 MERKLE = next(c for c in VECTORS if c["kind"] == "Merkle")
 SWIZZLE = next(c for c in VECTORS if c["kind"] == "PySwizzle")
 PRIME = SWIZZLE["secret"]["prime"]

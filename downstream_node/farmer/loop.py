@@ -1,93 +1,28 @@
-"""The reference farmer: an async client of the farmers' API, usable from tests and the CLI.
-
-A ``Farmer`` gets a token for its address, takes chunk contracts, regenerates each chunk from
-its seed into a file on disk (streamed, checked against the file hash), polls ``due`` and
-answers every open challenge with ``Heartbeat.fromdict(public).prove(file, challenge, tag)``.
-Errors from the node arrive as ``FarmerError(status, message, http_status)``; a reply's
-``Retry-After`` is honoured before the farmer's next request to that node.
-
-Each farmer keeps its token, the node's public heartbeat and its contracts in
-``<directory>/state.json`` (mode 0600: the token is a secret), keyed by node URL like the
-original client's history file, so a restarted farmer goes on with the same token.
-
-    async with Farmer(url, address, directory=path) as farmer:
-        await farmer.register()
-        await farmer.take_contracts(3)
-        verdicts = await farmer.poll_and_answer()    # {file_hash: "pass" | "fail" | word}
-
-``downstream-node farm`` runs ``run_farmers`` with a live display.
+"""The Farmer: one address's token on one node, its contracts and chunks, each step of the
+farmers' protocol (register, take, prove, answer, repair, remove) and the loop that runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
-import email.utils
-import hashlib
-import json
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from .domain.clock import Clock, SystemClock
-from .domain.tokens import redact
-from .heartbeat import HeartbeatError, Merkle, SeededChunk, Swizzle
-
-PREFIX = "/api/downstream"
-WRITE_BLOCK = 1024 * 1024
-STATE_FILE = "state.json"
-MAX_RETRY_AFTER = 300.0  # seconds: a node's Retry-After beyond this is not waited out in full
+from ..domain.clock import Clock, SystemClock
+from ..domain.tokens import redact
+from ..heartbeat import HeartbeatError, Merkle, Swizzle
+from .client import PREFIX, CannotStore, FarmerError, NodeClient, describe_error
+from .proofs import beat_for, corrupt_proof, prove_file
+from .state import STATE_FILE, Contract, load_node, save_node
+from .storage import intact, write_chunk
 
 EventHook = Callable[["Farmer", str, dict[str, Any]], None]
-
-
-class FarmerError(Exception):
-    """The node refused a request (or answered something that is not the API)."""
-
-    def __init__(
-        self, status: str, message: str, http_status: int, retry_after: float | None = None
-    ) -> None:
-        text = f"{http_status} {status}: {message}"
-        if retry_after is not None:
-            text += f" (retry after {retry_after:g} s)"
-        super().__init__(text)
-        self.status = status
-        self.message = message
-        self.http_status = http_status
-        self.retry_after = retry_after
-
-
-class CannotStore(FarmerError):
-    """A contract's chunk could not be written (not derivable from its seed, or the disk
-    refused it: ``local``); the contract was handed back."""
-
-    def __init__(self, file_hash: str, reason: str, *, local: bool = False) -> None:
-        super().__init__("cannot_store", reason, 0)
-        self.file_hash = file_hash
-        self.local = local
-
-
-@dataclass
-class Contract:
-    file_hash: str
-    seed: str
-    size: int
-    tag: dict[str, Any]
-    challenge: dict[str, Any]
-    due: str
-    expiration: str
-    path: Path
-    repaired: dict[str, Any] | None = None  # the challenge the chunk was last rewritten for
-
-    def todict(self) -> dict[str, Any]:
-        keys = ("seed", "size", "tag", "challenge", "due", "expiration")
-        return {key: getattr(self, key) for key in keys}
 
 
 @dataclass
@@ -103,96 +38,6 @@ class FarmerStats:
 
     def todict(self) -> dict[str, int]:
         return dict(self.__dict__)
-
-
-def _beat_for(public: dict[str, Any]) -> Merkle | Swizzle:
-    """The node's public heartbeat: Swizzle's carries a prime, Merkle's a check fraction."""
-    if isinstance(public, dict) and "prime" in public:
-        return Swizzle.fromdict(public)
-    return Merkle.fromdict(public)
-
-
-def corrupt_proof(proof: dict[str, Any]) -> dict[str, Any]:
-    """A well-formed but wrong proof: the node answers ``fail``, not ``bad_proof_format``."""
-    if "leaf" in proof:  # Merkle: flip a bit of the leaf's HMAC
-        blob = bytearray(base64.b64decode(proof["leaf"]["blob"]))
-        blob[0] ^= 0x01
-        leaf = {**proof["leaf"], "blob": base64.b64encode(bytes(blob)).decode()}
-        return {**proof, "leaf": leaf}
-    return {**proof, "sigma": int(proof["sigma"]) ^ 1}  # Swizzle
-
-
-def write_chunk(seed: str, size: int, file_hash: str, path: Path) -> Path:
-    """Regenerate a seeded chunk into ``path`` in blocks, checking it against its hash.
-
-    An existing file of the right size and hash is kept, so a restarted farmer reuses it.
-    """
-    if intact(path, size, file_hash):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
-    source = SeededChunk(seed, size)
-    with open(tmp, "wb") as out:
-        while block := source.read(WRITE_BLOCK):
-            digest.update(block)
-            out.write(block)
-    if digest.hexdigest() != file_hash:
-        tmp.unlink(missing_ok=True)
-        raise FarmerError(
-            "error", f"the chunk regenerated from its seed does not hash to {file_hash}", 0
-        )
-    os.replace(tmp, path)
-    return path
-
-
-def intact(path: Path, size: int, file_hash: str) -> bool:
-    """Whether ``path`` holds the chunk: its size and hash (unreadable counts as damaged)."""
-    try:
-        return path.is_file() and path.stat().st_size == size and _sha256(path) == file_hash
-    except OSError:
-        return False
-
-
-def retry_after(value: str | None, now: dt.datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), bounded."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - now).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, min(seconds, MAX_RETRY_AFTER))
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with ``text``, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.unlink(missing_ok=True)  # a leftover could have a wider mode, which open() keeps
-    with open(tmp, "w", encoding="utf-8", opener=lambda p, f: os.open(p, f, 0o600)) as out:
-        out.write(text)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(WRITE_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Farmer:
@@ -222,10 +67,7 @@ class Farmer:
         self.unstorable: set[str] = set()  # chunks this run could not write: not taken again
         self.stats = FarmerStats()
         self._beat: Merkle | Swizzle | None = None
-        self._session = session
-        self._own_session = session is None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._not_before: dt.datetime | None = None  # from the node's last Retry-After
+        self.client = NodeClient(self.url, clock=self.clock, session=session, timeout=timeout)
 
     async def __aenter__(self) -> Farmer:
         return self
@@ -234,9 +76,7 @@ class Farmer:
         await self.close()
 
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -245,10 +85,13 @@ class Farmer:
         if self.on_event is not None:
             self.on_event(self, kind, data)
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+    def record_error(self, error: str, file_hash: str | None = None) -> None:
+        """Count an error in the stats and report it."""
+        self.stats.errors += 1
+        if file_hash is None:
+            self._emit("error", error=error)
+        else:
+            self._emit("error", file_hash=file_hash, error=error)
 
     def _seconds_until(self, when: dt.datetime) -> float:
         return (when - self.clock.now()).total_seconds()
@@ -258,37 +101,7 @@ class Farmer:
 
         Waits out the node's last ``Retry-After`` first (cancel the caller to stop waiting).
         """
-        if self._not_before is not None:
-            wait = self._seconds_until(self._not_before)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._not_before = None
-        kwargs: dict[str, Any] = {} if body is None else {"json": body}
-        try:
-            async with self._http().request(
-                method, self.url + path, timeout=self._timeout, **kwargs
-            ) as response:
-                text = await response.text()
-                after = retry_after(response.headers.get("Retry-After"), self.clock.now())
-        except TimeoutError as exc:
-            # aiohttp's timeout carries no message: the user saw "cannot reach ...: ".
-            raise TimeoutError(f"timed out after {self._timeout.total:g} s") from exc
-        if response.status >= 400 and after is not None:
-            self._not_before = self.clock.now() + dt.timedelta(seconds=after)
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise FarmerError("error", f"not a JSON object: {text[:200]!r}", response.status, after)
-        if response.status >= 400:
-            raise FarmerError(
-                str(data.get("status", "error")),
-                str(data.get("message", "")),
-                response.status,
-                after,
-            )
-        return data
+        return await self.client.request(method, path, body)
 
     def _need_token(self) -> str:
         if self.token is None:
@@ -301,62 +114,32 @@ class Farmer:
     def state_path(self) -> Path:
         return self.directory / STATE_FILE
 
-    def _read_state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            self._emit("error", error=f"ignoring unreadable {self.state_path}: {_describe(exc)}")
-            return {}
-        return state if isinstance(state, dict) else {}
-
     def save_state(self) -> None:
         """Write the token, the heartbeat and the contracts for this node (others are kept)."""
-        state = self._read_state()
-        nodes = state.get("nodes")
-        if not isinstance(nodes, dict):
-            nodes = state["nodes"] = {}
-        if self.token is None:
-            nodes.pop(self.url, None)
-        else:
-            nodes[self.url] = {
-                "address": self.address,
-                "token": self.token,
-                "heartbeat": self.heartbeat,
-                "contracts": {h: c.todict() for h, c in self.contracts.items()},
-            }
-        _write_private(self.state_path, json.dumps(state, sort_keys=True))
+        save_node(
+            self.state_path,
+            self.url,
+            self.address,
+            self.token,
+            self.heartbeat,
+            self.contracts,
+            self._warn,
+        )
 
     def load_state(self) -> bool:
         """Take up the token saved for this node and address, with its contracts.
 
         As in the original client, a saved token for another address is not used.
         """
-        try:
-            saved = self._read_state()["nodes"][self.url]
-            if saved["address"] != self.address:
-                return False
-            token, heartbeat = str(saved["token"]), saved["heartbeat"]
-            beat = _beat_for(heartbeat)
-            contracts = {
-                h: Contract(
-                    file_hash=h,
-                    seed=c["seed"],
-                    size=int(c["size"]),
-                    tag=c["tag"],
-                    challenge=c["challenge"],
-                    due=c["due"],
-                    expiration=c["expiration"],
-                    path=self.directory / h,
-                )
-                for h, c in saved.get("contracts", {}).items()
-            }
-        except (KeyError, TypeError, ValueError, AttributeError, HeartbeatError):
+        saved = load_node(self.directory, self.url, self.address, self._warn)
+        if saved is None:
             return False
-        self.token, self.heartbeat, self._beat = token, heartbeat, beat
-        self.contracts = contracts
+        self.token, self.heartbeat, self._beat = saved.token, saved.heartbeat, saved.beat
+        self.contracts = saved.contracts
         return True
+
+    def _warn(self, error: str) -> None:
+        self._emit("error", error=error)
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -364,7 +147,7 @@ class Farmer:
         """Get a new token for the address, and the node's public heartbeat."""
         data = await self.request("GET", f"{PREFIX}/new/{self.address}")
         self.token, self.heartbeat = data["token"], data["heartbeat"]
-        self._beat = _beat_for(data["heartbeat"])
+        self._beat = beat_for(data["heartbeat"])
         self.save_state()
         self._emit("registered", token=redact(self.token))
         return self.token
@@ -416,9 +199,8 @@ class Farmer:
             if not local:
                 self.unstorable.add(file_hash)
             await self._hand_back(file_hash)
-            reason = exc.message if isinstance(exc, FarmerError) else _describe(exc)
-            self.stats.errors += 1
-            self._emit("error", file_hash=file_hash, error=f"cannot store chunk: {reason}")
+            reason = exc.message if isinstance(exc, FarmerError) else describe_error(exc)
+            self.record_error(f"cannot store chunk: {reason}", file_hash)
             raise CannotStore(file_hash, reason, local=local) from exc
         contract = Contract(
             file_hash=file_hash,
@@ -473,8 +255,7 @@ class Farmer:
         assert beat is not None, "register() first"
 
         def work() -> dict[str, Any]:
-            with open(contract.path, "rb") as handle:
-                return beat.prove(handle, challenge or contract.challenge, contract.tag).todict()
+            return prove_file(beat, contract.path, challenge or contract.challenge, contract.tag)
 
         return await asyncio.to_thread(work)
 
@@ -497,10 +278,9 @@ class Farmer:
                 write_chunk, contract.seed, contract.size, file_hash, contract.path
             )
         except (FarmerError, OSError) as exc:
-            reason = exc.message if isinstance(exc, FarmerError) else _describe(exc)
+            reason = exc.message if isinstance(exc, FarmerError) else describe_error(exc)
             self.unstorable.add(file_hash)
-            self.stats.errors += 1
-            self._emit("error", file_hash=file_hash, error=f"cannot rewrite chunk: {reason}")
+            self.record_error(f"cannot rewrite chunk: {reason}", file_hash)
             await self._hand_back(file_hash)
             self._drop(file_hash)
             self.stats.removed += 1
@@ -585,8 +365,7 @@ class Farmer:
             except FarmerError as exc:
                 return exc.status
             except (HeartbeatError, OSError) as exc:
-                self.stats.errors += 1
-                self._emit("error", file_hash=file_hash, error=_describe(exc))
+                self.record_error(describe_error(exc), file_hash)
                 return "error"
 
         verdicts = await asyncio.gather(*(one(h) for h in todo))
@@ -668,84 +447,11 @@ class Farmer:
                 if exc.status == "no_token":
                     self._emit("error", error="the node no longer knows our token")
                     break
-                self.stats.errors += 1
-                self._emit("error", error=str(exc))
+                self.record_error(str(exc))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                self.stats.errors += 1
-                self._emit("error", error=f"{type(exc).__name__}: {_describe(exc)}")
+                self.record_error(f"{type(exc).__name__}: {describe_error(exc)}")
             wait = poll_seconds
             if deadline is not None:
                 wait = min(wait, max(0.0, self._seconds_until(deadline)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
-
-
-@dataclass
-class Swarm:
-    """Several farmers on one address (each with its own token and directory)."""
-
-    farmers: list[Farmer] = field(default_factory=list)
-
-    def totals(self) -> FarmerStats:
-        total = FarmerStats()
-        for farmer in self.farmers:
-            for key, value in farmer.stats.todict().items():
-                setattr(total, key, getattr(total, key) + value)
-        return total
-
-
-async def run_farmers(
-    url: str,
-    address: str,
-    *,
-    farmers: int = 1,
-    directory: str | Path = "farm-data",
-    duration: float | None = None,
-    max_contracts: int = 10,
-    poll_seconds: float = 5.0,
-    wrong_proofs: bool = False,
-    on_event: EventHook | None = None,
-    stop: asyncio.Event | None = None,
-    swarm: Swarm | None = None,
-) -> Swarm:
-    """Run ``farmers`` farmers side by side until ``duration`` passes or ``stop`` is set.
-
-    Farmers whose registration the node refuses are reported through ``on_event`` and end;
-    the others go on. Pass ``swarm`` to watch the farmers while they run.
-    """
-    stop = stop or asyncio.Event()
-    swarm = swarm if swarm is not None else Swarm()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        for i in range(farmers):
-            swarm.farmers.append(
-                Farmer(
-                    url,
-                    address,
-                    directory=Path(directory) / f"farmer-{i + 1}",
-                    session=session,
-                    wrong_proofs=wrong_proofs,
-                    name=f"farmer-{i + 1}",
-                    on_event=on_event,
-                )
-            )
-
-        async def one(farmer: Farmer) -> None:
-            try:
-                await farmer.run(
-                    duration=duration,
-                    max_contracts=max_contracts,
-                    poll_seconds=poll_seconds,
-                    stop=stop,
-                )
-            except FarmerError as exc:
-                farmer.stats.errors += 1
-                farmer._emit("error", error=str(exc))
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                farmer.stats.errors += 1
-                farmer._emit("error", error=f"cannot reach {url}: {_describe(exc)}")
-            except OSError as exc:  # its directory or state file
-                farmer.stats.errors += 1
-                farmer._emit("error", error=f"{type(exc).__name__}: {_describe(exc)}")
-
-        await asyncio.gather(*(one(f) for f in swarm.farmers))
-    return swarm

@@ -19,7 +19,7 @@ from downstream_node.domain.errors import Refused
 from downstream_node.domain.tokens import make_address
 from downstream_node.heartbeat import Merkle, SeededChunk
 from downstream_node.ledger.db import write_transaction
-from downstream_node.projections import projector
+from downstream_node.projections import fold
 from downstream_node.projections.projector import apply_events, create_tables
 from downstream_node.projections.rebuild import compare_generations, rebuild
 from downstream_node.projections.tables import tables_for
@@ -161,7 +161,7 @@ async def test_projector_equals_the_oracle(
         report = rebuild(node.store, batch=rng.choice([3, 11, 1000]))
         assert compare_generations(node.engine, 90, report.new_generation) == {}
         # A rebuild that has to let its rows go and read them back as it goes.
-        monkeypatch.setattr(projector, "MAX_CACHED", 3)
+        monkeypatch.setattr(fold, "MAX_CACHED", 3)
         report = rebuild(node.store, batch=rng.choice([5, 20]))
         assert compare_generations(node.engine, 90, report.new_generation) == {}
         monkeypatch.undo()

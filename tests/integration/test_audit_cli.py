@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from test_audit import FARMER, Farmers, start_node
 
-from downstream_node.audit.report import duration
+from downstream_node.audit.formatting import duration
 from downstream_node.cli import main
 from downstream_node.domain.clock import FakeClock
 from downstream_node.domain.tokens import make_address, token_hash

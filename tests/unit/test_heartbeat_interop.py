@@ -23,7 +23,7 @@ from downstream_node.heartbeat import (
     Swizzle,
 )
 
-DATA = Path(__file__).parent / "data" / "heartbeat-interop.json"
+DATA = Path(__file__).parents[1] / "data" / "heartbeat-interop.json"
 CASES: list[dict[str, Any]] = json.loads(DATA.read_text())
 MERKLE = [c for c in CASES if c["kind"] == "Merkle"]
 SWIZZLE = [c for c in CASES if c["kind"] == "PySwizzle"]

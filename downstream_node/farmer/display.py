@@ -14,7 +14,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from .farmer import Farmer, FarmerStats, Swarm
+from .loop import Farmer, FarmerStats
+from .swarm import Swarm
 
 QUIET_ON_TTY = {"contract", "answer", "registered", "resumed"}
 

@@ -30,7 +30,7 @@ from downstream_node.ledger.store import ConcurrencyConflict, EventStore, NewEve
 from downstream_node.ledger.verify import verify_chain
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 def new(payload: dict) -> NewEvent:
