@@ -460,6 +460,36 @@ def ledger_export(obj: Obj, after: int, output: Path) -> None:
     click.echo(f"exported {count} events to {output}", err=True)
 
 
+@main.group("receipts")
+def receipts_group() -> None:
+    """A farmer's receipts for its verdicts."""
+
+
+@receipts_group.command("verify")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="The farm directory (every receipts.jsonl below it is read).",
+)
+@click.option("--url", required=True, help="The node, e.g. http://127.0.0.1:8000")
+@click.option("--key", "vkey", required=True, help="The node's log verifier key.")
+def receipts_verify(directory: Path, url: str, vkey: str) -> None:
+    """Check every receipt kept for URL against a fresh checkpoint, by inclusion proofs:
+    prints {"receipts": n, "verified": n, "failed": 0}; exit 1 on any failure."""
+    from .farmer.receipts import ReceiptsError, verify_receipts
+
+    try:
+        report = asyncio.run(verify_receipts(directory, url, vkey))
+    except ReceiptsError as exc:
+        raise CannotRun(str(exc)) from None
+    click.echo(json.dumps(report.todict()))
+    for failure in report.failures:
+        click.echo(f"error: {failure}", err=True)
+    sys.exit(1 if report.failed else 0)
+
+
 # The auditors' group (``audit uptime``) lives with the auditors; it only reads the ledger.
 main.add_command(audit_commands)
 

@@ -6,21 +6,17 @@ each; untouched, both pass and the feed audit's figures are the database audit's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from http_support import ADDRESS, new_node, prove, real_server, settings_for, stock
+from http_support import ADDRESS, new_node, prove, serve_in_thread, stock
 
 from downstream_node.cli import main
 from downstream_node.domain.canonical import canonical, chain_hash
 from downstream_node.farmer import corrupt_proof
-from downstream_node.http.app import create_app
 from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.store import EventStore
 from downstream_node.ledger.verify import CHAIN_COLUMNS
@@ -160,32 +156,6 @@ def test_each_tampering_is_caught_against_the_kept_checkpoint(
     assert code == 0 and json.loads(out)["verified"]["ok"]
 
 
-@contextlib.contextmanager
-def served(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """The node's HTTP API in a thread of its own (the CLI under test blocks this one)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    url: list[str] = []
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        app = create_app(Node(settings_for(db_url, tmp_path)))
-        async with real_server(app) as server:
-            url.append(server.url)
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield url[0]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
-
-
 def test_untouched_the_feed_audit_gives_the_database_audits_figures(
     ledger: tuple[str, Path, Path, str],
 ) -> None:
@@ -203,7 +173,7 @@ def test_untouched_the_feed_audit_gives_the_database_audits_figures(
     assert "127.0.0.1" not in text and "request_id" not in text
 
     audit = ("audit", "uptime", "--format", "json", "--checkpoint", str(kept), "--key", vkey)
-    with served(db_url, tmp_path) as url:
+    with serve_in_thread(db_url, tmp_path) as url:
         sources = [str(export), url]
         reports = []
         for n, source in enumerate(sources):
