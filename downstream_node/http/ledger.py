@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,7 @@ DEFAULT_PAGE = 100
 IMMUTABLE = "public, max-age=31536000, immutable"
 FRESH = "no-cache"
 MAX_INT = 2**63 - 1
+_DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit also takes "²"
 
 
 class PublicEventSchema(sc._Base):
@@ -81,7 +83,7 @@ def _int(request: web.Request, name: str, default: int | None = None) -> int:
         if default is None:
             raise Refused("bad_request", f"the query parameter {name} is required")
         return default
-    if not text.isdigit() or len(text) > 19 or int(text) > MAX_INT:
+    if not _DECIMAL.fullmatch(text) or int(text) > MAX_INT:
         raise Refused("bad_request", f"{name} must be a non-negative integer, not {text[:40]!r}")
     return int(text)
 

@@ -123,6 +123,7 @@ async def test_the_feed_rebuilds_the_checkpoints_tree_and_names_no_one(
         ("events", {"limit": "0"}, 400, "bad_request"),
         ("events", {"limit": "1001"}, 400, "bad_request"),
         ("events", {"after": "1e3"}, 400, "bad_request"),
+        ("events", {"after": "²"}, 400, "bad_request"),
         ("proof/inclusion", {"position": "1"}, 400, "bad_request"),
         ("proof/inclusion", {"position": "x", "size": "2"}, 400, "bad_request"),
         ("proof/inclusion", {"position": "0", "size": "2"}, 404, "not_in_log"),
