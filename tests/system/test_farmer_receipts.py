@@ -21,7 +21,9 @@ def verify(directory: Path, url: str, vkey: str) -> tuple[int, dict, str]:
     result = CliRunner().invoke(
         main, ["receipts", "verify", "--dir", str(directory), "--url", url, "--key", vkey]
     )
-    return result.exit_code, json.loads(result.stdout), result.stderr
+    # The report is the command's last line: the server in this process may log meanwhile,
+    # and a logger configured by an earlier in-process command may write where this one does.
+    return result.exit_code, json.loads(result.stdout.splitlines()[-1]), result.stderr
 
 
 def test_a_farmers_receipts_verify_and_a_forged_one_fails(db_url: str, tmp_path: Path) -> None:
