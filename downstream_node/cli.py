@@ -34,9 +34,22 @@ T = TypeVar("T")
 
 
 class Obj:
-    def __init__(self, db: str, secret: Path | None, heartbeat: str, new_secret: bool) -> None:
+    def __init__(
+        self,
+        db: str,
+        secret: Path | None,
+        heartbeat: str,
+        new_secret: bool,
+        log_origin: str | None = None,
+        new_log_key: bool = False,
+    ) -> None:
         self.settings = Settings(
-            db_url=db, secret_file=secret, heartbeat=heartbeat, new_secret=new_secret
+            db_url=db,
+            secret_file=secret,
+            heartbeat=heartbeat,
+            new_secret=new_secret,
+            log_origin=log_origin,
+            new_log_key=new_log_key,
         )
 
 
@@ -107,12 +120,30 @@ class CannotRun(click.ClickException):
     help="Record a new secret heartbeat for a ledger configured with another one, when that "
     "one is lost: contracts sealed with it end at their next challenge.",
 )
+@click.option(
+    "--log-origin",
+    default=None,
+    help="The transparency log's name in its checkpoints (default: the one in the log's key "
+    "file, downstream-node/<16 hex digits of its first public key>).",
+)
+@click.option(
+    "--new-log-key",
+    is_flag=True,
+    help="Rotate the transparency log's signing key (recorded in the ledger; the meta "
+    "commitment key is kept).",
+)
 @click.pass_context
 def main(
-    ctx: click.Context, db: str, secret_file: Path | None, heartbeat: str, new_secret: bool
+    ctx: click.Context,
+    db: str,
+    secret_file: Path | None,
+    heartbeat: str,
+    new_secret: bool,
+    log_origin: str | None,
+    new_log_key: bool,
 ) -> None:
     """downstream-node: an event-sourced contract ledger for proof-of-storage farming."""
-    ctx.obj = Obj(db, secret_file, heartbeat, new_secret)
+    ctx.obj = Obj(db, secret_file, heartbeat, new_secret, log_origin, new_log_key)
 
 
 @main.command()
@@ -359,16 +390,149 @@ def ledger() -> None:
 
 
 @ledger.command("verify")
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A signed checkpoint kept earlier: also prove the ledger extends it.",
+)
+@click.option("--key", "vkey", default=None, help="The log's verifier key (with --checkpoint).")
 @click.pass_obj
-def ledger_verify(obj: Obj) -> None:
-    """Walk the hash chain; report the first broken position (exit 1 if any)."""
+def ledger_verify(obj: Obj, checkpoint_file: Path | None, vkey: str | None) -> None:
+    """Walk the hash chain; report the first broken position (exit 1 if any).
+
+    With --checkpoint and --key, also recompute the Merkle tree from the events and prove
+    by a consistency proof that the checkpoint's tree is a prefix of it: exit 1 naming what
+    is wrong (shorter than the checkpoint, or a different history)."""
     from tqdm import tqdm
 
+    checkpoint = None
+    if (checkpoint_file is None) != (vkey is None):
+        raise click.UsageError("--checkpoint and --key go together")
+    if checkpoint_file is not None and vkey is not None:
+        checkpoint = _checkpoint(checkpoint_file, vkey)
     engine = existing_ledger(obj.settings.db_url)
     with tqdm(unit="ev", disable=not sys.stderr.isatty(), desc="verify") as bar:
         report = verify_chain(engine, progress=bar.update)
+    result = report.todict()
+    ok = report.ok
+    if checkpoint is not None:
+        against = _against(obj, engine, checkpoint)
+        result["checkpoint"] = against.todict()
+        ok = ok and against.ok
+        if not against.ok:
+            click.echo(f"error: {against.reason}", err=True)
+    engine.dispose()
+    click.echo(json.dumps(result))
+    sys.exit(0 if ok else 1)
+
+
+def _checkpoint(path: Path, vkey: str) -> Any:
+    from .tlog import note
+    from .tlog.checkpoint import Checkpoint, CheckpointError
+
+    try:
+        return Checkpoint.verify(path.read_text(encoding="utf-8"), note.parse_verifier(vkey))
+    except (note.NoteError, CheckpointError, UnicodeDecodeError) as exc:
+        raise CannotRun(f"{path}: the checkpoint does not verify under that key: {exc}") from None
+
+
+def _log_keys(obj: Obj) -> Any:
+    from .service.logkeys import LogKeys, keys_path
+
+    path = keys_path(obj.settings.secret_path())
+    try:
+        keys = LogKeys.load(path)
+    except FileNotFoundError:
+        raise CannotRun(f"the log's key file is not at {path} (see --secret-file)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CannotRun(f"cannot read the log's key file {path}: {exc}") from None
+    return keys.named(obj.settings.log_origin) if obj.settings.log_origin else keys
+
+
+def _against(obj: Obj, engine: Any, checkpoint: Any) -> Any:
+    from .ledger import feed, tree
+    from .ledger.db import read_transaction
+
+    keys = _log_keys(obj)
+    with read_transaction(engine) as conn:
+        size = tree.tree_size(conn)
+        stored = (size, tree.root(conn, size))
+    return feed.against_checkpoint(engine, keys.public_forms(), checkpoint, stored)
+
+
+@ledger.command("key")
+@click.pass_obj
+def ledger_key(obj: Obj) -> None:
+    """Print the log's verifier key (give it to auditors and farmers)."""
+    click.echo(run_node(obj, lambda node: asyncio.sleep(0, node.rt.keys().vkey)))
+
+
+@ledger.command("checkpoint")
+@click.pass_obj
+def ledger_checkpoint(obj: Obj) -> None:
+    """Print a fresh signed checkpoint of the whole ledger (keep it to verify against later)."""
+    click.echo(run_node(obj, lambda node: node.ledger.checkpoint()), nl=False)
+
+
+@ledger.command("export")
+@click.option("--after", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="FILE"
+)
+@click.pass_obj
+def ledger_export(obj: Obj, after: int, output: Path) -> None:
+    """Write the events' public forms after position --after as JSON Lines, with leaf_hash:
+    what the public feed serves, for an audit with no database (audit uptime --from FILE)."""
+    from .ledger import feed, tree
+    from .ledger.db import read_transaction
+
+    def export(node: Node) -> int:
+        with read_transaction(node.engine) as conn:
+            size = tree.tree_size(conn)  # what the tree covers, as the feed serves it
+        forms = node.rt.keys().public_forms()
+        tmp = output.with_name(output.name + ".tmp")
+        count = 0
+        with tmp.open("wb") as out:
+            for _, data, leaf in feed.public_lines(node.engine, forms, after, size):
+                out.write(feed.export_line(data, leaf))
+                count += 1
+        tmp.replace(output)  # a reader never sees half an export
+        return count
+
+    count = run_node(obj, lambda node: node.rt.run(export, node))
+    click.echo(f"exported {count} events to {output}", err=True)
+
+
+@main.group("receipts")
+def receipts_group() -> None:
+    """A farmer's receipts for its verdicts."""
+
+
+@receipts_group.command("verify")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="The farm directory (every receipts.jsonl below it is read).",
+)
+@click.option("--url", required=True, help="The node, e.g. http://127.0.0.1:8000")
+@click.option("--key", "vkey", required=True, help="The node's log verifier key.")
+def receipts_verify(directory: Path, url: str, vkey: str) -> None:
+    """Check every receipt kept for URL against a fresh checkpoint, by inclusion proofs:
+    prints {"receipts": n, "verified": n, "failed": 0}; exit 1 on any failure."""
+    from .farmer.receipts import ReceiptsError, verify_receipts
+
+    try:
+        report = asyncio.run(verify_receipts(directory, url, vkey))
+    except ReceiptsError as exc:
+        raise CannotRun(str(exc)) from None
     click.echo(json.dumps(report.todict()))
-    sys.exit(0 if report.ok else 1)
+    for failure in report.failures:
+        click.echo(f"error: {failure}", err=True)
+    sys.exit(1 if report.failed else 0)
 
 
 # The auditors' group (``audit uptime``) lives with the auditors; it only reads the ledger.

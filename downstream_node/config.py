@@ -60,6 +60,12 @@ class Settings:
     def db_timeouts(self) -> DbTimeouts:
         return DbTimeouts(self.db_connect_timeout, self.db_read_timeout, self.db_write_timeout)
 
+    # The transparency log's origin (its checkpoints' first line and its key's name); default:
+    # the name kept in the log's key file, made from its first public key.
+    log_origin: str | None = None
+    # Record a new signing key for the log (a rotation); the commitment key is kept.
+    new_log_key: bool = False
+
     def secret_path(self) -> Path:
         if self.secret_file is not None:
             return self.secret_file

@@ -10,6 +10,11 @@ Prints ONE JSON document: the machine, then per database (SQLite, MariaDB):
   against a raw streaming ``SELECT`` of the events table with ``json.loads`` of each payload.
   Target: at least 40% of the limit.
 - ``audit_replay``: the audit's replay (``audit.replay``) over the same events, same limit, 40%.
+- ``tlog`` (the transparency log): appends/s at 64 writers with the Merkle tree against the same
+  run without it, interleaved rounds, medians (target 90%); over the rebuild's events: the
+  tree's catch-up, an export, the feed audit (``audit uptime --from FILE``) against the
+  database audit's replay (target 50%), checkpoint and receipt signatures/s, checkpoints of
+  random sizes/s and inclusion and consistency proofs/s read from the stored tree.
 - ``http``: verified Merkle answers per second through the real server (``downstream-node
   serve``), 256 simulated farmers in a separate load-generator process, p50/p99 latency,
   against a bare aiohttp JSON route under the same load. Target: 15% of the limit, p99 < 50 ms.
@@ -63,17 +68,25 @@ import sqlalchemy as sa
 from bench_heartbeat import cpu_model
 
 from downstream_node import logs
+from downstream_node.audit.feed import read_export, run_feed_audit
+from downstream_node.audit.run import AuditOptions
 from downstream_node.config import Settings
 from downstream_node.domain import events as ev
 from downstream_node.domain.clock import UTC, to_micros
 from downstream_node.domain.contracts import FileView, decide_assign
+from downstream_node.domain.public import PublicForms
 from downstream_node.domain.tokens import make_address, token_hash
+from downstream_node.ledger import feed, tree
 from downstream_node.ledger.db import is_sqlite, make_engine, read_transaction
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.schema import events as events_table
 from downstream_node.ledger.store import AppendFailed, AppendRequest, EventStore
+from downstream_node.ledger.verify import verify_chain
 from downstream_node.projections.rebuild import rebuild
 from downstream_node.service import Node, bootstrap
+from downstream_node.service.logkeys import LogKeys
+from downstream_node.tlog.checkpoint import Checkpoint
+from downstream_node.tlog.merkle import CompactRange
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1/bench"
@@ -87,7 +100,10 @@ BULK_TARGET = 3.0  # the bulk route's verified answers/s over the per-contract r
 BULK_P99_TARGET_MS = 250.0
 BULK_BATCH = 16  # proofs per bulk /answer
 BARE_REPEAT = 5
-PARTS = ("appends", "rebuild", "audit", "http", "heartbeat", "cluster")
+TREE_APPEND_TARGET = 0.9
+FEED_AUDIT_TARGET = 0.5
+TREE_ROUNDS = 5
+PARTS = ("appends", "rebuild", "audit", "http", "heartbeat", "tlog", "cluster")
 DEFAULT_GALERA_PORTS = "3311,3312,3313"
 COLUMNS = [c.name for c in events_table.columns]
 
@@ -229,11 +245,12 @@ PROOF_LIKE = {
 }
 
 
-def append_run(url: str, writers: int, total: int) -> dict[str, Any]:
+def append_run(url: str, writers: int, total: int, *, tree: bool = False) -> dict[str, Any]:
     """``writers`` coroutines append one event at a time to their own contract stream, with
-    optimistic concurrency, through one group committer; each waits for its commit."""
+    optimistic concurrency, through one group committer; each waits for its commit.
+    ``tree``: the store also keeps the transparency log's Merkle tree, as a node does."""
     engine = make_engine(url)
-    store = EventStore(engine)
+    store = EventStore(engine, public=PublicForms(b"bench-commit-key" * 2) if tree else None)
     store.create_schema()
     per_writer = total // writers
     at = dt.datetime(2026, 1, 1, tzinfo=UTC)
@@ -321,7 +338,40 @@ def raw_insert(url: str, rows: list[tuple], per_commit: int = RAW_BATCH) -> dict
     }
 
 
-def bench_appends(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def tree_appends(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+    """64 writers with and without the Merkle tree, in rounds of one run each, alternating
+    which goes first, so that the machine's drift (two shared cores) falls on both alike. The
+    figure compares the medians; each round's own ratio is listed beside it."""
+    plain: list[float] = []
+    with_tree: list[float] = []
+    for r in range(TREE_ROUNDS):
+        for kept in (False, True) if r % 2 == 0 else (True, False):
+            url = dbs.fresh(f"appends_tree{r}{int(kept)}")
+            rate = append_run(url, 64, sizes.appends[64], tree=kept)["events_per_s"]
+            (with_tree if kept else plain).append(rate)
+    ratios = [round(t / p, 3) for t, p in zip(with_tree, plain, strict=True)]
+    return {
+        "without_tree_events_per_s": plain,
+        "with_tree_events_per_s": with_tree,
+        "round_ratios": ratios,
+        "median_round_ratio": median(ratios),
+        "figure": figure(
+            median(with_tree),
+            median(plain),
+            TREE_APPEND_TARGET,
+            "events/s",
+            "the same appends without the tree",
+        ),
+    }
+
+
+def bench_appends(dbs: Databases, sizes: Sizes, parts: set[str] = frozenset()) -> dict[str, Any]:
     runs = {}
     rows: list[tuple] = []
     for writers in (1, 16, 64):
@@ -348,6 +398,95 @@ def bench_appends(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         "events/s",
         "raw executemany, same rows",
     )
+    if "tlog" in parts:
+        result["tree_at_64_writers"] = tree_appends(dbs, sizes)
+    return result
+
+
+def per_second(count: int, fn: Callable[[int], Any]) -> float:
+    started = time.perf_counter()
+    for i in range(count):
+        fn(i)
+    return round(count / (time.perf_counter() - started), 1)
+
+
+def bench_tlog(engine: sa.Engine, head: int, tmp: Path, replay_rate: float) -> dict[str, Any]:
+    """The log over a long ledger appended without it: catch-up, export, the feed audit,
+    signatures and proofs (each proof or checkpoint in its own read transaction, as the node
+    serves them)."""
+    import random
+
+    keys = LogKeys.generate("bench.example/log")
+    forms = keys.public_forms()
+    store = EventStore(engine, public=forms)
+    started = time.perf_counter()
+    size = store.catch_up_tree(batch=20_000)
+    catch_up = time.perf_counter() - started
+    assert size == head
+
+    path = tmp / "feed.jsonl"
+    frontier = CompactRange()
+    started = time.perf_counter()
+    with path.open("wb") as out:
+        for _, data, leaf in feed.public_lines(engine, forms):
+            out.write(feed.export_line(data, leaf))
+            frontier.append(leaf)
+    export = time.perf_counter() - started
+    with read_transaction(engine) as conn:
+        assert tree.root(conn, size) == frontier.root()
+    checkpoint = Checkpoint.verify(keys.checkpoint(size, frontier.root()), keys.verifier)
+
+    started = time.perf_counter()
+    run = run_feed_audit(read_export(path), checkpoint, AuditOptions())
+    feed_audit = time.perf_counter() - started
+    assert run.ok and run.report["ledger"]["events_replayed"] == head
+    started = time.perf_counter()
+    assert verify_chain(engine, until=head).ok
+    chain = time.perf_counter() - started
+    feed_rate = head / feed_audit
+
+    rng = random.Random(7)
+    root = frontier.root()
+
+    def read(fn: Callable[[Any], Any]) -> Any:
+        with read_transaction(engine) as conn:
+            return fn(conn)
+
+    result = {
+        "events": head,
+        "export_bytes": path.stat().st_size,
+        "catch_up_events_per_s": round(head / catch_up, 1),
+        "export_events_per_s": round(head / export, 1),
+        "feed_audit_events_per_s": round(feed_rate, 1),
+        "chain_verify_events_per_s": round(head / chain, 1),
+        "database_audit_replay_events_per_s": replay_rate,
+        "checkpoint_signatures_per_s": per_second(2000, lambda i: keys.checkpoint(i + 1, root)),
+        "receipt_signatures_per_s": per_second(2000, lambda i: keys.receipt(i + 1, root)),
+        "checkpoints_random_size_per_s": per_second(
+            500,
+            lambda i: keys.checkpoint(
+                n := rng.randint(1, size), read(lambda conn: tree.root(conn, n))
+            ),
+        ),
+        "inclusion_proofs_per_s": per_second(
+            2000, lambda i: read(lambda conn: tree.inclusion_proof(conn, rng.randrange(size), size))
+        ),
+        "consistency_proofs_per_s": per_second(
+            2000,
+            lambda i: read(lambda conn: tree.consistency_proof(conn, rng.randint(1, size), size)),
+        ),
+        "feed_audit": figure(
+            feed_rate,
+            replay_rate,
+            FEED_AUDIT_TARGET,
+            "events/s",
+            "the database audit's replay, same events",
+        ),
+        "feed_audit_vs_database_audit_with_chain_check": round(
+            feed_rate / (head / (head / replay_rate + chain)), 3
+        ),
+    }
+    path.unlink()
     return result
 
 
@@ -407,6 +546,8 @@ def bench_rebuild_and_audit(
             "events_per_s": round(head / seconds, 1),
             "what": "audit.replay.Replay over stream_events, and its report",
         }
+    if "tlog" in parts and "audit_replay" in out:
+        out["tlog"] = bench_tlog(engine, head, dbs.tmp, out["audit_replay"]["events_per_s"])
     if "rebuild" in parts:
         store = bootstrap.store_on(engine)
         started = time.perf_counter()
@@ -968,6 +1109,37 @@ def markdown(report: dict[str, Any]) -> str:
                     "-",
                     None,
                 )
+        tree_appends = parts.get("appends", {}).get("tree_at_64_writers")
+        if tree_appends is not None:
+            f = tree_appends["figure"]
+            row(
+                "durable appends/s at 64 writers with the Merkle tree (median)",
+                db,
+                f"{f['value']:,.0f}",
+                f"{f['limit']:,.0f} without",
+                f"{f['ratio']:.0%}",
+                ">= 90%",
+                f["met"],
+            )
+        if "tlog" in parts:
+            t = parts["tlog"]
+            f = t["feed_audit"]
+            row(
+                f"feed audit from an export, events/s ({t['events']:,} events)",
+                db,
+                f"{f['value']:,.0f}",
+                f"{f['limit']:,.0f} (database audit replay)",
+                f"{f['ratio']:.0%}",
+                ">= 50%",
+                f["met"],
+            )
+            for key, label in (
+                ("checkpoint_signatures_per_s", "checkpoint signatures/s"),
+                ("checkpoints_random_size_per_s", "checkpoints of a random size/s (root read)"),
+                ("inclusion_proofs_per_s", "inclusion proofs/s (stored tree)"),
+                ("consistency_proofs_per_s", "consistency proofs/s (stored tree)"),
+            ):
+                row(label, db, f"{t[key]:,.0f}", "-", "-", "-", None)
         for name, label in (("rebuild", "projection rebuild"), ("audit_replay", "audit replay")):
             if name in parts:
                 f = parts[name]["figure"]
@@ -1099,8 +1271,8 @@ def main() -> None:
                 if "http" in parts:
                     timed_part(result, "http", lambda d=dbs, t=tmp: bench_http(d, sizes, t))
                 if "appends" in parts:
-                    timed_part(result, "appends", lambda d=dbs: bench_appends(d, sizes))
-                if parts & {"rebuild", "audit"}:
+                    timed_part(result, "appends", lambda d=dbs: bench_appends(d, sizes, parts))
+                if parts & {"rebuild", "audit", "tlog"}:
                     timed_part(
                         result,
                         "rebuild+",

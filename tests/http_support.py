@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -85,3 +87,53 @@ def prove(public: dict, contract: dict, challenge: dict | None = None) -> dict:
 
 def head(node: Node) -> int:
     return node.store.head().position
+
+
+class _AnyReceipt:
+    """Equal to a signed receipt note (``<origin>\\nreceipt\\n<position>\\n<leaf>\\n``, then a
+    signature line): where a test compares a whole answer body, the receipt's own checks are
+    in tests/integration/test_receipts.py."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, str) or "\n\n— " not in other:
+            return False
+        from downstream_node.tlog.checkpoint import CheckpointError, Receipt
+
+        try:
+            Receipt.parse(other.split("\n\n", 1)[0] + "\n")
+        except CheckpointError:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return "<a signed receipt>"
+
+
+RECEIPT = _AnyReceipt()
+
+
+@contextlib.contextmanager
+def serve_in_thread(db_url: str, tmp_path: Path, **overrides: Any) -> Iterator[str]:
+    """A node's HTTP API on a real port, its event loop in a thread of its own, for tests
+    whose own thread blocks (a CLI command run in-process); the node's URL."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    url: list[str] = []
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        app = create_app(Node(settings_for(db_url, tmp_path, **overrides)))
+        async with real_server(app) as server:
+            url.append(server.url)
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the node did not start"
+    try:
+        yield url[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()

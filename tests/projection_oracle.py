@@ -391,4 +391,4 @@ def _uptime(
 
 # Derived from the handlers above, as every fold's table is.
 HANDLERS = {t: globals()[name] for t, name in handler_names(sys.modules[__name__]).items()}
-IGNORED = ignoring(ev.HeartbeatConfigured)
+IGNORED = ignoring(ev.HeartbeatConfigured, ev.LogKeyConfigured)

@@ -16,9 +16,10 @@ import click
 from ..domain.clock import parse_time, to_micros
 from ..domain.tokens import token_hash
 from ..ledger.db import existing_ledger
+from .feed import open_checkpoint, read_source, run_feed_audit
 from .report import render
 from .reputation import ScoringParams
-from .run import AuditError, AuditOptions, run_audit
+from .run import AuditError, AuditOptions, AuditRun, run_audit
 
 
 def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -93,6 +94,22 @@ def audit() -> None:
     default=None,
     help='Scoring parameters as JSON, e.g. {"lambda": 0.999, "alpha0": 1000}.',
 )
+@click.option(
+    "--from",
+    "source",
+    default=None,
+    metavar="URL|FILE",
+    help="Audit from a node's public feed (its URL) or a 'ledger export' file, with no "
+    "database; needs --checkpoint and --key.",
+)
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A signed checkpoint you kept: the feed must be its history (with --from).",
+)
+@click.option("--key", "vkey", default=None, help="The log's verifier key (with --from).")
 @click.pass_obj
 def audit_uptime(
     obj: Any,
@@ -104,6 +121,9 @@ def audit_uptime(
     fmt: str,
     output: Path | None,
     params_file: Path | None,
+    source: str | None,
+    checkpoint_file: Path | None,
+    vkey: str | None,
 ) -> None:
     """Uptime, challenges and reputation per token and contract, replayed from the events.
 
@@ -129,8 +149,13 @@ def audit_uptime(
         params=params,
         series=fmt == "html",
     )
-    engine = existing_ledger(obj.settings.db_url)  # NoLedger: the command group's error
     tty = sys.stderr.isatty()
+    if source is not None or checkpoint_file is not None or vkey is not None:
+        if source is None or checkpoint_file is None or vkey is None:
+            raise click.UsageError("--from, --checkpoint and --key go together")
+        _finish(_feed_audit(source, checkpoint_file, vkey, options, tty), fmt, output)
+        return
+    engine = existing_ledger(obj.settings.db_url)  # NoLedger: the command group's error
     try:
         with (
             tqdm(unit="ev", desc="verify", disable=not tty) as verify_bar,
@@ -153,6 +178,25 @@ def audit_uptime(
         sys.exit(2)
     finally:
         engine.dispose()
+    _finish(result, fmt, output)
+
+
+def _feed_audit(
+    source: str, checkpoint_file: Path, vkey: str, options: AuditOptions, tty: bool
+) -> AuditRun:
+    from tqdm import tqdm
+
+    try:
+        checkpoint = open_checkpoint(checkpoint_file.read_text(encoding="utf-8"), vkey)
+        with tqdm(unit="ev", desc="feed", disable=not tty, total=checkpoint.size) as bar:
+            return run_feed_audit(read_source(source), checkpoint, options, on_replay=bar.update)
+    except AuditError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _finish(result: AuditRun, fmt: str, output: Path | None) -> None:
+    """Write the report; exit 1 after it when what it covers does not verify."""
     text = render(result.report, fmt)
     if output is not None:
         output.write_text(text, encoding="utf-8")
@@ -162,7 +206,6 @@ def audit_uptime(
     if not result.ok:
         v = result.verified
         click.echo(
-            f"error: the hash chain does not verify at position {v.first_broken}: {v.reason}",
-            err=True,
+            f"error: the ledger does not verify at position {v.first_broken}: {v.reason}", err=True
         )
         sys.exit(1)

@@ -184,7 +184,13 @@ class Replay(EventFold):
     # No uptime or reputation figure moves with these: the node's key, the crowdsale list, a
     # file's terms, and an encoding (the contract and its first challenge begin at its
     # ContractAssigned, the next event of the same append).
-    IGNORED = ignoring(ev.HeartbeatConfigured, ev.AddressWhitelisted, ev.FileAdded, ev.ChunkEncoded)
+    IGNORED = ignoring(
+        ev.HeartbeatConfigured,
+        ev.LogKeyConfigured,
+        ev.AddressWhitelisted,
+        ev.FileAdded,
+        ev.ChunkEncoded,
+    )
 
     def __init__(
         self,

@@ -115,6 +115,18 @@ class HeartbeatConfigured(DomainEvent):
 
 @event
 @dataclasses.dataclass(frozen=True)
+class LogKeyConfigured(DomainEvent):
+    """The transparency log's signing key was created or rotated: checkpoints and receipts
+    from here on verify with ``vkey``; ``origin`` names the log (the key's name)."""
+
+    SCHEMA: ClassVar[int] = 1
+    origin: str
+    vkey: str  # the C2SP verifier key string <name>+<hex key id>+<base64 key>
+    commit_key_id: str  # fingerprint of the meta-commitment key, which never changes
+
+
+@event
+@dataclasses.dataclass(frozen=True)
 class AddressWhitelisted(DomainEvent):
     SCHEMA: ClassVar[int] = 1
     address: str

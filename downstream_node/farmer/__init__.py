@@ -19,9 +19,11 @@ original client's history file, so a restarted farmer goes on with the same toke
 
 The modules, by concern: ``client`` (the node's HTTP API, errors, ``Retry-After``),
 ``state`` (the state file), ``storage`` (chunk files on disk), ``proofs`` (heartbeat
-proofs of a chunk), ``loop`` (the ``Farmer``), ``swarm`` (several farmers, ``run_farmers``)
-and ``display`` (the farm command's progress display). Nothing here needs the server's
-database: neither SQLAlchemy nor a database driver is imported.
+proofs of a chunk), ``receipts`` (every verdict's signed receipt, kept in
+``<directory>/receipts.jsonl``, and their check against the node's log), ``loop`` (the
+``Farmer``), ``swarm`` (several farmers, ``run_farmers``) and ``display`` (the farm command's
+progress display). Nothing here needs the server's database: neither SQLAlchemy nor a
+database driver is imported.
 """
 
 from .client import MAX_RETRY_AFTER, PREFIX, CannotStore, FarmerError, NodeClient, retry_after

@@ -17,6 +17,7 @@ import aiohttp
 from ..domain.clock import Clock, SystemClock
 from ..domain.tokens import redact
 from ..heartbeat import HeartbeatError, Merkle, Swizzle
+from . import receipts
 from .client import PREFIX, CannotStore, FarmerError, NodeClient, describe_error
 from .proofs import beat_for, corrupt_proof, prove_file
 from .state import STATE_FILE, Contract, load_node, save_node
@@ -334,6 +335,12 @@ class Farmer:
             self.stats.passed += 1
         else:
             self.stats.failed += 1
+        receipt = data.get("receipt")
+        if isinstance(receipt, str):
+            # Kept, to show later (receipts verify) that the node still holds this verdict.
+            await asyncio.to_thread(
+                receipts.keep, self.directory, self.url, file_hash, verdict, receipt
+            )
         self._emit("answer", file_hash=file_hash, verdict=verdict)
         return verdict
 

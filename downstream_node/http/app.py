@@ -36,6 +36,7 @@ from ..ledger.store import AppendFailed
 from ..service import Node
 from ..service.runtime import DatabaseTimeout
 from . import schemas as sc
+from .ledger import add_ledger_routes
 from .metrics import METRICS, Metrics, metrics_handler
 from .openapi import add_doc_routes
 from .proxies import Network, client_address, parse_trusted
@@ -333,6 +334,7 @@ def create_app(
     app.cleanup_ctx.append(_node_life(node, manage_node, sweep_seconds))
     add_routes(app)
     add_v1_routes(app)
+    add_ledger_routes(app)
     add_doc_routes(app)
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     return app

@@ -17,6 +17,7 @@ from marshmallow import Schema
 
 from ..config import Settings
 from . import schemas as sc
+from .ledger import add_ledger_paths
 from .openapi_v1 import add_v1_paths
 from .routes import NODE, PREFIX
 
@@ -220,6 +221,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             }
         },
     )
+    add_ledger_paths(spec, _responses)
     spec.path(
         path="/health",
         operations={

@@ -51,6 +51,10 @@ STATUS_WORDS: dict[str, tuple[int, str]] = {
         "More requests this minute than the node allows (per token; for /new, per IP "
         "address); see Retry-After.",
     ),
+    "not_in_log": (
+        404,
+        "The position or tree size is beyond the transparency log's current tree.",
+    ),
     "error": (
         500,
         "An unexpected error on the node (a bug; it is logged with the request id). "
@@ -114,6 +118,16 @@ class AnswerResultSchema(_Base):
         metadata={
             "description": "`pass` when the proof is valid (a heartbeat is counted), `fail` "
             "when it is not (the challenge stays open until it expires)."
+        },
+    )
+    receipt = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "The node's signed receipt for the recorded verdict: a C2SP signed "
+            "note `<origin>\\nreceipt\\n<position>\\n<base64 leaf hash>\\n` under the log's "
+            "key. Keep it: an inclusion proof against any later checkpoint shows the verdict "
+            "is still in the ledger. The same answer sent again gets the same receipt."
         },
     )
 

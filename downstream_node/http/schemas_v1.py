@@ -129,6 +129,14 @@ class ReportItemSchema(_Base):
             "expired.`, `Challenge already answered.`, `Invalid proof`."
         }
     )
+    receipt = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "For a recorded verdict (`ok` or `Invalid proof`): the node's signed "
+            "receipt, a C2SP signed note promising the verdict event's position and leaf hash "
+            "(see /api/ledger)."
+        },
+    )
 
 
 class ReportSchema(_Base):

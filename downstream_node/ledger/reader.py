@@ -94,6 +94,19 @@ class EventRange:
 
 
 ALL_COLUMNS = EventRange()
+# What an event's public form is made of, in ``PublicForms.form_bytes`` argument order.
+PUBLIC_COLUMNS = EventRange(
+    (
+        "position",
+        "stream_id",
+        "version",
+        "event_type",
+        "schema_version",
+        "payload",
+        "occurred_at",
+        "meta",
+    )
+)
 
 
 def ledger_head_row(conn: Connection) -> Any:

@@ -79,3 +79,21 @@ leases = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     **MYSQL_TABLE_ARGS,
 )
+
+# The transparency log over the events (RFC 6962), kept as tiles (after C2SP tlog-tiles, of
+# height TILE_HEIGHT): the row (level L, idx N) holds the hashes at tree level L * TILE_HEIGHT of
+# indices N * 2**TILE_HEIGHT onwards, 32 bytes each, up to 2**TILE_HEIGHT of them (the last tile
+# of a level is partial, and rewritten as it fills). Any other node is hashed up from the
+# tile below it. An append writes a few rows, not one per node; the tree's size is read from
+# its last level-0 tile. Kept apart from ledger_head so that a store without the log's key (an
+# older release, a benchmark) appends as before and a store with it catches the tree up.
+TILE_HEIGHT = 6
+
+tlog_tiles = sa.Table(
+    "tlog_tiles",
+    metadata,
+    sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)

@@ -9,6 +9,7 @@ with the commit, so positions become visible strictly in order, across processes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import random
 import threading
@@ -24,8 +25,9 @@ from sqlalchemy.engine import Connection, Engine
 from ..domain.canonical import canonical, chain_next
 from ..domain.clock import from_micros, to_micros
 from ..domain.errors import ConcurrencyConflict, LedgerError
+from ..domain.public import PublicForms
 from ..domain.records import NewEvent, RecordedEvent
-from . import reader
+from . import reader, tree
 from .db import (
     aborted,
     create_all,
@@ -162,6 +164,8 @@ class AppendResult:
     stream_version: int
     duplicate: bool = False
     events: tuple[RecordedEvent, ...] = ()
+    # The events' leaf hashes in the ledger's Merkle tree (empty when the store keeps none).
+    leaves: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,7 @@ class Seen:
     before: int = -1
     after: int = -1
     versions: dict[str, int] = field(default_factory=dict)
+    frontier: Any = None  # the tree's state after the append, when the store keeps one
 
 
 class VersionCache:
@@ -388,14 +393,44 @@ class EventStore:
     """Synchronous event store over one SQLAlchemy engine; safe to call from many threads."""
 
     def __init__(
-        self, engine: Engine, listeners: Sequence[Listener] = (), *, backoff: Backoff | None = None
+        self,
+        engine: Engine,
+        listeners: Sequence[Listener] = (),
+        public: PublicForms | None = None,
+        *,
+        backoff: Backoff | None = None,
     ) -> None:
+        """``public``: the ledger's public forms (its commitment key); with them every append
+        also extends the Merkle tree over the events, in the same transaction. ``backoff``:
+        how a unit of work the database aborted whole runs again."""
         self.engine = engine
         self.listeners: list[Listener] = list(listeners)
         self.backoff = backoff or Backoff()
         self.aborted_retries = 0  # units of work run again after the database aborted them
         self._versions = VersionCache()
         self._insert_events = insert_events_sql(engine.dialect)
+        self.tree: tree.TreeKeeper | None = None
+        if public is not None:
+            self.keep_tree(public)
+
+    def keep_tree(self, public: PublicForms) -> None:
+        """From now on, extend the Merkle tree with every append (the composition root calls
+        this once the node has loaded the ledger's commitment key)."""
+        self.tree = tree.TreeKeeper(public)
+
+    def catch_up_tree(self, batch: int = 10_000) -> int:
+        """Bring the tree level with the ledger, ``batch`` events per transaction (so a node
+        starting on a long ledger made without the tree does not hold the lock for long);
+        the tree's size."""
+        if self.tree is None:
+            raise LedgerError("this store keeps no tree")
+        while True:
+            with write_transaction(self.engine) as conn, conn.begin():
+                head = conn.execute(LOCK_HEAD).one()
+                state = self.tree.state(conn, head.position, limit=batch)
+            self.tree.committed(state)
+            if state.frontier.size >= head.position:
+                return int(state.frontier.size)
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -533,16 +568,23 @@ class EventStore:
                 appended = iter(self._append_locked(unit, requests, seen))
                 committing = True
             self._versions.committed(seen)
+            if self.tree is not None and seen.frontier is not None:
+                self.tree.committed(seen.frontier)
             return [None if req is None else next(appended) for req in decided]
         except (LedgerError, _Dropped):
             raise
         except Exception as exc:
             code = aborted(exc)
             if code is not None:
-                # Rolled back whole, at COMMIT too: certain, so the cache needs no clearing.
+                # Rolled back whole, at COMMIT too: certain, so the version cache needs no
+                # clearing; the tree's is cleared all the same (it reads its state again).
+                if self.tree is not None:
+                    self.tree.clear()
                 raise _Aborted(exc, code) from exc
             if committing:
                 self._versions.clear()  # whether it committed is unknown
+                if self.tree is not None:
+                    self.tree.clear()
             raise AppendFailed(exc, before_commit=not committing) from exc
 
     def _append_locked(
@@ -565,6 +607,8 @@ class EventStore:
         outcomes: list[BatchOutcome] = []
         rows: list[tuple[Any, ...]] = []
         recorded_all: list[RecordedEvent] = []
+        keeper = self.tree
+        spans: list[tuple[int, int, int]] = []  # (outcome, its rows' first and end)
 
         for req in requests:
             if req.request_id is not None:
@@ -583,11 +627,13 @@ class EventStore:
             if refused is not None:
                 outcomes.append(refused)
                 continue
+            first_row = len(rows)
             recorded, last_hash = self._record(
                 req, position, versions[req.stream_id], last_hash, rows
             )
             position = recorded[-1].position
             versions[req.stream_id] = current = recorded[-1].version
+            spans.append((len(outcomes), first_row, len(rows)))
             result = AppendResult(
                 req.stream_id, tuple(e.position for e in recorded), current, events=recorded
             )
@@ -597,9 +643,20 @@ class EventStore:
             outcomes.append(result)
 
         if rows:
+            # The leaf hashes are made in a thread of their own while this one waits for the
+            # database (the inserts, the projections): CPU work that would otherwise add to
+            # the time the ledger lock is held.
+            hashed = tree.hash_leaves(keeper, rows) if keeper is not None else None
             conn.exec_driver_sql(self._insert_events, rows)
             for listener in self.listeners:
                 listener(unit, recorded_all)
+            if keeper is not None and hashed is not None:
+                leaves = hashed.result()
+                seen.frontier = keeper.extend(conn, head.position, leaves)
+                for at, first, end in spans:
+                    done = outcomes[at]
+                    assert isinstance(done, AppendResult)
+                    outcomes[at] = dataclasses.replace(done, leaves=tuple(leaves[first:end]))
             conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
         seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes

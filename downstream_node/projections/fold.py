@@ -107,8 +107,8 @@ class Fold(EventFold):
     is the only writer of the generation it builds); a live projector makes one per batch.
     """
 
-    # Only the node's fingerprint: no projection holds it.
-    IGNORED = ignoring(ev.HeartbeatConfigured)
+    # The node's keys (fingerprints and public halves): no projection holds them.
+    IGNORED = ignoring(ev.HeartbeatConfigured, ev.LogKeyConfigured)
 
     def __init__(self, tables: ProjectionTables, *, empty: bool = False) -> None:
         """``empty``: the tables have no rows yet and only this fold will write them (a

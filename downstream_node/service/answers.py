@@ -24,11 +24,21 @@ from ..ledger.store import AppendRequest, UnitOfWork
 from ..projections.queries import Reader, TokenView
 from . import tokens
 from .context import OPERATOR, Context
+from .ledger import receipt_now
 from .retry import RETRIES
 from .runtime import Runtime
 
 # The decision value of a late answer: its expiry is recorded, then it is refused.
 EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An answer's verdict (``pass`` or ``fail``) and the node's signed receipt for the
+    recorded verdict event: the same for a retried identical answer."""
+
+    status: str
+    receipt: str | None
 
 
 @dataclass(frozen=True)
@@ -53,9 +63,15 @@ class Answers:
         # Single flight: the answer being verified per (token hash, file hash) in this
         # process, settled with (proof digest, verdict) or None; answers arriving meanwhile
         # wait for it, and identical ones take its verdict instead of verifying again.
-        self._answering: dict[tuple[str, str], asyncio.Future[tuple[str, str] | None]] = {}
+        self._answering: dict[tuple[str, str], asyncio.Future[tuple[str, Verdict] | None]] = {}
 
     async def answer(self, token: str, file_hash: str, proof: Any, ctx: Context = OPERATOR) -> str:
+        """The verdict word of ``answer_receipted``."""
+        return (await self.answer_receipted(token, file_hash, proof, ctx)).status
+
+    async def answer_receipted(
+        self, token: str, file_hash: str, proof: Any, ctx: Context = OPERATOR
+    ) -> Verdict:
         """Verify a proof for the token's current challenge on ``file_hash``: pass or fail.
 
         Idempotent: the same proof for the same challenge is recorded once (request id from
@@ -83,11 +99,11 @@ class Answers:
                 if settled is not None and settled[0] == digest:
                     return settled[1]  # the very same answer: the same verdict
                 continue  # another answer: look again (answered now, or still open)
-            done: asyncio.Future[tuple[str, str] | None] = (
+            done: asyncio.Future[tuple[str, Verdict] | None] = (
                 asyncio.get_running_loop().create_future()
             )
             self._answering[key] = done
-            outcome: tuple[str, str] | None = None
+            outcome: tuple[str, Verdict] | None = None
             try:
                 verdict = await self._answer_once(
                     token, token_hash, file_hash, parsed, proof, digest, ctx
@@ -110,11 +126,13 @@ class Answers:
         proof: dict[str, Any],
         digest: str,
         ctx: Context,
-    ) -> str:
+    ) -> Verdict:
         """One attempt: looked up, verified, decided and recorded in one unit of work
         (``parsed`` is the proof as verified, ``proof`` its dict as recorded)."""
         ask = AnswerAsk(token, token_hash, file_hash, parsed, proof, digest, self.rt.now(), ctx)
-        verdict, result = await self.rt.waited(self.rt.committer.decide(self._decide_answers, ask))
+        (verdict, recorded_at), result = await self.rt.waited(
+            self.rt.committer.decide(self._decide_answers, ask)
+        )
         if verdict == EXPIRED:
             raise Refused("expired", "the challenge expired before this answer arrived")
         # A duplicate request id means this proof for this challenge was recorded already
@@ -122,7 +140,17 @@ class Answers:
         # deterministic, so its verdict is this one.
         if self.on_answer is not None and result is not None and not result.duplicate:
             self.on_answer(verdict)
-        return verdict
+        # A verdict is one event. Its leaf hash comes with a fresh append (the store hashed
+        # it already); a recorded or duplicate verdict's is read from the tree.
+        leaf = None
+        if result is not None:
+            recorded_at = result.positions[-1]
+            if result.leaves and not result.duplicate:
+                leaf = result.leaves[-1]
+        receipt = None
+        if recorded_at is not None:
+            receipt = await self.rt.run(receipt_now, self.rt, recorded_at, leaf)
+        return Verdict(verdict, receipt)
 
     def _decide_answers(
         self, unit: UnitOfWork, asks: list[AnswerAsk]
@@ -153,7 +181,10 @@ class Answers:
                     raise Refused("no_hash", "this token holds no contract for that file hash")
                 earlier = recorded.get(request_ids[i])
                 verdict = recorded_verdict(earlier.event_types if earlier else (), contract)
-                decided.append(self._decide_answer(ask, owner, contract, request_ids[i], verdict))
+                at = earlier.positions[-1] if earlier is not None else None
+                decided.append(
+                    self._decide_answer(ask, owner, contract, request_ids[i], verdict, at)
+                )
             except Refused as refused:
                 decided.append(refused)
         return decided
@@ -165,22 +196,25 @@ class Answers:
         contract: cn.ContractView,
         request_id: str,
         recorded: str | None,
+        recorded_at: int | None,
     ) -> Decision:
-        """One looked-up answer's decision: the recorded verdict, the late answer's expiry
-        (its value ``EXPIRED``), or the verified verdict with its events."""
+        """One looked-up answer's decision: the recorded verdict (and where it was
+        recorded), the late answer's expiry (its value ``EXPIRED``), or the verified verdict
+        with its events. The value is (word, position of a recorded verdict or None)."""
         if recorded is not None:
-            return Decision(None, recorded)
+            return Decision(None, (recorded, recorded_at))
         stream = ev.contract_stream(contract.contract_id)
         at, meta = from_micros(ask.now), ask.ctx.meta()
         guard = tokens.guard(owner)
         refused = cn.check_answerable(contract, ask.now)  # already_answered raises
         if refused:
             expiry = [e.to_new(at, meta) for e in refused]
-            return Decision(AppendRequest(stream, contract.version, expiry, None, guard), EXPIRED)
+            request = AppendRequest(stream, contract.version, expiry, None, guard)
+            return Decision(request, (EXPIRED, None))
         valid = self.rt.proofs().verify(ask.proof, contract.challenge, contract.state)
         events = [e.to_new(at, meta) for e in cn.decide_answer(contract, ask.recorded, valid)]
         request = AppendRequest(stream, contract.version, events, request_id, guard)
-        return Decision(request, "pass" if valid else "fail")
+        return Decision(request, ("pass" if valid else "fail", None))
 
 
 def recorded_verdict(event_types: Iterable[str], contract: cn.ContractView) -> str | None:

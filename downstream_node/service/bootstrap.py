@@ -12,6 +12,7 @@ from ..ledger.db import DbTimeouts, make_engine
 from ..ledger.store import EventStore
 from ..projections.projector import Projector
 from ..projections.queries import ReadModel
+from .logkeys import LogKeys
 from .runtime import Runtime
 
 
@@ -44,3 +45,10 @@ def runtime(settings: Settings, clock: Clock | None = None, *, workers: int = 4)
             settings.db_url, timeouts=DbTimeouts(connect=settings.db_connect_timeout)
         ),
     )
+
+
+def attach_log(rt: Runtime, keys: LogKeys) -> None:
+    """Give a starting node its transparency log: the keys, and the store's tree kept with
+    every append under the ledger's commitment key."""
+    rt.log_keys = keys
+    rt.store.keep_tree(keys.public_forms())

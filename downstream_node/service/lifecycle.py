@@ -15,7 +15,9 @@ from ..domain.records import RecordedEvent
 from ..heartbeat.scheme import ProofScheme
 from ..projections.queries import Reader
 from ..projections.rebuild import ensure_projections
+from . import bootstrap
 from .context import OPERATOR
+from .logkeys import LogKeys, keys_path
 from .retry import until_appended
 from .runtime import Runtime
 
@@ -37,10 +39,17 @@ async def start(rt: Runtime) -> None:
     finally:
         if store is not rt.store:
             store.engine.dispose()
+    node_stream = await rt.run(rt.store.read_stream, ev.NODE_STREAM)
     if rt.scheme is None:
-        configured = configured_fingerprint(await rt.run(rt.store.read_stream, ev.NODE_STREAM))
-        rt.scheme = await _load_secret(rt, configured)
+        rt.scheme = await _load_secret(rt, configured_fingerprint(node_stream))
+    # The secret is checked first, as before the log existed: its refusals come first.
     await _record_heartbeat(rt, rt.scheme)
+    if rt.log_keys is None:
+        bootstrap.attach_log(rt, await _load_log_keys(rt, configured_log_key(node_stream)))
+    # The tree covers every event before this node's first append with it (the heartbeat
+    # just recorded included): a store without the key may have appended meanwhile.
+    await rt.run(rt.store.catch_up_tree)
+    await _record_log_key(rt, rt.keys())
 
 
 async def _load_secret(rt: Runtime, configured: str | None) -> ProofScheme:
@@ -109,6 +118,66 @@ async def health(rt: Runtime) -> dict[str, Any]:
     # A stalled database (a lock held elsewhere, a dead connection) is reported, not
     # waited for: monitors get their 503 instead of a hung probe.
     return await asyncio.wait_for(rt.read(probe), HEALTH_TIMEOUT)
+
+
+async def _load_log_keys(rt: Runtime, configured: dict[str, Any] | None) -> LogKeys:
+    """The log's keys from beside the secret, created with the ledger's first start.
+
+    Refused like the secret: missing while the ledger names a key (a node started from
+    another directory), or holding another commitment key (its leaves would not match the
+    tree's); another signing key only with ``new_log_key`` (a rotation)."""
+    settings = rt.settings
+    path = keys_path(settings.secret_path())
+    if configured is not None and not await rt.run(path.exists):
+        raise Refused(
+            "log_key_missing",
+            f"this ledger's transparency-log key ({configured['vkey']}) is not at {path}: "
+            "put the key file back beside the secret",
+        )
+    try:
+        keys, _ = await rt.run(LogKeys.load_or_create, path, settings.log_origin)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise Refused("bad_secret", f"cannot read the log key file {path}: {_reason(exc)}") from exc
+    if configured is None:
+        return keys
+    if keys.commit_key_id() != configured["commit_key_id"]:
+        raise Refused(
+            "log_key_mismatch",
+            f"the log key file {path} holds another commitment key than this ledger's: "
+            "put this ledger's key file back",
+        )
+    if settings.new_log_key:
+        keys = keys.rotated()
+        await rt.run(keys.save, path)
+    elif keys.vkey != configured["vkey"] and keys.origin == configured["origin"]:
+        raise Refused(
+            "log_key_mismatch",
+            f"the log key file {path} ({keys.vkey}) is not the key this ledger names "
+            f"({configured['vkey']}): put that file back (or rotate with --new-log-key)",
+        )
+    return keys
+
+
+async def _record_log_key(rt: Runtime, keys: LogKeys) -> None:
+    event = ev.LogKeyConfigured(
+        origin=keys.origin, vkey=keys.vkey, commit_key_id=keys.commit_key_id()
+    )
+
+    async def attempt() -> None:
+        history = await rt.run(rt.store.read_stream, ev.NODE_STREAM)
+        last = configured_log_key(history)
+        if last is not None and last["vkey"] == keys.vkey:
+            return
+        version = history[-1].version if history else 0
+        await rt.append(ev.NODE_STREAM, version, [event], OPERATOR)
+
+    await until_appended(attempt, busy="could not record the log's key; try again")
+
+
+def configured_log_key(node_stream: Iterable[RecordedEvent]) -> dict[str, Any] | None:
+    """The payload of the node stream's last ``LogKeyConfigured``, if any."""
+    configured = [e for e in node_stream if e.event_type == "LogKeyConfigured"]
+    return dict(configured[-1].payload) if configured else None
 
 
 def configured_fingerprint(node_stream: Iterable[RecordedEvent]) -> str | None:

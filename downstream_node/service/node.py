@@ -15,9 +15,10 @@ from ..domain import contracts as cn
 from ..domain.clock import Clock
 from ..heartbeat.scheme import ProofScheme
 from . import bootstrap, lifecycle
-from .answers import Answers
+from .answers import Answers, Verdict
 from .context import OPERATOR, Context
 from .contracts import ContractCommands
+from .ledger import LedgerLog
 from .limits import MinuteLimit
 from .operator import OperatorCommands
 from .tokens import TokenCommands
@@ -43,6 +44,7 @@ class Node:
         self.answers = Answers(self.rt)
         # The v1 API's bulk commands, over the same commands as the 2014-10 routes.
         self.v1 = V1Commands(self.rt, self.tokens, self.contracts, self.answers)
+        self.ledger = LedgerLog(self.rt)
 
     # -- what the runtime holds, as callers have always reached it -------------------------------
 
@@ -158,6 +160,12 @@ class Node:
 
     async def answer(self, token: str, file_hash: str, proof: Any, ctx: Context = OPERATOR) -> str:
         return await self.answers.answer(token, file_hash, proof, ctx)
+
+    async def answer_receipted(
+        self, token: str, file_hash: str, proof: Any, ctx: Context = OPERATOR
+    ) -> Verdict:
+        """The verdict with the node's signed receipt for it (``Verdict``)."""
+        return await self.answers.answer_receipted(token, file_hash, proof, ctx)
 
     async def remove(self, token: str, file_hash: str, ctx: Context = OPERATOR) -> None:
         await self.contracts.remove(token, file_hash, ctx)

@@ -28,6 +28,7 @@ from ..ledger.group_commit import GroupCommitter
 from ..ledger.store import AppendResult, EventStore
 from ..projections.queries import Reader, ReadModel
 from .context import Context
+from .logkeys import LogKeys
 
 log = structlog.get_logger("downstream.node")
 
@@ -86,12 +87,19 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-db")
         self.committer = GroupCommitter(store, executor=self.executor)
         self.scheme: ProofScheme | None = None  # loaded (or given) when the node starts
+        self.log_keys: LogKeys | None = None  # the transparency log's, loaded at start
 
     def proofs(self) -> ProofScheme:
         """The node's proof scheme; only a started node has one."""
         if self.scheme is None:
             raise RuntimeError("the node has not been started")
         return self.scheme
+
+    def keys(self) -> LogKeys:
+        """The transparency log's keys; only a started node has them."""
+        if self.log_keys is None:
+            raise RuntimeError("the node has not been started")
+        return self.log_keys
 
     def now(self) -> int:
         """Now, in UTC microseconds, from the injected clock."""

@@ -242,13 +242,14 @@ class V1Commands:
                 return {"file_hash": sent, "error": NOT_FOUND}
             decided = True
             try:
-                verdict = await self.answers.answer(token, key, item.get("proof"), ctx)
+                verdict = await self.answers.answer_receipted(token, key, item.get("proof"), ctx)
             except Refused as refused:
                 unknown_token = unknown_token or refused.status == "no_token"
                 return {"file_hash": sent, "error": ANSWER_ERRORS.get(refused.status, NOT_FOUND)}
-            if verdict == "pass":
-                return {"file_hash": sent, "status": "ok"}
-            return {"file_hash": sent, "error": "Invalid proof"}
+            # Every recorded verdict, passed or failed, comes with the node's receipt for it.
+            if verdict.status == "pass":
+                return {"file_hash": sent, "status": "ok", "receipt": verdict.receipt}
+            return {"file_hash": sent, "error": "Invalid proof", "receipt": verdict.receipt}
 
         report = list(await asyncio.gather(*(one(item) for item in proofs)))
         if unknown_token:

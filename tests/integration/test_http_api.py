@@ -13,7 +13,7 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from http_support import ADDRESS, CHUNK, INTERVAL, head, new_node, prove, stock
+from http_support import ADDRESS, CHUNK, INTERVAL, RECEIPT, head, new_node, prove, stock
 from structlog.testing import capture_logs
 
 from downstream_node.domain.clock import parse_time
@@ -67,7 +67,7 @@ async def test_the_farmer_routes(served: tuple[TestClient, Node]) -> None:
         json={"proof": prove(heartbeat, contract), "extra": "ignored"},
     ) as response:
         assert response.status == 200
-        assert await response.json() == {"status": "pass"}
+        assert await response.json() == {"status": "pass", "receipt": RECEIPT}
     status, due = await get_json(client, f"{API}/due/{token}")
     assert due["due_contracts"] == [] and len(due["all_contracts"]) == 1
 
@@ -89,7 +89,7 @@ async def test_due_brings_each_contract_up_to_date(served: tuple[TestClient, Nod
     async with client.post(
         f"{API}/answer/{token}/{a['file_hash']}", json={"proof": prove(heartbeat, a)}
     ) as response:
-        assert await response.json() == {"status": "pass"}
+        assert await response.json() == {"status": "pass", "receipt": RECEIPT}
     clock.advance(INTERVAL / 2)
     await node.add_seeded(CHUNK, seed="a third chunk")
     _, c = await get_json(client, f"{API}/chunk/{token}")
@@ -241,9 +241,9 @@ async def test_metrics(served: tuple[TestClient, Node]) -> None:
     bad = prove(heartbeat, contract)
     bad["leaf"]["index"] = 1  # well formed, wrong
     async with client.post(url, json={"proof": bad}) as r:
-        assert await r.json() == {"status": "fail"}
+        assert await r.json() == {"status": "fail", "receipt": RECEIPT}
     async with client.post(url, json={"proof": prove(heartbeat, contract)}) as r:
-        assert await r.json() == {"status": "pass"}
+        assert await r.json() == {"status": "pass", "receipt": RECEIPT}
     await get_json(client, f"{API}/chunk/{'0' * 32}")
     async with client.get("/metrics") as response:
         assert response.status == 200

@@ -20,6 +20,7 @@ from http_support import (
     ADDRESS,
     INTERVAL,
     POOR,
+    RECEIPT,
     STRANGER,
     head,
     new_node,
@@ -189,10 +190,16 @@ async def test_answer_words_already_answered_and_expired(api: Api) -> None:
     _, contract = await api.get(f"{API}/chunk/{token}")
     url = f"{API}/answer/{token}/{contract['file_hash']}"
     proof = prove(heartbeat, contract)
-    assert await api.post(url, json={"proof": proof}) == (200, {"status": "pass"})
+    assert await api.post(url, json={"proof": proof}) == (
+        200,
+        {"status": "pass", "receipt": RECEIPT},
+    )
     before = head(api.node)
     # the same answer again (a retry) gets its recorded verdict; another one is refused
-    assert await api.post(url, json={"proof": proof}) == (200, {"status": "pass"})
+    assert await api.post(url, json={"proof": proof}) == (
+        200,
+        {"status": "pass", "receipt": RECEIPT},
+    )
     status, body = await api.post(url, json={"proof": corrupt_proof(proof)})
     assert_error(status, body, "already_answered", 409)
     assert head(api.node) == before  # nothing recorded for either
@@ -262,7 +269,10 @@ async def test_bad_proof_format(api: Api) -> None:
         status, body = await api.post(url, json={"proof": proof})
         assert_error(status, body, "bad_proof_format", 400)
     assert head(api.node) == before
-    assert await api.post(url, json={"proof": good}) == (200, {"status": "pass"})
+    assert await api.post(url, json={"proof": good}) == (
+        200,
+        {"status": "pass", "receipt": RECEIPT},
+    )
 
 
 async def test_bad_request_bodies(api: Api) -> None:
@@ -307,7 +317,7 @@ async def test_a_body_its_content_encoding_does_not_describe_is_400(api: Api) ->
     status, body = await api.post(
         url, data=gzip.compress(proof), headers={"Content-Encoding": "gzip"}
     )
-    assert (status, body) == (200, {"status": "pass"})
+    assert (status, body) == (200, {"status": "pass", "receipt": RECEIPT})
     assert head(api.node) == before + 1
 
 
@@ -390,7 +400,7 @@ async def test_too_large(api: Api) -> None:
     # a body just under the limit is read and judged on its content
     padded = json.dumps({"proof": prove(heartbeat, contract)}).encode()
     padded += b" " * (api.node.settings.max_body - len(padded))
-    assert await api.post(url, data=padded) == (200, {"status": "pass"})
+    assert await api.post(url, data=padded) == (200, {"status": "pass", "receipt": RECEIPT})
     assert head(api.node) == before + 1
 
 
@@ -485,6 +495,14 @@ async def test_unknown_routes_and_methods_are_json(api: Api) -> None:
         async with api.client.head(path) as response:  # HEAD must not change state
             assert response.status == 405
     assert head(api.node) == before
+
+
+async def test_not_in_log_for_a_proof_beyond_the_tree(api: Api) -> None:
+    size = head(api.node)
+    status, body = await api.get(f"/api/ledger/proof/inclusion?position=1&size={size + 1}")
+    assert_error(status, body, "not_in_log", 404)
+    status, body = await api.get(f"/api/ledger/proof/consistency?first=1&second={size + 1}")
+    assert_error(status, body, "not_in_log", 404)
 
 
 async def test_every_documented_word_is_produced_somewhere() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from http_support import prove
+from http_support import RECEIPT, prove
 from reliability_support import (
     Load,
     Served,
@@ -114,7 +114,8 @@ async def test_the_same_answer_sent_to_both_processes_is_recorded_once(
             results = await asyncio.gather(*(post(servers[i % 2].url) for i in range(20)))
     finally:
         await kill_all(s.process for s in servers)
-    assert results == [(200, {"status": "pass"})] * 20
+    assert results == [(200, {"status": "pass", "receipt": RECEIPT})] * 20
+    assert len({body["receipt"] for _, body in results}) == 1  # both nodes: one receipt
     facts = check_ledger(db_url)
     assert sum(1 for e in facts.events if e.event_type == "AnswerPassed") == 1
 

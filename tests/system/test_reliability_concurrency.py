@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from http_support import ADDRESS, CHUNK, new_node, prove, stock
+from http_support import ADDRESS, CHUNK, RECEIPT, new_node, prove, stock
 from reliability_support import check_ledger, live_contracts_of
 
 from downstream_node.domain.errors import Refused
@@ -68,10 +68,14 @@ async def test_the_same_answer_posted_50_times_at_once_is_verified_once(
     results = await asyncio.gather(
         *(call(client, "POST", url, json={"proof": proof}) for _ in range(50))
     )
-    assert results == [(200, {"status": "pass"})] * 50
+    assert results == [(200, {"status": "pass", "receipt": RECEIPT})] * 50
+    [receipt] = {body["receipt"] for _, body in results}  # one verdict, one receipt
     assert verify.calls == 1
     # -- later: the same answer again gets its verdict; another answer is already_answered ---
-    assert await call(client, "POST", url, json={"proof": proof}) == (200, {"status": "pass"})
+    assert await call(client, "POST", url, json={"proof": proof}) == (
+        200,
+        {"status": "pass", "receipt": receipt},
+    )
     status, body = await call(client, "POST", url, json={"proof": corrupt_proof(proof)})
     assert (status, body["status"]) == (409, "already_answered")
     assert verify.calls == 1
@@ -82,13 +86,20 @@ async def test_the_same_answer_posted_50_times_at_once_is_verified_once(
     results = await asyncio.gather(
         *(call(client, "POST", url, json={"proof": bad}) for _ in range(50))
     )
-    assert results == [(200, {"status": "fail"})] * 50
+    assert results == [(200, {"status": "fail", "receipt": RECEIPT})] * 50
+    [receipt] = {body["receipt"] for _, body in results}
     assert verify.calls == 2
     # sent again later it gets the recorded verdict, without a second verification
-    assert await call(client, "POST", url, json={"proof": bad}) == (200, {"status": "fail"})
+    assert await call(client, "POST", url, json={"proof": bad}) == (
+        200,
+        {"status": "fail", "receipt": receipt},
+    )
     assert verify.calls == 2
     good_proof = prove(heartbeat, wrong)
-    assert await call(client, "POST", url, json={"proof": good_proof}) == (200, {"status": "pass"})
+    assert await call(client, "POST", url, json={"proof": good_proof}) == (
+        200,
+        {"status": "pass", "receipt": RECEIPT},
+    )
 
     await client.close()
     assert len(answers_recorded(db_url, "AnswerPassed")) == 2

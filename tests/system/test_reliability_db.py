@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 import structlog
 from aiohttp.test_utils import TestClient
-from http_support import ADDRESS, new_node, prove, stock
+from http_support import ADDRESS, RECEIPT, new_node, prove, stock
 from reliability_support import check_ledger, demo_args, kill, private_mariadb, start_serve
 from structlog.testing import capture_logs
 
@@ -94,7 +94,7 @@ async def test_a_failed_append_is_a_retryable_503_never_a_verdict(
     assert [e["before_commit"] for e in logs if e["event"] == "append_failed"] == [before_commit]
     # the farmer retries the same answer: the verdict, and one event either way
     status, body, _ = await call(client, "POST", url, json=proof)
-    assert (status, body) == (200, {"status": "pass"})
+    assert (status, body) == (200, {"status": "pass", "receipt": RECEIPT})
     assert (await call(client, "GET", f"{API}/due/{me['token']}"))[0] == 200
     await client.close()
     assert recorded(db_url, "AnswerPassed") == 1
@@ -220,7 +220,7 @@ async def test_connections_killed_between_requests_are_replaced(
         status, body, _ = await call(
             client, "POST", url, json={"proof": prove(me["heartbeat"], contract)}
         )
-        assert (status, body) == (200, {"status": "pass"})
+        assert (status, body) == (200, {"status": "pass", "receipt": RECEIPT})
     finally:
         admin.close()
         await client.close()
@@ -258,7 +258,7 @@ async def test_a_connection_killed_during_an_answer_is_a_503_and_the_node_recove
         holder.rollback()  # the lock is free again
         assert recorded(db_url, "AnswerPassed") == 0
         status, body, _ = await call(client, "POST", url, json=proof)
-        assert (status, body) == (200, {"status": "pass"})
+        assert (status, body) == (200, {"status": "pass", "receipt": RECEIPT})
         status, _, _ = await call(client, "GET", f"{API}/chunk/{me['token']}")
         assert status == 200
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from http_support import ADDRESS, head, new_node, prove, real_server, stock
+from http_support import ADDRESS, RECEIPT, head, new_node, prove, real_server, stock
 from reliability_support import check_ledger, event_rows_text, kill, start_serve
 from structlog.testing import capture_logs
 
@@ -215,7 +215,7 @@ async def test_no_response_reflects_input_unescaped(api: tuple[TestClient, Node]
     url = f"{API}/answer/{token}/{file_hash}"
     assert await call(client, "POST", url, json={"proof": prove(heartbeat, contract)}) == (
         200,
-        {"status": "pass"},
+        {"status": "pass", "receipt": RECEIPT},
     )
     assert seen == len(HOSTILE) * 15
 
