@@ -92,6 +92,9 @@ class Node:
     async def health(self) -> dict[str, Any]:
         return await lifecycle.health(self.rt)
 
+    async def files_below_target(self) -> tuple[int, int]:
+        return await lifecycle.files_below_target(self.rt)
+
     # -- the operator ---------------------------------------------------------------------------
 
     async def whitelist(self, entries: Sequence[tuple[str, str]], ctx: Context = OPERATOR) -> int:
