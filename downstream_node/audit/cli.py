@@ -93,6 +93,13 @@ def audit() -> None:
     default=None,
     help='Scoring parameters as JSON, e.g. {"lambda": 0.999, "alpha0": 1000}.',
 )
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Resume from the state saved in this directory and save the new one (incremental).",
+)
 @click.pass_obj
 def audit_uptime(
     obj: Any,
@@ -104,6 +111,7 @@ def audit_uptime(
     fmt: str,
     output: Path | None,
     params_file: Path | None,
+    state_dir: Path | None = None,
 ) -> None:
     """Uptime, challenges and reputation per token and contract, replayed from the events.
 
@@ -141,13 +149,25 @@ def audit_uptime(
                 verify_bar.reset(total=position)
                 replay_bar.reset(total=position)
 
-            result = run_audit(
-                engine,
-                options,
-                on_verify=verify_bar.update,
-                on_replay=replay_bar.update,
-                on_position=totals,
-            )
+            if state_dir is not None:
+                from .incremental import run_audit_with_state
+
+                result = run_audit_with_state(
+                    engine,
+                    options,
+                    state_dir,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
+            else:
+                result = run_audit(
+                    engine,
+                    options,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -210,6 +230,13 @@ def _files(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     default=None,
     help="Write the report here instead of standard output.",
 )
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Resume from the state saved in this directory and save the new one (incremental).",
+)
 @click.pass_obj
 def audit_redundancy(
     obj: Any,
@@ -219,6 +246,7 @@ def audit_redundancy(
     files: frozenset[str] | None,
     fmt: str,
     output: Path | None,
+    state_dir: Path | None,
 ) -> None:
     """Replicas online per file over time (mean, min, max, time at each count), from the events.
 
@@ -244,13 +272,25 @@ def audit_redundancy(
                 verify_bar.reset(total=position)
                 replay_bar.reset(total=position)
 
-            result = run_redundancy(
-                engine,
-                options,
-                on_verify=verify_bar.update,
-                on_replay=replay_bar.update,
-                on_position=totals,
-            )
+            if state_dir is not None:
+                from .incremental import run_redundancy_with_state
+
+                result = run_redundancy_with_state(
+                    engine,
+                    options,
+                    state_dir,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
+            else:
+                result = run_redundancy(
+                    engine,
+                    options,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
