@@ -339,12 +339,12 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def _rows_table(headers: list[str], rows: list[list[str]], left: int) -> list[str]:
+def _rows_table(headers: list[str], rows: list[list[str]], left: set[int]) -> list[str]:
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            c.ljust(widths[i]) if i < left else c.rjust(widths[i]) for i, c in enumerate(cells)
+            c.ljust(widths[i]) if i in left else c.rjust(widths[i]) for i, c in enumerate(cells)
         ).rstrip()
 
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
@@ -365,7 +365,7 @@ def render_table(report: dict[str, Any]) -> str:
                 str(t["files_unavailable_now"]),
             ]
         ],
-        0,
+        set(),
     )
     lines += ["", "FILES"]
     rows = [
@@ -382,7 +382,7 @@ def render_table(report: dict[str, Any]) -> str:
             str(r["online_now"]) if r["observed_now"] else "-",
             str(len(r["holders"])),
             str(len(r["addresses"])),
-            " ".join(f"{n}:{duration(_micros(s))}" for n, s in r["seconds_at"].items()),
+            ", ".join(f"{n} for {duration(_micros(s))}" for n, s in r["seconds_at"].items()),
         ]
         for r in report["files"]
     ]
@@ -400,10 +400,10 @@ def render_table(report: dict[str, Any]) -> str:
             "now",
             "holders",
             "addresses",
-            "  time at each count",
+            "replicas online for (time at each count)",
         ],
         rows,
-        1,
+        {0, 12},
     )
     return "\n".join(lines) + "\n"
 
