@@ -29,6 +29,16 @@ one after the other in this run: the one MariaDB server (``DOWNSTREAM_BENCH_MYSQ
 Galera cluster of ``scripts/cluster.sh`` (``DOWNSTREAM_BENCH_GALERA_PORTS``, default
 3311,3312,3313) with every process writing through node 1 (the others standing by in the
 URL); and the cluster with one process per node, each its own node first.
+- ``growth``: one synthetic ledger grown to 1, 2 and 4 million events (``--quick``: 100,000,
+  200,000 and 400,000): at each size the bytes per event of the events table and its indexes
+  (SQLite ``dbstat``; MariaDB ``information_schema`` data_length + index_length after
+  ``ANALYZE TABLE``), the time of a projection rebuild, of a full ``audit uptime`` (chain
+  verification, replay, report) and of a full ``audit redundancy``; at the largest size an
+  incremental audit (``--state``) of the last 10,000 events against the full audit. Targets:
+  time per event within 25% from the smallest to the largest size (linear growth); the
+  incremental audit at most 5% of the full one.
+
+and ``heartbeat``: the figures of ``scripts/bench_heartbeat.py``, embedded as it prints them.
 
     .venv/bin/python scripts/bench.py [--db sqlite|mysql|both] [--events N] [--quick]
                                       [--output FILE] [--skip http,heartbeat,...]
@@ -103,8 +113,11 @@ BARE_REPEAT = 5
 TREE_APPEND_TARGET = 0.9
 FEED_AUDIT_TARGET = 0.5
 TREE_ROUNDS = 5
-PARTS = ("appends", "rebuild", "audit", "http", "heartbeat", "tlog", "cluster")
+PARTS = ("appends", "rebuild", "audit", "http", "heartbeat", "tlog", "cluster", "growth")
 DEFAULT_GALERA_PORTS = "3311,3312,3313"
+LINEAR_TOLERANCE = 0.25  # time per event at the largest size vs the smallest
+INCREMENTAL_TARGET = 0.05  # incremental audit of 10,000 new events / the full audit
+INCREMENTAL_EVENTS = 10_000
 COLUMNS = [c.name for c in events_table.columns]
 
 
@@ -130,6 +143,9 @@ class Sizes:
         # Bulk /answer: each farmer's contracts on this many files per run (saturated, then
         # paced), sent BULK_BATCH at a time.
         self.bulk_files = BULK_BATCH * (2 if quick else 4)
+        # The smallest growth size: as asked, else --events (a toy run stays a toy), else 1M.
+        base = args.growth_events or args.events or (100_000 if quick else 1_000_000)
+        self.growth = [base, 2 * base, 4 * base]
 
 
 # -- machine ---------------------------------------------------------------------------------------
@@ -573,6 +589,138 @@ def bench_rebuild_and_audit(
     for part in out.values():
         part["generated"] = generated
     return out
+
+
+# -- growth ----------------------------------------------------------------------------------------
+
+
+def events_bytes(engine: sa.Engine) -> int:
+    """Bytes of the events table and its indexes."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            value = conn.exec_driver_sql(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name = 'events' OR name IN "
+                "(SELECT name FROM sqlite_master WHERE tbl_name = 'events' AND type = 'index')"
+            ).scalar()
+        else:
+            conn.exec_driver_sql("ANALYZE TABLE events").all()  # fresh InnoDB statistics
+            value = conn.exec_driver_sql(
+                "SELECT data_length + index_length FROM information_schema.TABLES "
+                "WHERE table_schema = DATABASE() AND table_name = 'events'"
+            ).scalar()
+    return int(value or 0)
+
+
+def seconds_of(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - started
+
+
+def bench_growth(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
+    """One ledger grown through three sizes: storage, rebuild and audits at each; then an
+    incremental audit of the last 10,000 events against the full one."""
+    from downstream_node.audit import AuditOptions, run_audit
+    from downstream_node.audit.incremental import run_audit_with_state, run_redundancy_with_state
+    from downstream_node.audit.redundancy_report import RedundancyOptions, run_redundancy
+
+    url = dbs.fresh("growth")
+    engine = make_engine(url)
+    store = EventStore(engine)  # no listener: only the events table is written
+    store.create_schema()
+    requests = bench_audit.Generator(sizes.growth[-1]).requests()
+    generating = 0.0
+    steps = []
+    for size in sizes.growth:
+        started = time.perf_counter()
+        head = store.head().position
+        while head < size:
+            # Smaller batches near the size (a request holds 1 to 3 events), to stop close to it.
+            want = max(1, min(4000, (size - head) // 3))
+            batch = [r for _, r in zip(range(want), requests, strict=False)]
+            if not batch:
+                break
+            store.append_batch(batch)
+            head = store.head().position
+        generating += time.perf_counter() - started
+        stored = events_bytes(engine)
+        rebuilt, rebuild_s = seconds_of(lambda: rebuild(bootstrap.store_on(engine)))
+        assert rebuilt.events == head
+        uptime, uptime_s = seconds_of(lambda h=head: run_audit(engine, AuditOptions(at_position=h)))
+        assert uptime.ok and uptime.report["ledger"]["unmatched_events"] == 0
+        redundancy, redundancy_s = seconds_of(
+            lambda h=head: run_redundancy(engine, RedundancyOptions(at_position=h))
+        )
+        assert redundancy.ok
+        steps.append(
+            {
+                "events": head,
+                "events_table_bytes": stored,
+                "bytes_per_event": round(stored / head, 1),
+                "rebuild_s": round(rebuild_s, 2),
+                "audit_uptime_s": round(uptime_s, 2),
+                "audit_redundancy_s": round(redundancy_s, 2),
+                "rebuild_us_per_event": round(rebuild_s / head * 1e6, 2),
+                "audit_uptime_us_per_event": round(uptime_s / head * 1e6, 2),
+                "audit_redundancy_us_per_event": round(redundancy_s / head * 1e6, 2),
+            }
+        )
+        print(f"bench: growth {steps[-1]}", file=sys.stderr, flush=True)
+
+    head = steps[-1]["events"]
+    before = max(0, head - INCREMENTAL_EVENTS)
+    state = tmp / f"state-{dbs.kind}"
+    incremental = {}
+    for name, full_s, run in (
+        (
+            "audit_uptime",
+            steps[-1]["audit_uptime_s"],
+            lambda at: run_audit_with_state(engine, AuditOptions(at_position=at), state),
+        ),
+        (
+            "audit_redundancy",
+            steps[-1]["audit_redundancy_s"],
+            lambda at: run_redundancy_with_state(engine, RedundancyOptions(at_position=at), state),
+        ),
+    ):
+        run(before)  # the state an auditor kept from yesterday's audit
+        result, seconds = seconds_of(lambda r=run: r(head))
+        assert result.ok
+        ratio = seconds / full_s
+        incremental[name] = {
+            "new_events": head - before,
+            "ledger_events": head,
+            "seconds": round(seconds, 3),
+            "full_seconds": full_s,
+            "ratio": round(ratio, 4),
+            "target": f"<= {INCREMENTAL_TARGET:.0%}",
+            "met": ratio <= INCREMENTAL_TARGET,
+        }
+    engine.dispose()
+
+    def linear(key: str) -> dict[str, Any]:
+        per_event = [s[key] for s in steps]
+        spread = max(per_event) / min(per_event) - 1
+        return {
+            "us_per_event": per_event,
+            "spread": round(spread, 3),
+            "target": f"time per event within {LINEAR_TOLERANCE:.0%} across sizes",
+            "met": spread <= LINEAR_TOLERANCE,
+        }
+
+    return {
+        "sizes": [s["events"] for s in steps],
+        "steps": steps,
+        "generating_s": round(generating, 1),
+        "linear": {
+            "rebuild": linear("rebuild_us_per_event"),
+            "audit_uptime": linear("audit_uptime_us_per_event"),
+            "audit_redundancy": linear("audit_redundancy_us_per_event"),
+        },
+        "incremental": incremental,
+        "what": "bench_audit.Generator's farmers (4 contracts each, 300 s interval, ~1 KiB "
+        "proofs); audits include chain verification; rebuild from position 0",
+    }
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -1152,6 +1300,40 @@ def markdown(report: dict[str, Any]) -> str:
                     ">= 40%",
                     f["met"],
                 )
+        if "growth" in parts:
+            g = parts["growth"]
+            for name, lin in g["linear"].items():
+                sizes_text = ", ".join(f"{n:,}" for n in g["sizes"])
+                row(
+                    f"{name.replace('_', ' ')}: us/event at {sizes_text} events",
+                    db,
+                    " / ".join(f"{v:g}" for v in lin["us_per_event"]),
+                    "-",
+                    f"spread {lin['spread']:.0%}",
+                    f"<= {LINEAR_TOLERANCE:.0%}",
+                    lin["met"],
+                )
+            for name, inc in g["incremental"].items():
+                row(
+                    f"incremental {name.replace('_', ' ')}: {inc['new_events']:,} new of "
+                    f"{inc['ledger_events']:,}",
+                    db,
+                    f"{inc['seconds']:.2f} s",
+                    f"full {inc['full_seconds']:.2f} s",
+                    f"{inc['ratio']:.1%}",
+                    inc["target"],
+                    inc["met"],
+                )
+            last = g["steps"][-1]
+            row(
+                f"bytes per event, events table + indexes ({last['events']:,} events)",
+                db,
+                f"{last['bytes_per_event']:,.0f}",
+                "-",
+                "-",
+                "-",
+                None,
+            )
         if "http" in parts:
             h = parts["http"]
             f = h["answers"]
@@ -1225,6 +1407,12 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="and a summary table here")
     parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS}")
     parser.add_argument("--append-events", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--growth-events",
+        type=int,
+        default=None,
+        help="smallest growth size (doubled twice; default 1,000,000, quick 100,000)",
+    )
     parser.add_argument("--farmers", type=int, default=256, help="simulated farmers (HTTP)")
     parser.add_argument("--files", type=int, default=None, help="contracts per farmer (HTTP)")
     parser.add_argument(
@@ -1251,6 +1439,7 @@ def main() -> None:
             "http_contracts_per_farmer_per_round": sizes.files,
             "http_rounds": sizes.rounds,
             "http_bulk_contracts_per_farmer_per_run": sizes.bulk_files,
+            "growth_events": sizes.growth,
         },
         "databases": {},
     }
@@ -1272,6 +1461,8 @@ def main() -> None:
                     timed_part(result, "http", lambda d=dbs, t=tmp: bench_http(d, sizes, t))
                 if "appends" in parts:
                     timed_part(result, "appends", lambda d=dbs: bench_appends(d, sizes, parts))
+                if "growth" in parts:
+                    timed_part(result, "growth", lambda d=dbs, t=tmp: bench_growth(d, sizes, t))
                 if parts & {"rebuild", "audit", "tlog"}:
                     timed_part(
                         result,

@@ -110,6 +110,13 @@ def audit() -> None:
     help="A signed checkpoint you kept: the feed must be its history (with --from).",
 )
 @click.option("--key", "vkey", default=None, help="The log's verifier key (with --from).")
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Resume from the state saved in this directory and save the new one (incremental).",
+)
 @click.pass_obj
 def audit_uptime(
     obj: Any,
@@ -124,6 +131,7 @@ def audit_uptime(
     source: str | None,
     checkpoint_file: Path | None,
     vkey: str | None,
+    state_dir: Path | None = None,
 ) -> None:
     """Uptime, challenges and reputation per token and contract, replayed from the events.
 
@@ -153,6 +161,8 @@ def audit_uptime(
     if source is not None or checkpoint_file is not None or vkey is not None:
         if source is None or checkpoint_file is None or vkey is None:
             raise click.UsageError("--from, --checkpoint and --key go together")
+        if state_dir is not None:
+            raise click.UsageError("--state resumes an audit of the database, not --from")
         _finish(_feed_audit(source, checkpoint_file, vkey, options, tty), fmt, output)
         return
     engine = existing_ledger(obj.settings.db_url)  # NoLedger: the command group's error
@@ -166,13 +176,148 @@ def audit_uptime(
                 verify_bar.reset(total=position)
                 replay_bar.reset(total=position)
 
-            result = run_audit(
-                engine,
-                options,
-                on_verify=verify_bar.update,
-                on_replay=replay_bar.update,
-                on_position=totals,
-            )
+            if state_dir is not None:
+                from .incremental import run_audit_with_state
+
+                result = run_audit_with_state(
+                    engine,
+                    options,
+                    state_dir,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
+            else:
+                result = run_audit(
+                    engine,
+                    options,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
+    except AuditError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        engine.dispose()
+    text = render(result.report, fmt)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if not result.ok:
+        v = result.verified
+        click.echo(
+            f"error: the hash chain does not verify at position {v.first_broken}: {v.reason}",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _files(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    """File hashes (hex, as ``file add`` printed them)."""
+    if not values:
+        return None
+    hashes = set()
+    for value in values:
+        text = value.strip().lower()
+        if not text or not all(c in "0123456789abcdef" for c in text):
+            raise click.BadParameter(f"{value!r} is not a file hash (hex)")
+        hashes.add(text)
+    return frozenset(hashes)
+
+
+@audit.command("redundancy")
+@click.option("--since", callback=_time, help="Window start (ISO 8601 UTC).")
+@click.option("--until", callback=_time, help="Window end, exclusive; also 'now' by default.")
+@click.option(
+    "--at-position",
+    type=click.IntRange(0),
+    default=None,
+    help="Audit the ledger as it was at this position (default: the head).",
+)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    callback=_files,
+    help="Only this file hash; may be repeated.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "html"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report here instead of standard output.",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Resume from the state saved in this directory and save the new one (incremental).",
+)
+@click.pass_obj
+def audit_redundancy(
+    obj: Any,
+    since: int | None,
+    until: int | None,
+    at_position: int | None,
+    files: frozenset[str] | None,
+    fmt: str,
+    output: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """Replicas online per file over time (mean, min, max, time at each count), from the events.
+
+    Verifies the hash chain up to the audited position first; exit status 1 (after writing the
+    report) if it does not verify, 2 for bad options.
+    """
+    from tqdm import tqdm
+
+    from .redundancy_report import RedundancyOptions, run_redundancy
+
+    options = RedundancyOptions(
+        since=since, until=until, at_position=at_position, files=files, series=fmt == "html"
+    )
+    engine = existing_ledger(obj.settings.db_url)
+    tty = sys.stderr.isatty()
+    try:
+        with (
+            tqdm(unit="ev", desc="verify", disable=not tty) as verify_bar,
+            tqdm(unit="ev", desc="replay", disable=not tty) as replay_bar,
+        ):
+
+            def totals(position: int) -> None:
+                verify_bar.reset(total=position)
+                replay_bar.reset(total=position)
+
+            if state_dir is not None:
+                from .incremental import run_redundancy_with_state
+
+                result = run_redundancy_with_state(
+                    engine,
+                    options,
+                    state_dir,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
+            else:
+                result = run_redundancy(
+                    engine,
+                    options,
+                    on_verify=verify_bar.update,
+                    on_replay=replay_bar.update,
+                    on_position=totals,
+                )
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -32,15 +32,24 @@ class Row(NamedTuple):
     payload: dict | None
 
 
-def stream_events(engine: Engine, *, after: int = 0, until: int, page: int = 5000) -> Iterator[Row]:
+def stream_events(
+    engine: Engine,
+    *,
+    after: int = 0,
+    until: int,
+    page: int = 5000,
+    source: EventRange | None = None,
+) -> Iterator[Row]:
     """Events ``after < position <= until`` in order, fetched in pages by position.
+
+    ``source`` names the payloads to decode (another fold's types); default: this replay's.
 
     Each page is its own short read transaction, so neither SQLite's WAL nor MySQL's undo log
     is held open by a long audit; paging by position keeps memory constant.
     """
     known: set[tuple[str, int]] = set()
     loads = json.loads
-    for rows in AUDITED.pages(engine, after, until, page):
+    for rows in (source or AUDITED).pages(engine, after, until, page):
         for position, event_type, schema_version, occurred_at, text in rows:
             if (event_type, schema_version) not in known:
                 # Refuse what this auditor cannot read rather than report figures that miss it.

@@ -1,7 +1,8 @@
 """Prometheus metrics of one app, in its own registry (two apps in a process never mix).
 
 ``/metrics`` serves the text format: requests by route and status, request latency, answers
-by verdict, events appended by this process, the ledger position and the projection lag.
+by verdict, events appended by this process, the ledger position, the projection lag, and the
+files below their redundancy or with no replica online now (from the projections).
 Routes are labelled by their template (``/api/downstream/chunk/{token}``), never by the
 raw path, so tokens stay out of the labels and the label set stays small.
 """
@@ -80,6 +81,16 @@ class Metrics:
             "1 when the last scrape reached the database, else 0.",
             registry=self.registry,
         )
+        self.below_target = Gauge(
+            "downstream_files_below_target",
+            "Monitored files with fewer replicas online now than their redundancy.",
+            registry=self.registry,
+        )
+        self.unavailable = Gauge(
+            "downstream_files_unavailable",
+            "Monitored files with no replica online now.",
+            registry=self.registry,
+        )
         self.registry.register(_AppendedCollector(node))
         self._chain = node.on_answer
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -115,6 +126,13 @@ class Metrics:
         self.database_up.set(1)
         self.position.set(health["position"])
         self.lag.set(health["projection_lag"])
+        try:
+            below, unavailable = await self.node.files_below_target()
+        except Exception as exc:  # as above: the rest of the metrics still answer
+            log.warning("metrics_redundancy_failed", error=repr(exc))
+            return
+        self.below_target.set(below)
+        self.unavailable.set(unavailable)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

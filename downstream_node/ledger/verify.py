@@ -1,4 +1,5 @@
-"""Walks the hash chain from position 1 and reports the first row that does not hold.
+"""Walks the hash chain from position 1 (or from a known position and hash) and reports the
+first row that does not hold.
 
 An auditor runs this to prove that no event was altered, removed, inserted or reordered.
 It streams the events, so memory stays constant on any ledger size.
@@ -9,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..domain.canonical import chain_hash
 from . import reader
 from .db import read_transaction
-from .schema import EVENT_COLUMNS, GENESIS_HASH
+from .schema import EVENT_COLUMNS, GENESIS_HASH, events
 
 CHAIN_COLUMNS = EVENT_COLUMNS[:-1]  # what a row's hash covers: every column but the hash
 
@@ -45,16 +47,23 @@ def verify_chain(
     until: int | None = None,
     page: int = 5000,
     progress: Callable[[int], None] | None = None,
+    start: tuple[int, str] | None = None,
 ) -> VerifyReport:
-    """Check positions are 1, 2, 3, ... and each row's hash chains from the previous one."""
+    """Check positions are 1, 2, 3, ... and each row's hash chains from the previous one.
+
+    ``start``: a known ``(position, hash)`` (an incremental audit's saved state, verified when
+    it was saved): the walk begins after it, chaining from that hash; the checks are the same.
+    The caller makes sure the ledger still holds that hash at that position (``hash_at``).
+    """
     with read_transaction(engine) as conn:
         head = reader.ledger_head_row(conn)
     if head is None:
         return VerifyReport(False, 0, 0, GENESIS_HASH, 0, "ledger head row is missing")
     stop = head.position if until is None else min(until, head.position)
 
-    expected_pos, prev_hash, checked = 1, GENESIS_HASH, 0
-    for rows in reader.ALL_COLUMNS.pages(engine, 0, stop, page):
+    after, prev_hash = start if start is not None else (0, GENESIS_HASH)
+    expected_pos, checked = after + 1, 0
+    for rows in reader.ALL_COLUMNS.pages(engine, after, stop, page):
         for row in rows:
             position, stored = row[0], row[-1]
             if position != expected_pos:
@@ -123,3 +132,12 @@ def verify_chain(
             "the ledger head's hash does not match the last event",
         )
     return VerifyReport(True, checked, last, prev_hash)
+
+
+def hash_at(engine: Engine, position: int) -> str | None:
+    """The stored hash of the event at ``position`` (the genesis hash at 0), if there is one."""
+    if position == 0:
+        return GENESIS_HASH
+    with read_transaction(engine) as conn:
+        value = conn.execute(sa.select(events.c.hash).where(events.c.position == position)).scalar()
+    return None if value is None else str(value)

@@ -319,6 +319,30 @@ class Reader:
         rows = self.conn.execute(sa.select(self.t.uptime).order_by(self.t.uptime.c.token_hash))
         return [_uptime_view(r) for r in rows]
 
+    def files_below_target(self, now: int) -> tuple[int, int]:
+        """Monitored files with fewer replicas online at ``now`` than their redundancy, and
+        those with none online (the redundancy audit's "below target now" and "unavailable")."""
+        f, c = self.t.files.c, self.t.contracts.c
+        online = sa.and_(c.started_at.is_not(None), c.ended_at.is_(None), c.expiration > now)
+        counts = (
+            sa.select(c.file_hash, sa.func.count().label("n"))
+            .where(online)
+            .group_by(c.file_hash)
+            .subquery()
+        )
+        n = sa.func.coalesce(counts.c.n, 0)
+        row = self.conn.execute(
+            sa.select(
+                # SUM(CASE ...): MariaDB has no aggregate FILTER clause.
+                sa.func.sum(sa.case((n < f.redundancy, 1), else_=0)),
+                sa.func.sum(sa.case((n == 0, 1), else_=0)),
+            )
+            .select_from(self.t.files)
+            .outerjoin(counts, counts.c.file_hash == f.file_hash)
+            .where(f.removed_at.is_(None))
+        ).one()
+        return int(row[0] or 0), int(row[1] or 0)
+
     def lag(self) -> int:
         """Events appended but not yet folded into this generation."""
         return max(0, self.head_position - checkpoint(self.conn, self.t))

@@ -180,6 +180,13 @@ def configured_log_key(node_stream: Iterable[RecordedEvent]) -> dict[str, Any] |
     return dict(configured[-1].payload) if configured else None
 
 
+async def files_below_target(rt: Runtime) -> tuple[int, int]:
+    """(files below their redundancy now, files with no replica online now), from the
+    projections at the node's clock."""
+    now = rt.now()
+    return await asyncio.wait_for(rt.read(lambda r: r.files_below_target(now)), HEALTH_TIMEOUT)
+
+
 def configured_fingerprint(node_stream: Iterable[RecordedEvent]) -> str | None:
     """The key fingerprint of the node stream's last ``HeartbeatConfigured``, if any."""
     configured = [e for e in node_stream if e.event_type == "HeartbeatConfigured"]

@@ -109,6 +109,9 @@ class Node:
         """A per-minute rate limit held across every process on this ledger's database."""
         return MinuteLimit(self.rt, name, limit, max_lease=max_lease, stored_as=stored_as)
 
+    async def files_below_target(self) -> tuple[int, int]:
+        return await lifecycle.files_below_target(self.rt)
+
     # -- the operator ---------------------------------------------------------------------------
 
     async def whitelist(self, entries: Sequence[tuple[str, str]], ctx: Context = OPERATOR) -> int:

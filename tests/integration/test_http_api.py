@@ -264,6 +264,45 @@ async def test_metrics(served: tuple[TestClient, Node]) -> None:
     assert token not in text
 
 
+async def test_metrics_count_files_below_target_and_unavailable(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """From the projections at the node's clock: a file with no replica online is both below
+    target and unavailable; one replica of two is below target only; a lapse counts at once."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    node, clock = new_node(db_url, tmp_path)
+    client = await aiohttp_client(create_app(node, sweep_seconds=None))
+
+    async def gauges() -> dict[str, float]:
+        async with client.get("/metrics") as response:
+            text = await response.text()
+        values = {
+            s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+        }
+        return {
+            k: values[k] for k in ("downstream_files_below_target", "downstream_files_unavailable")
+        }
+
+    files = await stock(node, files=2, redundancy=2)
+    assert await gauges() == {
+        "downstream_files_below_target": 2.0,
+        "downstream_files_unavailable": 2.0,
+    }
+    _, created = await get_json(client, f"{API}/new/{ADDRESS}")
+    status, contract = await get_json(client, f"{API}/chunk/{created['token']}")
+    assert status == 200 and contract["file_hash"] in files
+    assert await gauges() == {
+        "downstream_files_below_target": 2.0,
+        "downstream_files_unavailable": 1.0,
+    }
+    clock.advance(INTERVAL)  # its first challenge lapses: offline now, before any sweep
+    assert await gauges() == {
+        "downstream_files_below_target": 2.0,
+        "downstream_files_unavailable": 2.0,
+    }
+
+
 async def test_background_sweep_frees_lapsed_replicas(
     db_url: str, tmp_path: Path, aiohttp_client: Any
 ) -> None:

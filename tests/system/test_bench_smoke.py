@@ -57,6 +57,17 @@ def test_bench_script_prints_every_figure_beside_its_limit(tmp_path: Path) -> No
         assert sqlite[name]["events"] == sqlite[name]["generated"]["events"] >= 3000
         figure_shape(sqlite[name]["figure"])
 
+    growth = sqlite["growth"]
+    assert len(growth["steps"]) == 3 and growth["sizes"] == sorted(growth["sizes"])
+    assert growth["sizes"][0] >= 3000 and growth["sizes"][-1] >= 12000
+    for step in growth["steps"]:
+        assert step["bytes_per_event"] > 0 and step["rebuild_s"] > 0
+    for part in ("rebuild", "audit_uptime", "audit_redundancy"):
+        assert isinstance(growth["linear"][part]["met"], bool)
+    for part in ("audit_uptime", "audit_redundancy"):
+        assert growth["incremental"][part]["new_events"] == 10_000
+        assert isinstance(growth["incremental"][part]["met"], bool)
+
     http = sqlite["http"]
     assert set(http["node"]) == set(http["limit_bare_aiohttp"])
     assert {"saturated", "paced_half"} <= set(http["node"])

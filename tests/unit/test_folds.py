@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import projection_oracle as oracle
 import pytest
 
+from downstream_node.audit.redundancy import RedundancyReplay
 from downstream_node.audit.replay import AUDITED, Replay
 from downstream_node.domain import events as ev
 from downstream_node.domain.errors import UnknownEvent
@@ -24,6 +25,7 @@ from downstream_node.projections.rebuild import ITEMS
 FOLDS: dict[str, Any] = {
     "live projector and rebuild (projections.fold.Fold)": Fold,
     "audit replay (audit.replay.Replay)": Replay,
+    "redundancy audit (audit.redundancy.RedundancyReplay)": RedundancyReplay,
     "projection oracle (tests/projection_oracle.py)": oracle,
 }
 

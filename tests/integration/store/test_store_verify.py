@@ -226,3 +226,21 @@ def test_ledger_verify_command(store: EventStore, db_url: str) -> None:
     assert broken.exit_code == 1, broken.output
     report = json.loads(broken.output)
     assert report["ok"] is False and report["first_broken"] == K
+
+
+def test_verification_from_a_known_position_and_hash(store: EventStore) -> None:
+    """From (position, hash) the walk checks only the later rows, with the same checks."""
+    engine = store.engine
+    at = verify_chain(engine, until=K - 2)
+    start = (at.last_position, at.last_hash)
+    whole = verify_chain(engine)
+    resumed = verify_chain(engine, start=start)
+    assert resumed.ok and resumed.checked == N - (K - 2)
+    assert (resumed.last_position, resumed.last_hash) == (whole.last_position, whole.last_hash)
+    # A start hash that is not the ledger's breaks the very next row.
+    wrong = verify_chain(engine, start=(K - 2, "0" * 64))
+    assert not wrong.ok and wrong.first_broken == K - 1
+    # A row altered after the start is found, as by a walk from position 1.
+    forge(engine, K)
+    broken = verify_chain(engine, start=start)
+    assert not broken.ok and broken.first_broken == K and "hash mismatch" in broken.reason
