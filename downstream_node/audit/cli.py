@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,26 +48,54 @@ def _tokens(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     return frozenset(hashes)
 
 
+# Options both audits take, spelled once.
+SINCE = click.option("--since", callback=_time, help="Window start (ISO 8601 UTC).")
+UNTIL = click.option(
+    "--until", callback=_time, help="Window end, exclusive; also 'now' by default."
+)
+AT_POSITION = click.option(
+    "--at-position",
+    type=click.IntRange(0),
+    default=None,
+    help="Audit the ledger as it was at this position (default: the head).",
+)
+FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "html"]),
+    default="table",
+    show_default=True,
+)
+OUTPUT = click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report here instead of standard output.",
+)
+STATE = click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Resume from the state saved in this directory and save the new one (incremental).",
+)
+
+
 @click.group()
 def audit() -> None:
     """Auditors: recompute figures from the event history alone (read-only)."""
 
 
 @audit.command("uptime")
-@click.option("--since", callback=_time, help="Window start (ISO 8601 UTC).")
-@click.option("--until", callback=_time, help="Window end, exclusive; also 'now' by default.")
+@SINCE
+@UNTIL
 @click.option(
     "--now",
     "now",
     callback=_time,
     help="Measure time up to this instant (default: --until, else the last event's time).",
 )
-@click.option(
-    "--at-position",
-    type=click.IntRange(0),
-    default=None,
-    help="Audit the ledger as it was at this position (default: the head).",
-)
+@AT_POSITION
 @click.option(
     "--token",
     "tokens",
@@ -74,19 +103,8 @@ def audit() -> None:
     callback=_tokens,
     help="Only this token (or token hash); may be repeated.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv", "html"]),
-    default="table",
-    show_default=True,
-)
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the report here instead of standard output.",
-)
+@FORMAT
+@OUTPUT
 @click.option(
     "--params",
     "params_file",
@@ -110,13 +128,7 @@ def audit() -> None:
     help="A signed checkpoint you kept: the feed must be its history (with --from).",
 )
 @click.option("--key", "vkey", default=None, help="The log's verifier key (with --from).")
-@click.option(
-    "--state",
-    "state_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Resume from the state saved in this directory and save the new one (incremental).",
-)
+@STATE
 @click.pass_obj
 def audit_uptime(
     obj: Any,
@@ -229,14 +241,9 @@ def _files(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 
 
 @audit.command("redundancy")
-@click.option("--since", callback=_time, help="Window start (ISO 8601 UTC).")
-@click.option("--until", callback=_time, help="Window end, exclusive; also 'now' by default.")
-@click.option(
-    "--at-position",
-    type=click.IntRange(0),
-    default=None,
-    help="Audit the ledger as it was at this position (default: the head).",
-)
+@SINCE
+@UNTIL
+@AT_POSITION
 @click.option(
     "--file",
     "files",
@@ -244,26 +251,9 @@ def _files(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     callback=_files,
     help="Only this file hash; may be repeated.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv", "html"]),
-    default="table",
-    show_default=True,
-)
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the report here instead of standard output.",
-)
-@click.option(
-    "--state",
-    "state_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Resume from the state saved in this directory and save the new one (incremental).",
-)
+@FORMAT
+@OUTPUT
+@STATE
 @click.pass_obj
 def audit_redundancy(
     obj: Any,
@@ -283,6 +273,7 @@ def audit_redundancy(
     from tqdm import tqdm
 
     from .redundancy_report import RedundancyOptions, run_redundancy
+    from .redundancy_report import render as render_redundancy
 
     options = RedundancyOptions(
         since=since, until=until, at_position=at_position, files=files, series=fmt == "html"
@@ -323,7 +314,7 @@ def audit_redundancy(
         sys.exit(2)
     finally:
         engine.dispose()
-    _finish(result, fmt, output)
+    _finish(result, fmt, output, render_redundancy)
 
 
 def _feed_audit(
@@ -340,9 +331,12 @@ def _feed_audit(
         sys.exit(2)
 
 
-def _finish(result: AuditRun, fmt: str, output: Path | None) -> None:
-    """Write the report; exit 1 after it when what it covers does not verify."""
-    text = render(result.report, fmt)
+def _finish(
+    result: Any, fmt: str, output: Path | None, render_as: Callable[[dict, str], str] = render
+) -> None:
+    """Write the report (``render_as``: the audit's own renderer); exit 1 after it when what
+    it covers does not verify."""
+    text = render_as(result.report, fmt)
     if output is not None:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)

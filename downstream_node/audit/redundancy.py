@@ -74,10 +74,12 @@ class RedundancyReplay(EventFold):
     before it), so the figures and the count at ``until`` are those of the events up to it.
     """
 
-    # Nothing here moves a replica count: the node's key, the crowdsale, an encoding (the
-    # contract begins at its ContractAssigned), and answers that change no expiration.
+    # Nothing here moves a replica count: the node's and the log's keys, the crowdsale, an
+    # encoding (the contract begins at its ContractAssigned), and answers that change no
+    # expiration.
     IGNORED = ignoring(
         ev.HeartbeatConfigured,
+        ev.LogKeyConfigured,
         ev.AddressWhitelisted,
         ev.ChunkEncoded,
         ev.AnswerFailed,
