@@ -41,10 +41,12 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         if w["since"] is None and w["until"] is None
         else f"[{w['since'] or 'beginning'}, {w['until'] or 'now'})"
     )
-    params = " ".join(f"{k}={v}" for k, v in report["scoring"]["params"].items())
-    return [
+    lines = [
         report["report"],
         f"ledger position {report['ledger']['position']}: {verified}",
         f"now {report['now']} ({report['now_source']}); window {window}",
-        f"scoring {report['scoring']['version']}: {params}",
     ]
+    if "scoring" in report:  # the uptime audit's; the redundancy audit scores nothing
+        params = " ".join(f"{k}={v}" for k, v in report["scoring"]["params"].items())
+        lines.append(f"scoring {report['scoring']['version']}: {params}")
+    return lines

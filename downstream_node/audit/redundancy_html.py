@@ -11,9 +11,9 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
-from .formatting import duration
+from .formatting import duration, header_lines
 from .html import CSS, SCRIPT, _cell, _svg_img, _table, span
-from .redundancy_report import _mean, _micros, header_lines
+from .redundancy_report import _mean, _micros
 
 MAX_LINES = 12  # files drawn as lines; beyond this, one heat-map row per file
 MAX_ROWS = 200  # heat-map rows (the files longest below target first)

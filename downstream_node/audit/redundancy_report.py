@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from ..ledger import reader
 from ..ledger.verify import VerifyReport, verify_chain
-from .formatting import duration
+from .formatting import duration, header_lines
 from .redundancy import REDUNDANCY_EVENTS, FileStats, RedundancyReplay
 from .replay import choose_buckets, stream_events
 from .report import iso_us
@@ -316,27 +316,6 @@ def _micros(value: Decimal) -> int:
 
 def _mean(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def header_lines(report: dict[str, Any]) -> list[str]:
-    v = report["verified"]
-    verified = (
-        f"verified ok up to position {v['last_position']}, hash {v['last_hash']}"
-        if v["ok"]
-        else f"VERIFICATION FAILED at position {v['first_broken']}: {v['reason']} "
-        f"(last good position {v['last_position']}, hash {v['last_hash']})"
-    )
-    w = report["window"]
-    window = (
-        "all time"
-        if w["since"] is None and w["until"] is None
-        else f"[{w['since'] or 'beginning'}, {w['until'] or 'now'})"
-    )
-    return [
-        report["report"],
-        f"ledger position {report['ledger']['position']}: {verified}",
-        f"now {report['now']} ({report['now_source']}); window {window}",
-    ]
 
 
 def _rows_table(headers: list[str], rows: list[list[str]], left: set[int]) -> list[str]:
