@@ -422,13 +422,24 @@ class EventStore:
         """Bring the tree level with the ledger, ``batch`` events per transaction (so a node
         starting on a long ledger made without the tree does not hold the lock for long);
         the tree's size."""
-        if self.tree is None:
+        tree = self.tree
+        if tree is None:
             raise LedgerError("this store keeps no tree")
+
+        def step() -> tuple[Any, Any]:
+            try:
+                with write_transaction(self.engine) as conn, conn.begin():
+                    head = conn.execute(LOCK_HEAD).one()
+                    return head, tree.state(conn, head.position, limit=batch)
+            except Exception:
+                tree.clear()  # whatever it held may not have been committed
+                raise
+
         while True:
-            with write_transaction(self.engine) as conn, conn.begin():
-                head = conn.execute(LOCK_HEAD).one()
-                state = self.tree.state(conn, head.position, limit=batch)
-            self.tree.committed(state)
+            # Nodes of a Galera cluster starting together lock the head row each on its own
+            # node: the losers' transactions are aborted whole, and run again.
+            head, state = self.retrying(step)
+            tree.committed(state)
             if state.frontier.size >= head.position:
                 return int(state.frontier.size)
 
