@@ -225,6 +225,13 @@ async def random_history(node: Node, clock: FakeClock, rng: random.Random, steps
                 )
                 live[file_hash] = seed
         clock.advance(rng.choice((1, 7, 20, 30, 45, 61, 150)) + rng.random())
+    # Whatever the draws (tokens are random, so farmers' choices differ run to run), the
+    # history holds a file removed and then added again, on other terms.
+    file_hash = sorted(live)[0]
+    await node.remove_file(file_hash)
+    clock.advance(30)
+    assert await node.add_seeded(2048, seed=live[file_hash], redundancy=1) == file_hash
+    clock.advance(30)
 
 
 @pytest.mark.parametrize("seed", [20261207, 7])
