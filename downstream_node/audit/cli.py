@@ -150,7 +150,6 @@ def audit_uptime(
     Verifies the hash chain up to the audited position first; the report states the last
     verified position and hash. Exit status 1 (after writing the report) if it does not verify.
     """
-    from tqdm import tqdm
 
     try:
         params = (
@@ -169,62 +168,17 @@ def audit_uptime(
         params=params,
         series=fmt == "html",
     )
-    tty = sys.stderr.isatty()
     if source is not None or checkpoint_file is not None or vkey is not None:
         if source is None or checkpoint_file is None or vkey is None:
             raise click.UsageError("--from, --checkpoint and --key go together")
         if state_dir is not None:
             raise click.UsageError("--state resumes an audit of the database, not --from")
-        _finish(_feed_audit(source, checkpoint_file, vkey, options, tty), fmt, output)
+        _finish(_feed_audit(source, checkpoint_file, vkey, options), fmt, output)
         return
-    engine = existing_ledger(obj.settings.db_url)  # NoLedger: the command group's error
-    try:
-        with (
-            tqdm(unit="ev", desc="verify", disable=not tty) as verify_bar,
-            tqdm(unit="ev", desc="replay", disable=not tty) as replay_bar,
-        ):
+    from .incremental import run_audit_with_state
 
-            def totals(position: int) -> None:
-                verify_bar.reset(total=position)
-                replay_bar.reset(total=position)
-
-            if state_dir is not None:
-                from .incremental import run_audit_with_state
-
-                result = run_audit_with_state(
-                    engine,
-                    options,
-                    state_dir,
-                    on_verify=verify_bar.update,
-                    on_replay=replay_bar.update,
-                    on_position=totals,
-                )
-            else:
-                result = run_audit(
-                    engine,
-                    options,
-                    on_verify=verify_bar.update,
-                    on_replay=replay_bar.update,
-                    on_position=totals,
-                )
-    except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    finally:
-        engine.dispose()
-    text = render(result.report, fmt)
-    if output is not None:
-        output.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
-    if not result.ok:
-        v = result.verified
-        click.echo(
-            f"error: the hash chain does not verify at position {v.first_broken}: {v.reason}",
-            err=True,
-        )
-        sys.exit(1)
+    result = _replayed(obj, options, state_dir, run_audit, run_audit_with_state)
+    _finish(result, fmt, output)
 
 
 def _files(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
@@ -270,7 +224,6 @@ def audit_redundancy(
     Verifies the hash chain up to the audited position first; exit status 1 (after writing the
     report) if it does not verify, 2 for bad options.
     """
-    from tqdm import tqdm
 
     from .redundancy_report import RedundancyOptions, run_redundancy
     from .redundancy_report import render as render_redundancy
@@ -278,7 +231,24 @@ def audit_redundancy(
     options = RedundancyOptions(
         since=since, until=until, at_position=at_position, files=files, series=fmt == "html"
     )
-    engine = existing_ledger(obj.settings.db_url)
+    from .incremental import run_redundancy_with_state
+
+    result = _replayed(obj, options, state_dir, run_redundancy, run_redundancy_with_state)
+    _finish(result, fmt, output, render_redundancy)
+
+
+def _replayed(
+    obj: Any,
+    options: Any,
+    state_dir: Path | None,
+    run_full: Callable[..., Any],
+    run_with_state: Callable[..., Any],
+) -> Any:
+    """An audit of the database: ``run_full``, or ``run_with_state`` resuming from
+    ``state_dir``, with progress bars on a terminal; exit 2 on an ``AuditError``."""
+    from tqdm import tqdm
+
+    engine = existing_ledger(obj.settings.db_url)  # NoLedger: the command group's error
     tty = sys.stderr.isatty()
     try:
         with (
@@ -290,38 +260,25 @@ def audit_redundancy(
                 verify_bar.reset(total=position)
                 replay_bar.reset(total=position)
 
+            progress = {
+                "on_verify": verify_bar.update,
+                "on_replay": replay_bar.update,
+                "on_position": totals,
+            }
             if state_dir is not None:
-                from .incremental import run_redundancy_with_state
-
-                result = run_redundancy_with_state(
-                    engine,
-                    options,
-                    state_dir,
-                    on_verify=verify_bar.update,
-                    on_replay=replay_bar.update,
-                    on_position=totals,
-                )
-            else:
-                result = run_redundancy(
-                    engine,
-                    options,
-                    on_verify=verify_bar.update,
-                    on_replay=replay_bar.update,
-                    on_position=totals,
-                )
+                return run_with_state(engine, options, state_dir, **progress)
+            return run_full(engine, options, **progress)
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     finally:
         engine.dispose()
-    _finish(result, fmt, output, render_redundancy)
 
 
-def _feed_audit(
-    source: str, checkpoint_file: Path, vkey: str, options: AuditOptions, tty: bool
-) -> AuditRun:
+def _feed_audit(source: str, checkpoint_file: Path, vkey: str, options: AuditOptions) -> AuditRun:
     from tqdm import tqdm
 
+    tty = sys.stderr.isatty()
     try:
         checkpoint = open_checkpoint(checkpoint_file.read_text(encoding="utf-8"), vkey)
         with tqdm(unit="ev", desc="feed", disable=not tty, total=checkpoint.size) as bar:
@@ -345,6 +302,7 @@ def _finish(
     if not result.ok:
         v = result.verified
         click.echo(
-            f"error: the ledger does not verify at position {v.first_broken}: {v.reason}", err=True
+            f"error: the hash chain does not verify at position {v.first_broken}: {v.reason}",
+            err=True,
         )
         sys.exit(1)

@@ -24,7 +24,7 @@ from ..tlog.checkpoint import Checkpoint, CheckpointError
 from ..tlog.merkle import CompactRange
 from .replay import Replay, Row
 from .report import build_report
-from .run import AuditError, AuditOptions, AuditRun
+from .run import AuditError, AuditOptions, AuditRun, check_window, choose_now
 
 FEED_PAGE = 1000
 # An export line as ``ledger export`` writes it: the public form's own bytes, then the leaf.
@@ -144,8 +144,7 @@ def run_feed_audit(
         raise AuditError("--at-position does not apply to a feed: the checkpoint's size does")
     if options.series:
         raise AuditError("the HTML report needs the database; use table, json or csv")
-    if options.since is not None and options.until is not None and options.until <= options.since:
-        raise AuditError("--until must be after --since")
+    check_window(options.since, options.until)
     replay = Replay(
         since=options.since, until=options.until, tokens=options.tokens, params=options.params
     )
@@ -175,16 +174,6 @@ def run_feed_audit(
     else:
         verified = VerifyReport(True, last, last, root.hex())
 
-    now_last = replay.last_time
-    if options.now is not None:
-        now, now_source = options.now, "--now"
-        if now_last is not None and now < now_last and options.until is None:
-            raise AuditError(
-                "--now is before the last audited event; use --until for an earlier window"
-            )
-    elif options.until is not None:
-        now, now_source = options.until, "--until"
-    else:
-        now, now_source = (now_last or 0), "last event"
+    now, now_source = choose_now(replay.last_time, options.now, options.until)
     report = build_report(replay, now=now, now_source=now_source, position=last, verified=verified)
     return AuditRun(report, verified)

@@ -50,3 +50,18 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         params = " ".join(f"{k}={v}" for k, v in report["scoring"]["params"].items())
         lines.append(f"scoring {report['scoring']['version']}: {params}")
     return lines
+
+
+def text_table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """A plain-text table's lines: columns as wide as their widest cell, those in ``right``
+    aligned right, the others left, a rule under the headers."""
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]

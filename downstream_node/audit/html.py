@@ -202,9 +202,16 @@ def _draw(report: dict[str, Any], series: dict[str, Any]) -> list[tuple[str, str
     return out
 
 
-def render_html(report: dict[str, Any]) -> str:
+def page(
+    report: dict[str, Any],
+    heading: str,
+    cards: list[tuple[str, str]],
+    figures: list[tuple[str, str]],
+    body: str,
+) -> str:
+    """A whole self-contained report page: the header naming the audited position, the
+    chain's verdict as a banner, the cards, the charts, then ``body`` (the tables, HTML)."""
     v = report["verified"]
-    t = report["totals"]
     head = header_lines(report)
     banner_cls = "ok" if v["ok"] else "bad"
     banner = (
@@ -215,6 +222,32 @@ def render_html(report: dict[str, Any]) -> str:
         f"{escape(v['reason'])} (last good position {v['last_position']}, hash "
         f"<code>{escape(v['last_hash'])}</code>)"
     )
+    card_html = "".join(
+        f'<div class="card">{escape(k)}<b>{escape(val)}</b></div>' for k, val in cards
+    )
+    figure_html = "".join(
+        f"<h2>{escape(title)}</h2><figure>{img}</figure>" for title, img in figures
+    )
+    position = report["ledger"]["position"]
+    meta = "<br>".join(escape(line) for line in head[1:])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(head[0])} at position {position}</title>
+<style>{CSS}</style></head><body>
+<h1>{escape(heading)}</h1>
+<p class="meta">{meta}</p>
+<p class="{banner_cls}">{banner}</p>
+<div class="cards">{card_html}</div>
+{figure_html}
+{body}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    t = report["totals"]
     cards = [
         ("tokens", str(t["tokens"])),
         ("contracts", str(t["contracts"])),
@@ -259,9 +292,6 @@ def render_html(report: dict[str, Any]) -> str:
         f"<tr><td class=l>{escape(str(k))}</td><td>{escape(str(val))}</td></tr>"
         for k, val in report["scoring"]["params"].items()
     )
-    figures = "".join(
-        f"<h2>{escape(title)}</h2><figure>{img}</figure>" for title, img in charts(report)
-    )
     counters = [(c, False) for c in COUNTERS]
     token_table = _table(
         [
@@ -292,22 +322,8 @@ def render_html(report: dict[str, Any]) -> str:
         ],
         contract_rows,
     )
-    card_html = "".join(
-        f'<div class="card">{escape(k)}<b>{escape(val)}</b></div>' for k, val in cards
-    )
     position = report["ledger"]["position"]
-    meta = "<br>".join(escape(line) for line in head[1:])
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(head[0])} at position {position}</title>
-<style>{CSS}</style></head><body>
-<h1>Uptime audit</h1>
-<p class="meta">{meta}</p>
-<p class="{banner_cls}">{banner}</p>
-<div class="cards">{card_html}</div>
-{figures}
-<h2>Tokens</h2>
+    body = f"""<h2>Tokens</h2>
 {token_table}
 <h2>Contracts ({len(report["contracts"])})</h2>
 <details><summary>show the contracts</summary>
@@ -316,7 +332,5 @@ def render_html(report: dict[str, Any]) -> str:
 <h2>Scoring {escape(report["scoring"]["version"])}</h2>
 <table>{params}</table>
 <p class="meta">Replaying the events up to position {position} with these parameters
-reproduces every figure and score above.</p>
-<script>{SCRIPT}</script>
-</body></html>
-"""
+reproduces every figure and score above.</p>"""
+    return page(report, "Uptime audit", cards, charts(report), body)

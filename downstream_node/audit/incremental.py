@@ -13,21 +13,24 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from ..ledger import reader
 from ..ledger.verify import VerifyReport, hash_at, verify_chain
 from .redundancy import REDUNDANCY_EVENTS
 from .redundancy_report import (
     RedundancyOptions,
     RedundancyRun,
     build_redundancy_report,
-    check_window,
     new_fold,
-    now_of,
-    replay_error,
 )
 from .replay import Replay, stream_events
 from .report import build_report
-from .run import AuditError, AuditOptions, AuditRun, audited_position
+from .run import (
+    AuditOptions,
+    AuditRun,
+    audit_now,
+    audited_position,
+    check_window,
+    replay_error,
+)
 from .state import StateError, load_state, load_uptime_fold, save_state, uptime_fold_state
 
 Progress = Callable[[int], None] | None
@@ -103,8 +106,7 @@ def run_audit_with_state(
         raise StateError(
             "--state cannot be used with --format html: its chart buckets depend on 'now'"
         )
-    if options.since is not None and options.until is not None and options.until <= options.since:
-        raise AuditError("--until must be after --since")
+    check_window(options.since, options.until)
     position = audited_position(engine, options.at_position)
     if on_position is not None:
         on_position(position)
@@ -112,19 +114,7 @@ def run_audit_with_state(
     saved = load_state(directory, "uptime", shape)
     start = _resume_point(engine, saved, position, directory)
     verified = _verify(engine, position, start, on_verify)
-
-    last = reader.occurred_at(engine, position) if position else None
-    if options.now is not None:
-        now, now_source = options.now, "--now"
-        if last is not None and now < last and options.until is None:
-            raise AuditError(
-                "--now is before the last audited event; use --until for an earlier window "
-                "or --at-position for an earlier state"
-            )
-    elif options.until is not None:
-        now, now_source = options.until, "--until"
-    else:
-        now, now_source = (last or 0), "last event"
+    now, now_source = audit_now(engine, position, options.now, options.until)
 
     replay = Replay(
         since=options.since, until=options.until, tokens=options.tokens, params=options.params
@@ -183,7 +173,7 @@ def run_redundancy_with_state(
     saved = load_state(directory, "redundancy", shape)
     start = _resume_point(engine, saved, position, directory)
     verified = _verify(engine, position, start, on_verify)
-    now, now_source = now_of(engine, position, options.until)
+    now, now_source = audit_now(engine, position, None, options.until)
     fold = new_fold(engine, options, position, now)
     after = 0
     if saved is not None and start is not None:

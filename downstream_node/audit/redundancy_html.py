@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from html import escape
 from typing import Any
 
-from .formatting import duration, header_lines
-from .html import CSS, SCRIPT, _cell, _svg_img, _table, span
+from .formatting import duration
+from .html import _cell, _svg_img, _table, page, span
 from .redundancy_report import _mean, _micros
 
 MAX_LINES = 12  # files drawn as lines; beyond this, one heat-map row per file
@@ -114,18 +113,7 @@ def _distribution(report: dict[str, Any]) -> tuple[str, str]:
 
 
 def render_redundancy_html(report: dict[str, Any]) -> str:
-    v = report["verified"]
     t = report["totals"]
-    head = header_lines(report)
-    banner_cls = "ok" if v["ok"] else "bad"
-    banner = (
-        f"Hash chain verified up to position {v['last_position']}; last hash "
-        f"<code>{escape(v['last_hash'])}</code>"
-        if v["ok"]
-        else f"HASH CHAIN VERIFICATION FAILED at position {escape(str(v['first_broken']))}: "
-        f"{escape(v['reason'])} (last good position {v['last_position']}, hash "
-        f"<code>{escape(v['last_hash'])}</code>)"
-    )
     cards = [
         ("files", str(t["files"])),
         ("below target now", str(t["files_below_target_now"])),
@@ -173,28 +161,9 @@ def render_redundancy_html(report: dict[str, Any]) -> str:
         ],
         rows,
     )
-    figures = "".join(
-        f"<h2>{escape(title)}</h2><figure>{img}</figure>" for title, img in charts(report)
-    )
-    card_html = "".join(
-        f'<div class="card">{escape(k)}<b>{escape(val)}</b></div>' for k, val in cards
-    )
     position = report["ledger"]["position"]
-    meta = "<br>".join(escape(line) for line in head[1:])
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(head[0])} at position {position}</title>
-<style>{CSS}</style></head><body>
-<h1>Redundancy audit</h1>
-<p class="meta">{meta}</p>
-<p class="{banner_cls}">{banner}</p>
-<div class="cards">{card_html}</div>
-{figures}
-<h2>Files</h2>
+    body = f"""<h2>Files</h2>
 {table}
 <p class="meta">A replica is online while its contract is (docs/audit.md). Replaying the
-events up to position {position} reproduces every figure above.</p>
-<script>{SCRIPT}</script>
-</body></html>
-"""
+events up to position {position} reproduces every figure above.</p>"""
+    return page(report, "Redundancy audit", cards, charts(report), body)

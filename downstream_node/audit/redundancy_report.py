@@ -18,11 +18,11 @@ from sqlalchemy.engine import Engine
 
 from ..ledger import reader
 from ..ledger.verify import VerifyReport, verify_chain
-from .formatting import duration, header_lines
+from .formatting import duration, header_lines, text_table
 from .redundancy import REDUNDANCY_EVENTS, FileStats, RedundancyReplay
 from .replay import choose_buckets, stream_events
 from .report import iso_us
-from .run import AuditError, audited_position
+from .run import audit_now, audited_position, check_window, replay_error
 
 REPORT_VERSION = 1
 
@@ -52,29 +52,6 @@ def seconds(micros: int) -> Decimal:
     return Decimal(micros).scaleb(-6)
 
 
-def now_of(engine: Engine, position: int, until: int | None) -> tuple[int, str]:
-    """ "now" as the uptime audit takes it without ``--now``: ``--until``, else the last event."""
-    if until is not None:
-        return until, "--until"
-    return (reader.occurred_at(engine, position) or 0) if position else 0, "last event"
-
-
-def check_window(since: int | None, until: int | None) -> None:
-    if since is not None and until is not None and until <= since:
-        raise AuditError("--until must be after --since")
-
-
-def replay_error(exc: Exception, position: int, verified: VerifyReport) -> AuditError:
-    cause = str(exc) if isinstance(exc, ValueError) else f"position {position}: {exc!r}"
-    broken = (
-        ""
-        if verified.ok
-        else f"; the hash chain does not verify from position {verified.first_broken} "
-        f"({verified.reason})"
-    )
-    return AuditError(f"cannot replay the ledger: {cause}{broken}")
-
-
 def run_redundancy(
     engine: Engine,
     options: RedundancyOptions,
@@ -89,7 +66,7 @@ def run_redundancy(
         on_position(position)
     check_window(options.since, options.until)
     verified = verify_chain(engine, until=position, progress=on_verify)
-    now, now_source = now_of(engine, position, options.until)
+    now, now_source = audit_now(engine, position, None, options.until)
     fold = new_fold(engine, options, position, now)
     try:
         rows = stream_events(engine, until=position, page=options.page, source=REDUNDANCY_EVENTS)
@@ -318,22 +295,11 @@ def _mean(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _rows_table(headers: list[str], rows: list[list[str]], left: set[int]) -> list[str]:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(widths[i]) if i in left else c.rjust(widths[i]) for i, c in enumerate(cells)
-        ).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
 def render_table(report: dict[str, Any]) -> str:
     t = report["totals"]
     lines = header_lines(report)
     lines += ["", f"TOTALS ({t['files']} files)"]
-    lines += _rows_table(
+    lines += text_table(
         ["at/above target", "below target", "unavailable", "below now", "unavailable now"],
         [
             [
@@ -344,7 +310,7 @@ def render_table(report: dict[str, Any]) -> str:
                 str(t["files_unavailable_now"]),
             ]
         ],
-        set(),
+        set(range(5)),
     )
     lines += ["", "FILES"]
     rows = [
@@ -365,7 +331,7 @@ def render_table(report: dict[str, Any]) -> str:
         ]
         for r in report["files"]
     ]
-    lines += _rows_table(
+    lines += text_table(
         [
             "file",
             "target",
@@ -382,7 +348,7 @@ def render_table(report: dict[str, Any]) -> str:
             "replicas online for (time at each count)",
         ],
         rows,
-        {0, 12},
+        set(range(1, 12)),
     )
     return "\n".join(lines) + "\n"
 

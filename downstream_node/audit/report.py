@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain.clock import from_micros
 from ..ledger.verify import VerifyReport
-from .formatting import COUNTERS, duration, header_lines, percent, score
+from .formatting import COUNTERS, duration, header_lines, percent, score, text_table
 from .html import render_html
 from .reputation import SCORING_VERSION
 
@@ -244,25 +244,12 @@ def render_csv(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
 def render_table(report: dict[str, Any]) -> str:
     lines = header_lines(report)
     counters = ["contracts", "challenges", "passed", "failed", "rejected", "missed"]
     t = report["totals"]
     lines += ["", f"TOTALS ({t['tokens']} tokens)"]
-    lines += _table(
+    lines += text_table(
         [*counters, "online", "total", "uptime"],
         [
             [
@@ -289,7 +276,7 @@ def render_table(report: dict[str, Any]) -> str:
         ]
         for r in report["tokens"]
     ]
-    lines += _table(
+    lines += text_table(
         [
             "token",
             "address",
@@ -320,7 +307,7 @@ def render_table(report: dict[str, Any]) -> str:
         ]
         for r in report["contracts"]
     ]
-    lines += _table(
+    lines += text_table(
         [
             "contract",
             "token",

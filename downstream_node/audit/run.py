@@ -55,6 +55,47 @@ def audited_position(engine: Engine, at_position: int | None) -> int:
     return at_position
 
 
+def check_window(since: int | None, until: int | None) -> None:
+    if since is not None and until is not None and until <= since:
+        raise AuditError("--until must be after --since")
+
+
+def choose_now(
+    last: int | None, now: int | None, until: int | None, earlier: str = ""
+) -> tuple[int, str]:
+    """When the audit measures time, and what set it: ``--now``, else ``--until``, else
+    ``last`` (the last audited event's time). ``earlier``: how else to ask for the past."""
+    if now is not None:
+        if last is not None and now < last and until is None:
+            raise AuditError(
+                "--now is before the last audited event; "
+                f"use --until for an earlier window{earlier}"
+            )
+        return now, "--now"
+    if until is not None:
+        return until, "--until"
+    return (last or 0), "last event"
+
+
+def audit_now(engine: Engine, position: int, now: int | None, until: int | None) -> tuple[int, str]:
+    """``choose_now`` for the ledger as it was at ``position``."""
+    last = reader.occurred_at(engine, position) if position else None
+    return choose_now(last, now, until, " or --at-position for an earlier state")
+
+
+def replay_error(exc: Exception, position: int, verified: VerifyReport) -> AuditError:
+    """An event this auditor cannot read (at ``position``): the audit stops rather than
+    report figures that miss it, and says whether the chain verified."""
+    cause = str(exc) if isinstance(exc, ValueError) else f"position {position}: {exc!r}"
+    broken = (
+        ""
+        if verified.ok
+        else f"; the hash chain does not verify from position {verified.first_broken} "
+        f"({verified.reason})"
+    )
+    return AuditError(f"cannot replay the ledger: {cause}{broken}")
+
+
 def run_audit(
     engine: Engine,
     options: AuditOptions,
@@ -67,25 +108,12 @@ def run_audit(
     position = audited_position(engine, options.at_position)
     if on_position is not None:
         on_position(position)
-    if options.since is not None and options.until is not None and options.until <= options.since:
-        raise AuditError("--until must be after --since")
+    check_window(options.since, options.until)
     # Fixed before reading, so verification and replay cover the same events even while the
     # node keeps appending.
     verified = verify_chain(engine, until=position, progress=on_verify)
-
     first = reader.occurred_at(engine, 1) if position else None
-    last = reader.occurred_at(engine, position) if position else None
-    if options.now is not None:
-        now, now_source = options.now, "--now"
-        if last is not None and now < last and options.until is None:
-            raise AuditError(
-                "--now is before the last audited event; use --until for an earlier window "
-                "or --at-position for an earlier state"
-            )
-    elif options.until is not None:
-        now, now_source = options.until, "--until"
-    else:
-        now, now_source = (last or 0), "last event"
+    now, now_source = audit_now(engine, position, options.now, options.until)
 
     buckets = None
     if options.series and first is not None:
@@ -103,15 +131,7 @@ def run_audit(
     try:
         replay.run(stream_events(engine, until=position, page=options.page), progress=on_replay)
     except (ValueError, KeyError, TypeError) as exc:
-        # An event this auditor cannot read: stop rather than report figures that miss it.
-        cause = str(exc) if isinstance(exc, ValueError) else f"position {replay.position}: {exc!r}"
-        broken = (
-            ""
-            if verified.ok
-            else f"; the hash chain does not verify from position {verified.first_broken} "
-            f"({verified.reason})"
-        )
-        raise AuditError(f"cannot replay the ledger: {cause}{broken}") from exc
+        raise replay_error(exc, replay.position, verified) from exc
     report = build_report(
         replay, now=now, now_source=now_source, position=position, verified=verified
     )
