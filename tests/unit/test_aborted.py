@@ -6,16 +6,10 @@ from __future__ import annotations
 
 import pymysql
 import sqlalchemy as sa
+from driver_errors import DEADLOCK, LOCK_WAIT, LOST, NOT_READY
 
 from downstream_node.ledger.db import aborted
 from downstream_node.ledger.store import AppendFailed, Backoff
-
-DEADLOCK = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
-NOT_READY = pymysql.err.OperationalError(
-    1047, "WSREP has not yet prepared node for application use"
-)
-LOST = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
-LOCK_WAIT = pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
 
 
 def test_only_errors_that_roll_the_whole_transaction_back_count_as_aborted() -> None:

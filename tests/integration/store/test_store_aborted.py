@@ -1,47 +1,23 @@
 """Transactions the database rolled back whole (a Galera certification conflict, a node
 outside the primary component) run again, a few times, with jittered pauses; an outcome
 that is really unknown is never retried. No database server: an SQLite ledger whose driver
-is made to raise PyMySQL's errors where MariaDB raises them (at COMMIT, at a statement)."""
+is made to raise PyMySQL's errors where MariaDB raises them (at COMMIT, at a statement).
+Which errors count as aborted, and the pauses' jitter: tests/unit/test_aborted.py."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
 
-import pymysql
 import pytest
 import sqlalchemy as sa
+from driver_errors import DEADLOCK, LOCK_WAIT, LOST, NOT_READY
 
 from downstream_node.domain.clock import FakeClock
 from downstream_node.domain.records import NewEvent
-from downstream_node.ledger.db import aborted, make_engine
+from downstream_node.ledger.db import make_engine
 from downstream_node.ledger.group_commit import GroupCommitter
 from downstream_node.ledger.store import AppendFailed, AppendRequest, Backoff, EventStore
-
-DEADLOCK = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
-NOT_READY = pymysql.err.OperationalError(
-    1047, "WSREP has not yet prepared node for application use"
-)
-LOST = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
-LOCK_WAIT = pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
-
-
-def test_only_errors_that_roll_the_whole_transaction_back_count_as_aborted() -> None:
-    assert aborted(DEADLOCK) == 1213
-    assert aborted(NOT_READY) == 1047
-    wrapped = sa.exc.OperationalError("COMMIT", {}, DEADLOCK)
-    assert aborted(wrapped) == 1213
-    try:
-        try:
-            raise wrapped
-        except sa.exc.OperationalError as exc:
-            raise AppendFailed(exc, before_commit=True) from exc
-    except AppendFailed as failed:
-        assert aborted(failed) == 1213  # found through the cause
-    assert aborted(LOCK_WAIT) is None  # only the statement was rolled back
-    assert aborted(LOST) is None  # outcome unknown
-    assert aborted(ValueError("1213")) is None
-    assert aborted(pymysql.err.IntegrityError(1062, "Duplicate entry")) is None
 
 
 class Faults:
@@ -146,11 +122,6 @@ def test_when_every_try_is_aborted_the_caller_gets_append_failed_before_commit(
     assert pauses == [0.0025, 0.005, 0.01, 0.02]  # doubling, capped at 50 ms
     assert store.head().position == 0
     assert faults.queue == [DEADLOCK] * 5
-
-
-def test_backoff_jitters_between_half_and_all_of_each_pause() -> None:
-    top = Backoff(tries=6, first=0.005, most=0.05, random=lambda: 0.999999)
-    assert [round(p, 4) for p in top.pauses()] == [0.005, 0.01, 0.02, 0.04, 0.05]
 
 
 @pytest.mark.parametrize(
