@@ -74,3 +74,24 @@ async def test_exact_limit_with_single_leases(db_url: str, tmp_path: Path) -> No
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_burst_within_the_limit_passes_whole_with_few_leases(
+    db_url: str, tmp_path: Path
+) -> None:
+    """200 requests of one token at once under a limit of 600: all pass. Requests that find
+    a lease in flight wait for it instead of each asking their own (200 leases of 7 units
+    would count 1,400 against the limit and refuse the last ones)."""
+    node, _ = new_node(db_url, tmp_path)
+    await node.start()
+    try:
+        limit = node.minute_limit("token", 600, max_lease=60, stored_as=token_hash)
+        token = new_token()
+        outcomes = await asyncio.gather(*(limit.check(token) for _ in range(200)))
+        assert outcomes == [None] * 200
+        assert limit.leases <= 6  # 7, 14, 28, 56, 60, 60 units cover 200
+        with node.engine.connect() as conn:
+            [used] = conn.execute(sa.select(rate_counts.c.used)).scalars()
+        assert 200 <= used <= 225  # what was leased, not 200 leases' worth
+    finally:
+        await node.close()
