@@ -21,6 +21,9 @@ Prints ONE JSON document: the machine, then per database (SQLite, MariaDB):
   Beside it, on the same server: the same farmers sending their proofs 16 at a time through the
   v1 API's bulk ``/answer`` (as farmer 0.1.8 does). Target: at least 3x the per-contract
   route's verified answers/s, p99 per batch < 250 ms (paced at half the saturated rate).
+  Each run also reports the server's CPU time per verified answer (all its threads, from
+  ``/proc``); a last run at 64 proofs per request gives the bulk route's floor, and the
+  per-contract route's CPU per answer over that floor bounds the ratio any batch size reaches.
 
 and ``heartbeat``: the figures of ``scripts/bench_heartbeat.py``, embedded as it prints them;
 and ``cluster``: appends/s (64 writers over three stores, as three node processes) and verified
@@ -33,12 +36,11 @@ URL); and the cluster with one process per node, each its own node first.
   200,000 and 400,000): at each size the bytes per event of the events table and its indexes
   (SQLite ``dbstat``; MariaDB ``information_schema`` data_length + index_length after
   ``ANALYZE TABLE``), the time of a projection rebuild, of a full ``audit uptime`` (chain
-  verification, replay, report) and of a full ``audit redundancy``; at the largest size an
-  incremental audit (``--state``) of the last 10,000 events against the full audit. Targets:
+  verification, replay, report) and of a full ``audit redundancy``; on the ledger as it was
+  at 1,000,000 events (``--quick``: at its largest size) an incremental audit (``--state``)
+  of the last 10,000 events against the full audit. Targets:
   time per event within 25% from the smallest to the largest size (linear growth); the
   incremental audit at most 5% of the full one.
-
-and ``heartbeat``: the figures of ``scripts/bench_heartbeat.py``, embedded as it prints them.
 
     .venv/bin/python scripts/bench.py [--db sqlite|mysql|both] [--events N] [--quick]
                                       [--output FILE] [--skip http,heartbeat,...]
@@ -109,6 +111,7 @@ P99_TARGET_MS = 50.0
 BULK_TARGET = 3.0  # the bulk route's verified answers/s over the per-contract route's
 BULK_P99_TARGET_MS = 250.0
 BULK_BATCH = 16  # proofs per bulk /answer
+FLOOR_BATCH = 64  # proofs per bulk /answer in the run that shows the route's floor
 BARE_REPEAT = 5
 TREE_APPEND_TARGET = 0.9
 FEED_AUDIT_TARGET = 0.5
@@ -118,6 +121,7 @@ DEFAULT_GALERA_PORTS = "3311,3312,3313"
 LINEAR_TOLERANCE = 0.25  # time per event at the largest size vs the smallest
 INCREMENTAL_TARGET = 0.05  # incremental audit of 10,000 new events / the full audit
 INCREMENTAL_EVENTS = 10_000
+INCREMENTAL_LEDGER = 1_000_000  # the ledger size the incremental audit's target names
 COLUMNS = [c.name for c in events_table.columns]
 
 
@@ -667,19 +671,22 @@ def bench_growth(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
         )
         print(f"bench: growth {steps[-1]}", file=sys.stderr, flush=True)
 
-    head = steps[-1]["events"]
+    # On the ledger as it was at the issue's 1M events (the first size that reached it; a
+    # --quick run has none, and takes its largest): the state kept INCREMENTAL_EVENTS before.
+    step = next((s for s in steps if s["events"] >= INCREMENTAL_LEDGER), steps[-1])
+    head = step["events"]
     before = max(0, head - INCREMENTAL_EVENTS)
     state = tmp / f"state-{dbs.kind}"
     incremental = {}
     for name, full_s, run in (
         (
             "audit_uptime",
-            steps[-1]["audit_uptime_s"],
+            step["audit_uptime_s"],
             lambda at: run_audit_with_state(engine, AuditOptions(at_position=at), state),
         ),
         (
             "audit_redundancy",
-            steps[-1]["audit_redundancy_s"],
+            step["audit_redundancy_s"],
             lambda at: run_redundancy_with_state(engine, RedundancyOptions(at_position=at), state),
         ),
     ):
@@ -798,8 +805,20 @@ async def seed_http(url: str, secret: Path, sizes: Sizes, files: int) -> dict[st
         await node.close()
 
 
+class Served:
+    """A running server process: its URL, and the CPU time it has used (all its threads)."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url = url
+        self.pid = pid
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 @contextmanager
-def server(command: list[str], log: Path) -> Iterator[str]:
+def server(command: list[str], log: Path) -> Iterator[Served]:
     """Start a server process that prints ``... listening on URL``; stop it afterwards."""
     with open(log, "wb") as err:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -816,7 +835,7 @@ def server(command: list[str], log: Path) -> Iterator[str]:
                     break
             if url is None:
                 raise RuntimeError(f"{command[0]} did not start; see {log}")
-            yield url
+            yield Served(url, proc.pid)
         finally:
             proc.terminate()
             try:
@@ -827,7 +846,7 @@ def server(command: list[str], log: Path) -> Iterator[str]:
 
 
 def load(
-    url: str,
+    served: Served,
     plan: Path,
     files: str,
     mode: str = "closed",
@@ -835,11 +854,14 @@ def load(
     repeat: int = 1,
     batch: int = 0,
 ) -> dict:
+    """One run of ``bench_load.py`` against ``served``, with the server's CPU time per
+    answer it passed (all the server's threads: the event loop, the commit thread, the
+    workers; microseconds)."""
     command = [
         sys.executable,
         str(HERE / "bench_load.py"),
         "--url",
-        url,
+        served.url,
         "--plan",
         str(plan),
         "--files",
@@ -853,8 +875,13 @@ def load(
         "--batch",
         str(batch),
     ]
+    cpu_before = served.cpu_seconds()
     out = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    cpu = served.cpu_seconds() - cpu_before
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    if run["passed"]:
+        run["server_cpu_us_per_answer"] = round(cpu / run["passed"] * 1e6, 1)
+    return run
 
 
 def round_slices(n: int, base: int) -> dict[str, str]:
@@ -877,13 +904,19 @@ def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def _cpu_ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float | None:
+    a, b = slow.get("server_cpu_us_per_answer"), fast.get("server_cpu_us_per_answer")
+    return round(a / b, 2) if a and b else None
+
+
 def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     url = dbs.fresh("http")
     secret = tmp / f"http-{dbs.kind}-secret.json"
     secret.unlink(missing_ok=True)
     started = time.perf_counter()
     per_contract_files = sizes.files * sizes.rounds
-    plan = asyncio.run(seed_http(url, secret, sizes, per_contract_files + 2 * sizes.bulk_files))
+    files = per_contract_files + 2 * sizes.bulk_files + FLOOR_BATCH
+    plan = asyncio.run(seed_http(url, secret, sizes, files))
     seed_s = time.perf_counter() - started
     plan_file = tmp / f"plan-{dbs.kind}.json"
     plan_file.write_text(json.dumps(plan))
@@ -903,38 +936,39 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     ]
     fractions = {"paced_half": 0.5, "paced_quarter": 0.25}
     node_rounds: list[dict[str, Any]] = []
-    with server(node_cmd, tmp / f"serve-{dbs.kind}.log") as node_url:
+    with server(node_cmd, tmp / f"serve-{dbs.kind}.log") as node_server:
         for slices in rounds:
-            runs = {"saturated": load(node_url, plan_file, slices["saturated"])}
+            runs = {"saturated": load(node_server, plan_file, slices["saturated"])}
             for name, fraction in fractions.items():
                 if name in slices:
                     rate = max(1.0, round(runs["saturated"]["passed_per_s"] * fraction, 1))
-                    runs[name] = load(node_url, plan_file, slices[name], "paced", rate)
+                    runs[name] = load(node_server, plan_file, slices[name], "paced", rate)
             node_rounds.append(runs)
         # The same farmers, their proofs BULK_BATCH at a time through the v1 bulk /answer,
         # on contracts of their own (each answered once).
         first, middle = per_contract_files, per_contract_files + sizes.bulk_files
-        bulk = {"saturated": load(node_url, plan_file, f"{first}:{middle}", batch=BULK_BATCH)}
+        bulk = {"saturated": load(node_server, plan_file, f"{first}:{middle}", batch=BULK_BATCH)}
         bulk_rate = max(1.0, round(bulk["saturated"]["requests_per_s"] * 0.5, 1))
+        last = middle + sizes.bulk_files
         bulk["paced_half"] = load(
-            node_url,
-            plan_file,
-            f"{middle}:{middle + sizes.bulk_files}",
-            "paced",
-            bulk_rate,
-            batch=BULK_BATCH,
+            node_server, plan_file, f"{middle}:{last}", "paced", bulk_rate, batch=BULK_BATCH
         )
+        # And FLOOR_BATCH proofs per request (saturated): what an answer costs the server
+        # once its request's own work is spread over many proofs.
+        floor = load(node_server, plan_file, f"{last}:{last + FLOOR_BATCH}", batch=FLOOR_BATCH)
     bare_cmd = [sys.executable, str(HERE / "bench_bare.py"), "--port", "0"]
     bare_rounds: list[dict[str, Any]] = []
-    with server(bare_cmd, tmp / f"bare-{dbs.kind}.log") as bare_url:
+    with server(bare_cmd, tmp / f"bare-{dbs.kind}.log") as bare_server:
         for slices, node_runs in zip(rounds, node_rounds, strict=True):
             # The same answers, sent several times over: the bare route is some ten times
             # faster, and one pass would be over before its rate settles.
-            runs = {"saturated": load(bare_url, plan_file, slices["saturated"], repeat=BARE_REPEAT)}
+            runs = {
+                "saturated": load(bare_server, plan_file, slices["saturated"], repeat=BARE_REPEAT)
+            }
             for name in fractions:
                 if name in node_runs:  # under exactly the node's paced loads
                     rate = node_runs[name]["target_rate"]
-                    runs[name] = load(bare_url, plan_file, slices[name], "paced", rate)
+                    runs[name] = load(bare_server, plan_file, slices[name], "paced", rate)
             bare_rounds.append(runs)
     # The figures: each load's median round, by rate when saturated, by p99 when paced.
     node = {
@@ -965,7 +999,7 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     bulk_value = bulk["saturated"]["passed_per_s"]
     result["bulk"] = {
         "batch": BULK_BATCH,
-        "contracts": sizes.farmers * 2 * sizes.bulk_files,
+        "contracts": sizes.farmers * (2 * sizes.bulk_files + FLOOR_BATCH),
         "runs": bulk,
         "answers": {
             "value": bulk_value,
@@ -974,6 +1008,19 @@ def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
             "ratio": round(bulk_value / per_contract, 2) if per_contract else 0.0,
             "target": f">= {BULK_TARGET:g}x the per-contract route, same run",
             "met": per_contract > 0 and bulk_value >= BULK_TARGET * per_contract,
+        },
+        # Both routes share every answer's own work (verify, events, chain, tree, receipt,
+        # projection): the server's CPU per answer on the per-contract route over its CPU
+        # per answer with many proofs per request bounds the ratio any batch size reaches
+        # while the server is CPU-bound.
+        "bound": {
+            "server_cpu_us_per_answer": {
+                "per_contract": node["saturated"].get("server_cpu_us_per_answer"),
+                f"bulk_{BULK_BATCH}": bulk["saturated"].get("server_cpu_us_per_answer"),
+                f"bulk_{FLOOR_BATCH}": floor.get("server_cpu_us_per_answer"),
+            },
+            f"bulk_{FLOOR_BATCH}_answers_per_s": floor["passed_per_s"],
+            "max_ratio": _cpu_ratio(node["saturated"], floor),
         },
         "p99": {
             "value_ms": bulk["paced_half"]["p99_ms"],
@@ -1106,7 +1153,7 @@ def http_multi(urls: list[str], sizes: Sizes, tmp: Path, name: str) -> dict[str,
     plan_file = tmp / f"plan-cluster-{name}.json"
     plan_file.write_text(json.dumps(plan))
     with contextlib.ExitStack() as stack:
-        node_urls = [
+        node_servers = [
             stack.enter_context(
                 server(
                     [
@@ -1132,7 +1179,7 @@ def http_multi(urls: list[str], sizes: Sizes, tmp: Path, name: str) -> dict[str,
             runs = list(
                 pool.map(
                     lambda i: load(
-                        node_urls[i], plan_file, f"{i * per_server}:{(i + 1) * per_server}"
+                        node_servers[i], plan_file, f"{i * per_server}:{(i + 1) * per_server}"
                     ),
                     range(len(urls)),
                 )
@@ -1369,6 +1416,19 @@ def markdown(report: dict[str, Any]) -> str:
                     f">= {BULK_TARGET:g}x",
                     b["met"],
                 )
+                bound = h["bulk"].get("bound", {})
+                cpu = bound.get("server_cpu_us_per_answer", {})
+                if bound.get("max_ratio"):
+                    row(
+                        "server CPU per answer: per-contract / "
+                        f"{BULK_BATCH} / {FLOOR_BATCH} per request",
+                        db,
+                        " / ".join(f"{v:.0f} us" for v in cpu.values() if v),
+                        "-",
+                        f"{bound['max_ratio']:g}x at most",
+                        "-",
+                        None,
+                    )
                 bp = h["bulk"]["p99"]
                 row(
                     f"bulk /answer p99 per batch, {bp['at']}",
