@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
+from pymysql.constants import CLIENT
 from sqlalchemy.engine import Engine
 
 from ..domain.clock import Clock, SystemClock
@@ -116,6 +117,10 @@ def make_engine(
         )
         if value is not None
     }
+    # FOUND_ROWS as SQLAlchemy sets it (connect_args replace its flags); MULTI_STATEMENTS so
+    # that an append sends its last two writes, the tree's tiles and the head, in one round
+    # trip (``execute_multi``). Every statement's values go through PyMySQL's escaping.
+    connect_args["client_flag"] = CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS
     parsed, hosts = split_hosts(url)
     extra: dict[str, Any] = {"pool_recycle": 3600, "connect_args": connect_args}
     if hosts:
@@ -489,6 +494,23 @@ def schema_lock(
                 f"({server_lock_name(conn.engine, name)})"
             )
         yield
+
+
+def execute_multi(conn: sa.engine.Connection, sql: str, params: Any) -> None:
+    """MySQL: ``sql``, several ``;``-separated statements, in one round trip on ``conn``'s
+    transaction, every statement's error raised as SQLAlchemy raises a statement's.
+
+    On the DBAPI cursor, not through SQLAlchemy: SQLAlchemy would read the results after the
+    first only when it closes the cursor, and swallow an error found there."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        while cursor.nextset():
+            pass
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
 
 
 def in_lists(values: Iterable[T], size: int = IN_LIST) -> Iterator[list[T]]:

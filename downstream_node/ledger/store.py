@@ -31,6 +31,7 @@ from . import reader, tree
 from .db import (
     aborted,
     create_all,
+    execute_multi,
     in_lists,
     is_sqlite,
     named_lock,
@@ -409,6 +410,7 @@ class EventStore:
         self.aborted_retries = 0  # units of work run again after the database aborted them
         self._versions = VersionCache()
         self._insert_events = insert_events_sql(engine.dialect)
+        self._move_head_text: tuple[str, dict[str, Any]] | None = None  # MySQL, compiled once
         self.tree: tree.TreeKeeper | None = None
         if public is not None:
             self.keep_tree(public)
@@ -661,16 +663,38 @@ class EventStore:
             conn.exec_driver_sql(self._insert_events, rows)
             for listener in self.listeners:
                 listener(unit, recorded_all)
+            tiles: dict[tree.Key, bytearray] = {}
             if keeper is not None and hashed is not None:
                 leaves = hashed.result()
-                seen.frontier = keeper.extend(conn, head.position, leaves)
+                seen.frontier, tiles = keeper.extend(conn, head.position, leaves)
                 for at, first, end in spans:
                     done = outcomes[at]
                     assert isinstance(done, AppendResult)
                     outcomes[at] = dataclasses.replace(done, leaves=tuple(leaves[first:end]))
-            conn.execute(MOVE_HEAD, {"new_position": position, "new_hash": last_hash})
+            self._move_head(conn, position, last_hash, tiles)
         seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes
+
+    def _move_head(
+        self, conn: Connection, position: int, last_hash: str, tiles: dict[tree.Key, bytearray]
+    ) -> None:
+        """The append's last writes: the tree's changed tiles, then the head. On MySQL in one
+        round trip (the connections allow several statements in one packet for this): a
+        statement more per batch was what the tree cost an append there."""
+        params = {"new_position": position, "new_hash": last_hash}
+        if not tiles or self.tree is None:
+            conn.execute(MOVE_HEAD, params)
+        elif is_sqlite(self.engine):
+            self.tree.write(conn, tiles)
+            conn.execute(MOVE_HEAD, params)
+        else:
+            if self._move_head_text is None:
+                compiled = MOVE_HEAD.compile(dialect=conn.dialect)
+                assert not compiled.positional  # PyMySQL's pyformat: %(name)s
+                self._move_head_text = (compiled.string, dict(compiled.params))
+            text, fixed = self._move_head_text
+            upsert = self.tree.upsert_text(conn.dialect, tiles)
+            execute_multi(conn, f"{upsert}; {text}", {**fixed, **params})
 
     @staticmethod
     def _refusal(req: AppendRequest, versions: Mapping[str, int]) -> ConcurrencyConflict | None:

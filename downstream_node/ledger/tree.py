@@ -241,28 +241,37 @@ class TreeKeeper:
                 first = state.frontier.size + 1
                 if rows[0][0] != first or rows[-1][0] != first + len(rows) - 1:
                     raise TreeBehind(f"position {first} is missing from the events")
-                self._write(conn, state.extend(self.forms.leaf(*r) for r in rows))
+                self.write(conn, state.extend(self.forms.leaf(*r) for r in rows))
         return state
 
-    def extend(self, conn: Connection, position: int, leaves: Sequence[bytes]) -> _State:
-        """Append leaf hashes after ledger ``position`` in ``conn``'s transaction; the new
-        state, to hand to ``committed`` once the transaction commits."""
+    def extend(
+        self, conn: Connection, position: int, leaves: Sequence[bytes]
+    ) -> tuple[_State, dict[Key, bytearray]]:
+        """Append leaf hashes after ledger ``position`` in ``conn``'s transaction: the new
+        state, to hand to ``committed`` once the transaction commits, and the tiles it
+        changed, which the caller writes in the same transaction (``write``, or on MySQL
+        ``upsert_text`` sent with its own last statement)."""
         state = self.state(conn, position)
-        self._write(conn, state.extend(leaves))
-        return state
+        return state, state.extend(leaves)
 
-    def _write(self, conn: Connection, tiles: dict[Key, bytearray]) -> None:
+    def write(self, conn: Connection, tiles: dict[Key, bytearray]) -> None:
         if not tiles:
             return
-        if self._upsert is None:
-            self._upsert = upsert_sql(conn.dialect)
         if conn.dialect.paramstyle == "qmark":
+            if self._upsert is None:
+                self._upsert = upsert_sql(conn.dialect)
             rows = [(lv, ix, bytes(h)) for (lv, ix), h in tiles.items()]
             conn.exec_driver_sql(self._upsert, rows)
             return
-        # MySQL: the values as literals (ints, hex), one statement, nothing to escape.
+        conn.exec_driver_sql(self.upsert_text(conn.dialect, tiles))
+
+    def upsert_text(self, dialect: sa.Dialect, tiles: dict[Key, bytearray]) -> str:
+        """MySQL: the statement writing ``tiles``, its values as literals (ints, hex):
+        nothing to escape, no parameter, so it can lead a multi-statement packet."""
+        if self._upsert is None:
+            self._upsert = upsert_sql(dialect)
         values = ",".join(f"({lv},{ix},X'{h.hex()}')" for (lv, ix), h in tiles.items())
-        conn.exec_driver_sql(self._upsert.replace("{values}", values))
+        return self._upsert.replace("{values}", values)
 
     def committed(self, state: _State) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from downstream_node.domain.public import PublicForms
 from downstream_node.domain.records import NewEvent
 from downstream_node.ledger import feed, tree
 from downstream_node.ledger.db import read_transaction
-from downstream_node.ledger.store import AppendRequest, EventStore
+from downstream_node.ledger.store import AppendFailed, AppendRequest, EventStore
 from downstream_node.tlog import merkle
 
 FORMS = PublicForms(b"c" * 32)
@@ -140,3 +140,30 @@ def test_tiles_across_levels_give_the_recomputed_roots_and_proofs(engine: Engine
             )
             assert tree.leaf(conn, i + 1) == memory.get(0, i)
         assert tree.leaf(conn, memory.size + 1) is None
+
+
+mariadb_only = pytest.mark.parametrize("db_url", ["mysql"], indirect=True)
+
+
+@mariadb_only
+def test_a_head_update_refused_after_the_tiles_fails_the_append_whole(engine: Engine) -> None:
+    """On MySQL the tiles and the head go in one multi-statement packet. Made to fail (a
+    trigger refusing the head's update), the second statement's error reaches the caller
+    (SQLAlchemy would have lost it closing the cursor) and nothing is committed."""
+    store = EventStore(engine, public=FORMS)
+    store.create_schema()
+    fill(store, 3)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_head BEFORE UPDATE ON ledger_head FOR EACH ROW "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'head refused'"
+        )
+    with pytest.raises(AppendFailed, match="head refused") as failed:
+        store.append("s-x", None, [new(99)])
+    assert failed.value.before_commit
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER refuse_head")
+    assert store.head().position == 3
+    assert check_tree(engine) == 3  # neither the event nor its tiles were kept
+    fill(store, 2, stream="after")
+    assert check_tree(engine) == 5 == store.head().position
