@@ -151,12 +151,13 @@ class Runtime:
         """``fn`` (a database call) in a worker thread, within the wait budget."""
         return await self.waited(self.run(fn, *args))
 
-    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run ``work`` in the background (housekeeping nobody waits for); cancelled when the
-        node closes."""
+    def spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` in the background (housekeeping, or work a caller may join later);
+        cancelled when the node closes."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def read(self, fn: Callable[[Reader], T]) -> T:
         return await self.waited(self.run(self.read_now, fn))
