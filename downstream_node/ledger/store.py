@@ -9,7 +9,6 @@ with the commit, so positions become visible strictly in order, across processes
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import random
 import threading
@@ -668,9 +667,9 @@ class EventStore:
                 leaves = hashed.result()
                 seen.frontier, tiles = keeper.extend(conn, head.position, leaves)
                 for at, first, end in spans:
-                    done = outcomes[at]
-                    assert isinstance(done, AppendResult)
-                    outcomes[at] = dataclasses.replace(done, leaves=tuple(leaves[first:end]))
+                    # Results made above, seen by no one yet: completed in place, as their
+                    # __init__ would have (dataclasses.replace cost 1.4 us per event).
+                    object.__setattr__(outcomes[at], "leaves", tuple(leaves[first:end]))
             self._move_head(conn, position, last_hash, tiles)
         seen.before, seen.after, seen.versions = head.position, position, versions
         return outcomes
