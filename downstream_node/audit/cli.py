@@ -20,7 +20,7 @@ from ..ledger.db import existing_ledger
 from .feed import open_checkpoint, read_source, run_feed_audit
 from .report import render
 from .reputation import ScoringParams
-from .run import AuditError, AuditOptions, AuditRun, run_audit
+from .run import AuditError, AuditOptions, AuditRun, run_audit, tree_root
 
 
 def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -266,8 +266,12 @@ def _replayed(
                 "on_position": totals,
             }
             if state_dir is not None:
-                return run_with_state(engine, options, state_dir, **progress)
-            return run_full(engine, options, **progress)
+                result = run_with_state(engine, options, state_dir, **progress)
+            else:
+                result = run_full(engine, options, **progress)
+        ledger = result.report["ledger"]
+        ledger["tree_root"] = tree_root(engine, ledger["position"])
+        return result
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

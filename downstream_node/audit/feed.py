@@ -176,4 +176,5 @@ def run_feed_audit(
 
     now, now_source = choose_now(replay.last_time, options.now, options.until)
     report = build_report(replay, now=now, now_source=now_source, position=last, verified=verified)
+    report["ledger"]["tree_root"] = root.hex()  # what the database audit names too
     return AuditRun(report, verified)

@@ -35,6 +35,8 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         else f"VERIFICATION FAILED at position {v['first_broken']}: {v['reason']} "
         f"(last good position {v['last_position']}, hash {v['last_hash']})"
     )
+    tree_root = report["ledger"].get("tree_root")
+    root = f" (tree root {tree_root})" if tree_root else ""
     w = report["window"]
     window = (
         "all time"
@@ -43,7 +45,7 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     )
     lines = [
         report["report"],
-        f"ledger position {report['ledger']['position']}: {verified}",
+        f"ledger position {report['ledger']['position']}{root}: {verified}",
         f"now {report['now']} ({report['now_source']}); window {window}",
     ]
     if "scoring" in report:  # the uptime audit's; the redundancy audit scores nothing

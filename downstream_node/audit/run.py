@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 
-from ..ledger import reader
+from ..domain.errors import LedgerError
+from ..ledger import reader, tree
 from ..ledger.verify import VerifyReport, verify_chain
 from .replay import Replay, choose_buckets, stream_events
 from .report import build_report
@@ -75,6 +77,17 @@ def choose_now(
     if until is not None:
         return until, "--until"
     return (last or 0), "last event"
+
+
+def tree_root(engine: Engine, position: int) -> str | None:
+    """The transparency log's root (hex) over the first ``position`` events, the value a
+    checkpoint of that size signs, so that a database audit and a feed audit of one history
+    name it alike; None where the stored tree does not reach that far (or there is none)."""
+    try:
+        with engine.connect() as conn:
+            return tree.root(conn, position).hex()
+    except (ValueError, LedgerError, sqlalchemy.exc.DBAPIError):
+        return None
 
 
 def audit_now(engine: Engine, position: int, now: int | None, until: int | None) -> tuple[int, str]:

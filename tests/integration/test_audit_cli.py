@@ -94,10 +94,12 @@ async def test_every_format_carries_the_same_figures(
         assert float(row["audit_score"]) == token["reputation"]["audit_score"]
     assert int(rows[-1]["online_us"]) == totals["online_us"]
     assert {r["verified_hash"] for r in rows} == {report["verified"]["last_hash"]}
+    assert {r["tree_root"] for r in rows} == {report["ledger"]["tree_root"]}
     assert json.loads(rows[0]["scoring_params"]) == report["scoring"]["params"]
 
     table = audit(db_url)
     assert report["verified"]["last_hash"] in table and "verified ok" in table
+    assert f"(tree root {report['ledger']['tree_root']})" in table
     assert duration(totals["online_us"]) in table
     for token in report["tokens"]:
         assert token["token_hash"][:16] in table

@@ -297,13 +297,16 @@ async def test_the_report_names_its_position_and_hash_in_every_format(
     report = json.loads(cli(db_url, "--format", "json"))
     v, position = report["verified"], report["ledger"]["position"]
     assert v["ok"] and v["last_position"] == position
-    assert f"ledger position {position}: verified ok up to position {position}, hash " + v[
-        "last_hash"
-    ] in cli(db_url)
+    root = report["ledger"]["tree_root"]
+    assert len(root) == 64  # the transparency log's root at that position
+    assert (
+        f"ledger position {position} (tree root {root}): verified ok up to position {position}, "
+        f"hash {v['last_hash']}"
+    ) in cli(db_url)
     rows = cli(db_url, "--format", "csv").splitlines()
-    assert all(v["last_hash"] in row for row in rows[1:])
+    assert all(v["last_hash"] in row and root in row for row in rows[1:])
     html = cli(db_url, "--format", "html")
-    assert v["last_hash"] in html and "data:image/svg+xml;base64," in html
+    assert v["last_hash"] in html and root in html and "data:image/svg+xml;base64," in html
     assert "http://" not in html.replace("http://www.w3.org", "")
     one = report["files"][0]["file_hash"]
     only = json.loads(cli(db_url, "--format", "json", "--file", one))

@@ -6,6 +6,7 @@ each; untouched, both pass and the feed audit's figures are the database audit's
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
@@ -184,6 +185,9 @@ def test_untouched_the_feed_audit_gives_the_database_audits_figures(
             )
             assert code == 0, err
             reports.append(json.loads(report_file.read_text()))
+    # Both audits name the history by the root its checkpoint signs ("ledger" compared below).
+    signed_root = base64.b64decode(kept.read_text().splitlines()[2]).hex()
+    assert database["ledger"]["tree_root"] == signed_root
     for report in reports:
         assert report["verified"]["ok"]
         for section in ("tokens", "totals", "contracts", "ledger", "now_us"):
