@@ -9,6 +9,7 @@ instance) go through the same renderer, so a log never mixes formats.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
@@ -17,6 +18,22 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 FORMATS = ("console", "json")
+# C0 and C1 controls and DEL: what a terminal would act on rather than show.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def escape_controls(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Control characters in text values written as ``\\xNN``: a client's path or header
+    must not clear or retitle the terminal of an operator tailing the console log (the JSON
+    format escapes them already)."""
+    for key, value in event.items():
+        if type(value) is str and _CONTROLS.search(value):
+            event[key] = _CONTROLS.sub(_escaped, value)
+    return event
 
 
 def _client_faults(record: logging.LogRecord) -> bool:
@@ -78,7 +95,7 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(
             colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
-        tail = []
+        tail = [escape_controls]
 
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -473,6 +474,26 @@ async def test_an_unhandled_error_logs_no_token(
         output = stream.getvalue()
         assert status == 500 and "ZeroDivisionError" in output
         assert token not in output, fmt
+
+
+async def test_control_characters_in_a_request_reach_no_terminal(
+    api: tuple[TestClient, Node],
+) -> None:
+    """A path holding ESC, BEL or NUL is logged with them escaped, in both formats: a client
+    must not clear or retitle the terminal of an operator tailing the log."""
+    client, _ = api
+    for fmt in ("console", "json"):
+        stream = io.StringIO()
+        configure_logging(fmt, stream=stream)
+        try:
+            async with client.get(f"{API}/x%1B[2J%1B]0;pwned%07%00") as response:
+                assert response.status == 404
+        finally:
+            configure_logging("console", stream=sys.stderr)
+            library_logs.configure()
+        output = stream.getvalue()
+        assert "pwned" in output, fmt  # the request was logged
+        assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", output), fmt
 
 
 async def test_no_token_in_logs_events_or_audit_report(tmp_path: Path) -> None:
