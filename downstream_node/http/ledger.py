@@ -77,14 +77,18 @@ proof_schema = ProofSchema()
 assert set(PUBLIC_FIELDS) | {"leaf_hash"} == set(PublicEventSchema().fields)
 
 
-def _int(request: web.Request, name: str, default: int | None = None) -> int:
+def _int(request: web.Request, name: str, default: int | None = None, *, minimum: int = 0) -> int:
+    """A query parameter as the OpenAPI document declares it: a decimal in
+    ``minimum..MAX_INT``; ``bad_request`` otherwise."""
     text = request.query.get(name)
     if text is None:
         if default is None:
             raise Refused("bad_request", f"the query parameter {name} is required")
         return default
-    if not _DECIMAL.fullmatch(text) or int(text) > MAX_INT:
-        raise Refused("bad_request", f"{name} must be a non-negative integer, not {text[:40]!r}")
+    if not _DECIMAL.fullmatch(text) or not minimum <= int(text) <= MAX_INT:
+        raise Refused(
+            "bad_request", f"{name} must be an integer from {minimum} up, not {text[:40]!r}"
+        )
     return int(text)
 
 
@@ -119,7 +123,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def inclusion(request: web.Request) -> web.Response:
-    position, size = _int(request, "position"), _int(request, "size")
+    position, size = _int(request, "position", minimum=1), _int(request, "size", minimum=1)
     return _proof(await request.app[NODE].ledger.inclusion(position, size))
 
 
@@ -146,7 +150,7 @@ def _query(name: str, description: str, *, required: bool = True, **schema: Any)
         "in": "query",
         "required": required,
         "description": description,
-        "schema": {"type": "integer", "minimum": 0, **schema},
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INT, **schema},
     }
 
 
@@ -185,6 +189,7 @@ def add_ledger_paths(spec: APISpec, responses: Any) -> None:
                 "limit",
                 f"At most this many (default {DEFAULT_PAGE}).",
                 required=False,
+                minimum=1,
                 maximum=MAX_PAGE,
             ),
         ],
@@ -201,7 +206,7 @@ def add_ledger_paths(spec: APISpec, responses: Any) -> None:
     spec.path(
         path=PREFIX + "/proof/inclusion",
         parameters=[
-            _query("position", "The event's position (leaf position - 1).", minimum=1),
+            _query("position", "The event's position (its leaf index is position - 1).", minimum=1),
             _query("size", "The tree size the proof is for.", minimum=1),
         ],
         operations={

@@ -126,7 +126,9 @@ async def test_the_feed_rebuilds_the_checkpoints_tree_and_names_no_one(
         ("events", {"after": "²"}, 400, "bad_request"),
         ("proof/inclusion", {"position": "1"}, 400, "bad_request"),
         ("proof/inclusion", {"position": "x", "size": "2"}, 400, "bad_request"),
-        ("proof/inclusion", {"position": "0", "size": "2"}, 404, "not_in_log"),
+        # Below the OpenAPI document's minimum of 1: malformed, not merely outside the log.
+        ("proof/inclusion", {"position": "0", "size": "2"}, 400, "bad_request"),
+        ("proof/inclusion", {"position": "1", "size": "0"}, 400, "bad_request"),
         ("proof/inclusion", {"position": "3", "size": "2"}, 404, "not_in_log"),
         ("proof/inclusion", {"position": "1", "size": "99999"}, 404, "not_in_log"),
         ("proof/consistency", {"first": "3", "second": "2"}, 400, "bad_request"),
@@ -150,3 +152,13 @@ def test_the_routes_are_in_the_openapi_document() -> None:
     paths = build_spec(Settings())["paths"]
     for route in ("checkpoint", "events", "proof/inclusion", "proof/consistency"):
         assert f"{LEDGER}/{route}" in paths
+    # The bounds the routes refuse outside of (the test above) are the ones declared.
+    bounds = {
+        (path.rsplit("/", 1)[-1], p["name"]): (p["schema"]["minimum"], p["schema"]["maximum"])
+        for path, item in paths.items()
+        if path.startswith(LEDGER)
+        for p in item.get("parameters", [])
+    }
+    assert bounds[("events", "limit")] == (1, 1000)
+    assert bounds[("events", "after")] == (0, 2**63 - 1)
+    assert bounds[("inclusion", "position")] == bounds[("inclusion", "size")] == (1, 2**63 - 1)
