@@ -8,6 +8,7 @@ as ``Refused`` to the error middleware in ``app.py``; a handler never writes SQL
 from __future__ import annotations
 
 import json
+import math
 import re
 import zlib
 from collections.abc import Callable
@@ -152,6 +153,19 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: a number JSON allows, but no reply could carry it
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+def loads_strict(body: bytes) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity refused, and numbers too large for a float,
+    so that nothing read from a body is echoed back as invalid JSON (ValueError)."""
+    return json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+
+
 UNDECODABLE = (
     "the body could not be decoded as its Content-Encoding says; send it as it is "
     "or encoded as declared"
@@ -176,18 +190,32 @@ async def read_body(request: web.Request, *, lenient_gzip: bool = False) -> byte
         raise UnreadableBody("bad_request", UNDECODABLE) from None
     except ConnectionResetError:
         raise ClientGone from None
-    encoding = request.headers.get("Content-Encoding", "")
-    encoding = encoding.lower() if encoding.isascii() else ""
-    if encoding in ("gzip", "deflate"):
-        try:
-            return _decompress(raw, encoding, limit)
-        except zlib.error:
-            if lenient_gzip and encoding == "gzip":
-                return raw
-            raise UnreadableBody("bad_request", UNDECODABLE) from None
-    if encoding in ("br", "zstd"):  # this node decodes neither (aiohttp refused them too)
+    codings = content_codings(request.headers.get("Content-Encoding", ""))
+    if codings is None:  # br, zstd, compress...: this node decodes none of them
         raise UnreadableBody("bad_request", UNDECODABLE)
+    try:
+        for coding in reversed(codings):  # listed in the order they were applied
+            raw = _decompress(raw, coding, limit)
+    except zlib.error:
+        if lenient_gzip and codings == ["gzip"]:
+            return raw
+        raise UnreadableBody("bad_request", UNDECODABLE) from None
     return raw
+
+
+def content_codings(header: str) -> list[str] | None:
+    """A ``Content-Encoding`` header's codings (RFC 9110: a list, in the order applied),
+    ``identity`` left out; None if any is one this node cannot decode."""
+    codings = []
+    for item in header.split(","):
+        coding = item.strip().lower()
+        if coding in ("", "identity"):
+            continue
+        coding = {"x-gzip": "gzip"}.get(coding, coding)
+        if coding not in ("gzip", "deflate"):
+            return None
+        codings.append(coding)
+    return codings
 
 
 async def _read_up_to(request: web.Request, limit: int) -> bytes:
@@ -226,7 +254,7 @@ async def read_json_object(request: web.Request, *, lenient_gzip: bool = False) 
     if not body.strip():
         raise Refused("bad_request", 'the body is empty; send a JSON object like {"proof": {}}')
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = loads_strict(body)
     except (ValueError, RecursionError) as exc:
         reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise Refused("bad_request", f"the body is not valid JSON: {reason}") from None

@@ -10,7 +10,6 @@ limits, 503 busy or database down, 413 too large); farmer 0.1.8 reads only the m
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from .routes import (
     client_group,
     context,
     limit_new_tokens,
+    loads_strict,
     read_body,
     reply,
 )
@@ -119,13 +119,16 @@ async def _public(request: web.Request) -> None:
 
 
 def _number(text: str) -> int:
-    return int(text) if len(text) <= MAX_DIGITS else 10**MAX_DIGITS
+    """A path number (ASCII digits, as the routes match): its value, capped at 10**MAX_DIGITS
+    without converting a huge string; leading zeros do not count towards the cap."""
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_DIGITS else 10**MAX_DIGITS
 
 
 async def _json_body(request: web.Request, *, lenient_gzip: bool = False) -> Any:
     body = await read_body(request, lenient_gzip=lenient_gzip)
     try:
-        return json.loads(body)
+        return loads_strict(body)
     except (ValueError, RecursionError):
         return None
 
@@ -235,15 +238,15 @@ async def status_show(request: web.Request) -> web.Response:
 # The list routes: (path under /status/list, descending); each also under /status/list/online.
 LIST_PATHS = (
     ("/", False),
-    ("/{limit:\\d+}", False),
-    ("/{limit:\\d+}/{page:\\d+}", False),
+    ("/{limit:[0-9]+}", False),
+    ("/{limit:[0-9]+}/{page:[0-9]+}", False),
     # The descending forms first: "by/d/x" is sortby "x", never sortby "d".
     ("/by/d/{sortby}", True),
-    ("/by/d/{sortby}/{limit:\\d+}", True),
-    ("/by/d/{sortby}/{limit:\\d+}/{page:\\d+}", True),
+    ("/by/d/{sortby}/{limit:[0-9]+}", True),
+    ("/by/d/{sortby}/{limit:[0-9]+}/{page:[0-9]+}", True),
     ("/by/{sortby}", False),
-    ("/by/{sortby}/{limit:\\d+}", False),
-    ("/by/{sortby}/{limit:\\d+}/{page:\\d+}", False),
+    ("/by/{sortby}/{limit:[0-9]+}", False),
+    ("/by/{sortby}/{limit:[0-9]+}/{page:[0-9]+}", False),
 )
 
 
@@ -266,7 +269,7 @@ def add_v1_routes(app: web.Application) -> None:
     app.router.add_post(V1 + "/new/{sjcx_address}", new_post, name="v1_new")
     app.router.add_get(V1 + "/heartbeat/{token}", heartbeat, name="v1_heartbeat")
     app.router.add_get(V1 + "/chunk/{token}", chunk, name="v1_chunk", **get)
-    app.router.add_get(V1 + "/chunk/{token}/{size:\\d+}", chunk, name="v1_chunk_size", **get)
+    app.router.add_get(V1 + "/chunk/{token}/{size:[0-9]+}", chunk, name="v1_chunk_size", **get)
     app.router.add_get(V1 + "/challenge/{token}", challenge, name="v1_challenge_all", **get)
     app.router.add_post(V1 + "/challenge/{token}", challenge, name="v1_challenge")
     app.router.add_post(V1 + "/answer/{token}", answer, name="v1_answer")

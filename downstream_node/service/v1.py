@@ -45,6 +45,8 @@ ANSWER_ERRORS = {
     "expired": "Answer failed: contract expired.",
     "already_answered": "Challenge already answered.",
     "busy": "Too much contention on this contract; answer again.",
+    # Not in the original (it recorded every wrong answer): issue 21's cap, said as such.
+    "too_many_failures": "Too many wrong answers to this challenge; answer the next one.",
 }
 SORT_KEYS = ("id", "address", "uptime", "heartbeats", "contracts", "size", "online")
 

@@ -4,9 +4,11 @@ bulk challenge and answer with a result per item, the public status routes, the 
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +294,74 @@ async def test_chunks_are_the_largest_that_fit_at_most_ten(
     assert [c["size"] for c in got["chunks"]] == [CHUNK] * 3  # what is left of the pool
     status, got = await call(client, "GET", f"{V1}/chunk/{token}")
     assert (status, got) == (200, {"chunks": []})  # nothing the farmer could write
+
+
+async def test_path_numbers_are_ascii_and_leading_zeros_do_not_inflate_them(
+    served: tuple[TestClient, Node],
+) -> None:
+    client, node = served
+    await seeded(node, 3, CHUNK)
+    token = (await v1_token(client))["token"]
+    # 31 characters, value 1: one byte asked, so no chunk fits (it was read as 10**30).
+    status, got = await call(client, "GET", f"{V1}/chunk/{token}/{'0' * 30}1")
+    assert (status, got) == (200, {"chunks": []})
+    status, got = await call(client, "GET", f"{V1}/chunk/{token}/{'0' * 30}{CHUNK}")
+    assert status == 200 and [c["size"] for c in got["chunks"]] == [CHUNK]
+    async with client.get(f"{V1}/chunk/{token}/%D9%A1") as response:  # an Arabic-Indic 1
+        assert response.status == 404
+        assert "status" in await response.json()
+    _, listed = await call(client, "GET", f"{V1}/status/list/{'0' * 30}1")
+    assert len(listed["farmers"]) == 1
+
+
+async def test_bodies_with_non_finite_numbers_are_not_echoed_as_invalid_json(
+    served: tuple[TestClient, Node],
+) -> None:
+    client, _ = served
+    token = (await v1_token(client))["token"]
+    for path, body in (
+        (f"{V1}/challenge/{token}", '{"hashes": [NaN, 1e400, -Infinity]}'),
+        (f"{V1}/answer/{token}", '{"proofs": [{"file_hash": 1e400, "proof": {}}]}'),
+    ):
+        async with client.post(path, data=body) as response:
+            text = await response.text()
+            # Whatever the verdict, the reply parses as RFC 8259 JSON.
+            assert not re.search(r"\b(NaN|-?Infinity)\b", text), text
+            json.loads(text)
+            assert response.status == 400, text
+
+
+async def test_a_challenge_past_its_wrong_answers_says_so_per_item(
+    served: tuple[TestClient, Node],
+) -> None:
+    client, node = served
+    await seeded(node, 1, CHUNK)
+    created = await v1_token(client)
+    token, beat = created["token"], created["heartbeat"]
+    _, got = await call(client, "GET", f"{V1}/chunk/{token}/{CHUNK}")
+    [mine] = got["chunks"]
+    right = prove(beat, mine)
+    errors = []
+    for n in range(10):  # distinct wrong proofs: one bit of the leaf flipped, another each time
+        blob = bytearray(base64.b64decode(right["leaf"]["blob"]))
+        blob[n] ^= 1
+        wrong = {**right, "leaf": {**right["leaf"], "blob": base64.b64encode(blob).decode()}}
+        _, report = await call(
+            client,
+            "POST",
+            f"{V1}/answer/{token}",
+            **answer_body([{"file_hash": mine["file_hash"], "proof": wrong}]),
+        )
+        errors.append(report["report"][0]["error"])
+    assert errors[:8] == ["Invalid proof"] * 8
+    assert errors[8:] == ["Too many wrong answers to this challenge; answer the next one."] * 2
+    _, report = await call(
+        client,
+        "POST",
+        f"{V1}/answer/{token}",
+        **answer_body([{"file_hash": mine["file_hash"], "proof": right}]),
+    )
+    assert report["report"][0]["status"] == "ok"  # a right proof still passes
 
 
 def _real_file(node: Node) -> Path:

@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import sys
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -307,17 +308,28 @@ async def test_a_body_its_content_encoding_does_not_describe_is_400(api: Api) ->
     _, contract = await api.get(f"{API}/chunk/{token}")
     url = f"{API}/answer/{token}/{contract['file_hash']}"
     before = head(api.node)
-    for encoding, raw in (("gzip", b"not gzip at all"), ("deflate", b"\x00\x01garbage")):
+    plain = b'{"proof": {}}'
+    for encoding, raw in (
+        ("gzip", b"not gzip at all"),
+        ("deflate", b"\x00\x01garbage"),
+        # Codings it cannot decode, alone or in a list (RFC 9110), are refused, not read as
+        # if plain.
+        ("br", plain),
+        ("compress", plain),
+        ("gzip, br", plain),
+        ("br, gzip", gzip.compress(plain)),
+    ):
         with capture_logs() as logs:
             status, body = await api.post(url, data=raw, headers={"Content-Encoding": encoding})
         assert_error(status, body, "bad_request", 400)
         assert "Content-Encoding" in body["message"]
         assert not [e for e in logs if e["log_level"] == "error"], logs
     assert head(api.node) == before
-    # a body encoded as it says is read as any other
+    # a body encoded as it says is read as any other, a list of codings undone in turn
     proof = json.dumps({"proof": prove(heartbeat, contract)}).encode()
+    twice = gzip.compress(zlib.compress(proof))
     status, body = await api.post(
-        url, data=gzip.compress(proof), headers={"Content-Encoding": "gzip"}
+        url, data=twice, headers={"Content-Encoding": "deflate, identity, X-Gzip"}
     )
     assert (status, body) == (200, {"status": "pass", "receipt": RECEIPT})
     assert head(api.node) == before + 1
