@@ -5,6 +5,7 @@ may answer, so that ``/api/docs`` shows them and the schemathesis run fuzzes the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from apispec import APISpec
@@ -31,6 +32,8 @@ SCHEMAS: dict[str, type[Schema]] = {
     "V1Farmers": s1.FarmersSchema,
 }
 
+# A route's {name:regex} segment, which OpenAPI writes {name}.
+ROUTE_PATTERN = re.compile(r"\{(\w+):[^}]+\}")
 TOKEN = {
     "name": "token",
     "in": "path",
@@ -239,7 +242,7 @@ def add_v1_paths(spec: APISpec) -> None:
         },
     )
     for path, online, descending in list_paths():
-        canonical = path.replace("{limit:\\d+}", "{limit}").replace("{page:\\d+}", "{page}")
+        canonical = ROUTE_PATTERN.sub(r"{\1}", path)  # {limit:[0-9]+} is {limit} to OpenAPI
         params = [
             p
             for key, p in (("{sortby}", SORTBY), ("{limit}", LIMIT), ("{page}", PAGE))
