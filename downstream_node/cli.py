@@ -198,25 +198,34 @@ def read_whitelist(file: Path) -> list[tuple[str, str]]:
     return [(address, balance) for _, address, balance in entries]
 
 
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its key-value pairs, in order and with any key given twice."""
+
+
 def _json_whitelist(text: str) -> list[tuple[str, str, str]]:
     try:
-        data: Any = json.loads(text)
+        # Numbers are kept as written: a float would record 12345678901234567890.123 as
+        # 1.2345678901234567e+19 in the ledger for ever. Objects keep a key given twice, so
+        # that two balances for one address are refused as they are in a CSV file.
+        data: Any = json.loads(text, parse_float=str, parse_int=str, object_pairs_hook=_Pairs)
     except ValueError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
-    if isinstance(data, dict):
-        return [(f"entry {a!r}", str(a), str(b)) for a, b in data.items()]
+    if isinstance(data, _Pairs):
+        return [(f"entry {a!r}", str(a), str(b)) for a, b in data]
     if not isinstance(data, list):
         raise ValueError("JSON must be a list of entries or an object of address: balance")
     out = []
     for n, item in enumerate(data, 1):
-        if isinstance(item, dict) and set(item) == {"address", "balance"}:
-            out.append((f"entry {n}", str(item["address"]), str(item["balance"])))
+        keys = [k for k, _ in item] if isinstance(item, _Pairs) else None
+        if keys is not None and sorted(keys) == ["address", "balance"]:
+            fields = dict(item)
+            out.append((f"entry {n}", str(fields["address"]), str(fields["balance"])))
         elif isinstance(item, list) and len(item) == 2:
             out.append((f"entry {n}", str(item[0]), str(item[1])))
         else:
             raise ValueError(
                 f"entry {n} is neither {{'address': ..., 'balance': ...}} nor "
-                f"[address, balance]: {json.dumps(item)[:80]}"
+                f"[address, balance]: {json.dumps(dict(item) if keys is not None else item)[:80]}"
             )
     return out
 

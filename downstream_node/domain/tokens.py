@@ -96,6 +96,9 @@ class TokenPolicy:
 BALANCE_CHARS = 40  # the whitelist projection's column holds balances as text this long
 
 
+PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
 def balance_problem(text: str) -> str | None:
     """Why ``text`` cannot be a crowdsale balance (a non-negative decimal number that fits
     the whitelist's column), or None when it can."""
@@ -105,6 +108,10 @@ def balance_problem(text: str) -> str | None:
         return "not a decimal number"
     if not value.is_finite() or value < 0:
         return "not a non-negative decimal number"
+    if not PLAIN_DECIMAL.fullmatch(text):
+        # Decimal also reads " 5 ", "1_000", "1e3" and "+5": the ledger records the text as
+        # given, for ever, so only the one plain way of writing a balance is taken.
+        return "not written as plain digits with at most one decimal point"
     if len(text) > BALANCE_CHARS:
         return f"longer than {BALANCE_CHARS} characters"
     return None

@@ -139,6 +139,11 @@ def test_whitelist_import_is_idempotent_and_refuses_what_it_cannot_record(
         "long.csv": (f"{POOR},8\n\n{ADDRESS},{'9' * 50}\n", "line 3: balance"),
         "long.json": (json.dumps({ADDRESS: "1" * 41}), "longer than 40 characters"),
         "twice.csv": (f"{POOR},8\n{POOR},9\n", "two different balances"),
+        "twice.json": (f'{{"{POOR}": "8", "{POOR}": "9"}}', "two different balances"),
+        "spaced.json": (f'{{"{POOR}": " 8 "}}', "not written as plain digits"),
+        "underscore.csv": (f"{POOR},1_000\n", "not written as plain digits"),
+        "exponent.json": (f'{{"{POOR}": 1e3}}', "not written as plain digits"),
+        "signed.json": (f'[["{POOR}", "+8"]]', "not written as plain digits"),
     }
     for name, (text, says) in refused.items():
         path = tmp_path / name
@@ -149,6 +154,18 @@ def test_whitelist_import_is_idempotent_and_refuses_what_it_cannot_record(
     assert json.loads(cli(db_url, tmp_path, "ledger", "verify"))["last_position"] == position
     token = cli(db_url, tmp_path, "token", "create", ADDRESS).strip()
     assert re.fullmatch(r"[0-9a-f]{32}", token)
+    # A JSON number is recorded as written, not as the float it would round to.
+    exact = tmp_path / "exact.json"
+    exact.write_text(f'{{"{third}": 12345678901234567890.123}}')
+    assert "whitelisted 1 addresses" in cli(db_url, tmp_path, "whitelist", "import", str(exact))
+    exported = tmp_path / "export.jsonl"
+    cli(db_url, tmp_path, "ledger", "export", "--output", str(exported))
+    balances = [
+        event["payload"]["balance"]
+        for event in map(json.loads, exported.read_text().splitlines())
+        if event["event_type"] == "AddressWhitelisted" and event["payload"]["address"] == third
+    ]
+    assert balances[-1] == "12345678901234567890.123"
 
 
 def test_reading_commands_refuse_a_database_without_a_ledger(tmp_path: Path) -> None:
