@@ -39,15 +39,22 @@ def kept(directory: Path, url: str) -> Iterator[dict[str, Any]]:
     """The receipts kept under ``directory`` (every farmer's subdirectory) for node ``url``."""
     node = url.rstrip("/")
     for path in sorted(directory.rglob(RECEIPTS_FILE)):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as exc:  # a directory of that name, a file it may not read
+            yield {"receipt": None, "error": f"{path}: cannot be read ({exc.strerror})"}
+            continue
+        for line in lines:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-            except ValueError:
+                entry = json.loads(line.decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError is one too
+                entry = None
+            # A line that is no receipt object counts as a failure: it was kept for a reason.
+            if not isinstance(entry, dict):
                 yield {"receipt": None, "error": f"{path}: an unreadable line"}
-                continue
-            if isinstance(entry, dict) and entry.get("node") == node:
+            elif entry.get("node") == node:
                 yield entry
 
 

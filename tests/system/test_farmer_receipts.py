@@ -71,6 +71,17 @@ def test_a_farmers_receipts_verify_and_a_forged_one_fails(db_url: str, tmp_path:
         }
         assert "is not at position" in err
 
+        # Lines that are no receipt (bytes that are not UTF-8, JSON that is not an object)
+        # count as failures, and a directory named like the file is reported, not a crash.
+        with (farm / RECEIPTS_FILE).open("ab") as raw:
+            raw.write(b"\xff\xfe garbage\n[1, 2]\n")
+        (farm / "other" / RECEIPTS_FILE).mkdir(parents=True)
+        code, report, err = verify(farm, url, keys.vkey)
+        assert code == 1 and "Traceback" not in err
+        assert (report["receipts"], report["verified"], report["failed"]) == (7, 3, 4)
+        assert sum("an unreadable line" in f for f in report["failures"]) == 2
+        assert any("cannot be read" in f for f in report["failures"])
+
         # Under another key, nothing verifies: the checkpoint itself is refused.
         result = CliRunner().invoke(
             main,
