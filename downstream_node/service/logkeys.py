@@ -33,7 +33,9 @@ def default_origin(public_key: bytes) -> str:
 
 
 def _seed(signer: note.Signer) -> bytes:
-    return note.decode_base64(signer.private_key_string().rsplit("+", 1)[1])[1:]
+    # PRIVATE+KEY+<name>+<hex id>+<base64>: the name holds no '+' but the base64 may, so the
+    # four leading fields are split off and the rest is the key, as ``note.parse_signer`` does.
+    return note.decode_base64(signer.private_key_string().split("+", 4)[4])[1:]
 
 
 @dataclass(frozen=True)

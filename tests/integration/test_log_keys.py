@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import stat
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from http_support import new_node
 
+from downstream_node.cli import main
 from downstream_node.domain.errors import Refused
 from downstream_node.service.logkeys import LogKeys, keys_path
+from downstream_node.tlog import note
 
 
 def started(db_url: str, tmp_path: Path, **overrides: object) -> list[dict]:
@@ -71,3 +76,49 @@ def test_a_missing_or_other_key_is_refused_and_a_rotation_recorded(
     assert rotated[1]["commit_key_id"] == rotated[0]["commit_key_id"]
     assert rotated[1]["origin"] == rotated[0]["origin"]
     assert LogKeys.load(path).vkey == rotated[1]["vkey"]
+
+
+def seeded_keys(count: int) -> list[LogKeys]:
+    """``count`` key pairs from fixed seeds: the same keys every run."""
+    return [
+        LogKeys(
+            note.Signer(
+                "downstream-node/test",
+                Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"%d" % n).digest()),
+            ),
+            bytes(32),
+        )
+        for n in range(count)
+    ]
+
+
+def base64_of(keys: LogKeys) -> str:
+    return keys.signer.private_key_string().split("+", 4)[4]
+
+
+def test_another_origin_keeps_the_key_whatever_its_base64_holds() -> None:
+    """``--log-origin`` renames the signing key; about half of all keys' base64 holds a '+',
+    which the key string also separates its fields with."""
+    keys = seeded_keys(64)
+    assert sum("+" in base64_of(k) for k in keys) >= 16
+    for original in keys:
+        renamed = original.named("foo")
+        assert renamed.origin == "foo"
+        assert renamed.verifier.public_key == original.verifier.public_key
+        assert renamed.commit_key == original.commit_key
+        assert note.parse_signer(renamed.signer.private_key_string()).vkey == renamed.vkey
+
+
+def test_ledger_key_under_another_origin(db_url: str, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    keys = next(k for k in seeded_keys(64) if "+" in base64_of(k))
+    keys.save(keys_path(secret))
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, ["--db", db_url, "--secret-file", str(secret), *args])
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result.output
+
+    cli("initdb")
+    vkey = note.parse_verifier(cli("--log-origin", "foo", "ledger", "key").strip())
+    assert vkey.name == "foo" and vkey.public_key == keys.verifier.public_key
