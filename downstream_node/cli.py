@@ -447,7 +447,13 @@ def _checkpoint(path: Path, vkey: str) -> Any:
         raise CannotRun(f"{path}: the checkpoint does not verify under that key: {exc}") from None
 
 
-def _log_keys(obj: Obj) -> Any:
+def _log_keys(obj: Obj, engine: Any) -> Any:
+    """The log's keys beside the secret, if they are the ledger on ``engine``'s: another
+    node's commitment key would hash every leaf differently, and the checkpoint would then
+    seem to sign a different history (as a starting node, which refuses ``log_key_mismatch``)."""
+    from .domain.events import NODE_STREAM
+    from .ledger.reader import read_stream
+    from .service.lifecycle import configured_log_key
     from .service.logkeys import LogKeys, keys_path
 
     path = keys_path(obj.settings.secret_path())
@@ -457,6 +463,12 @@ def _log_keys(obj: Obj) -> Any:
         raise CannotRun(f"the log's key file is not at {path} (see --secret-file)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise CannotRun(f"cannot read the log's key file {path}: {exc}") from None
+    configured = configured_log_key(read_stream(engine, NODE_STREAM))
+    if configured is not None and keys.commit_key_id() != configured["commit_key_id"]:
+        raise CannotRun(
+            f"the log's key file {path} is not this ledger's: it holds another commitment "
+            "key (see --secret-file)"
+        )
     return keys.named(obj.settings.log_origin) if obj.settings.log_origin else keys
 
 
@@ -464,7 +476,7 @@ def _against(obj: Obj, engine: Any, checkpoint: Any) -> Any:
     from .ledger import feed, tree
     from .ledger.db import read_transaction
 
-    keys = _log_keys(obj)
+    keys = _log_keys(obj, engine)
     with read_transaction(engine) as conn:
         size = tree.tree_size(conn)
         stored = (size, tree.root(conn, size))

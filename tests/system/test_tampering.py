@@ -157,6 +157,22 @@ def test_each_tampering_is_caught_against_the_kept_checkpoint(
     assert code == 0 and json.loads(out)["verified"]["ok"]
 
 
+def test_another_nodes_key_file_is_named_not_the_ledger_blamed(
+    ledger: tuple[str, Path, Path, str],
+) -> None:
+    """A --secret-file of another node holds another commitment key: every leaf would hash
+    differently, which is the key file's fault, not a different history in the ledger."""
+    db_url, tmp_path, kept, vkey = ledger
+    other = tmp_path / "other" / "node-secret.json"
+    other.parent.mkdir()
+    LogKeys.generate().save(keys_path(other))
+    verify = ("ledger", "verify", "--checkpoint", str(kept), "--key", vkey)
+    result = CliRunner().invoke(main, ["--db", db_url, "--secret-file", str(other), *verify])
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert f"the log's key file {keys_path(other)} is not this ledger's" in result.stderr
+
+
 def test_untouched_the_feed_audit_gives_the_database_audits_figures(
     ledger: tuple[str, Path, Path, str],
 ) -> None:
