@@ -70,6 +70,13 @@ def run_node(obj: Obj, work: Callable[[Node], Awaitable[T]]) -> T:
         sys.exit(1)
 
 
+def _require_ledger(obj: Obj) -> None:
+    """Raise ``NoLedger`` unless the database already holds a ledger: a command that only
+    reads or re-derives one would otherwise create a new ledger (schema, node secret, log
+    key) on a mistyped --db and succeed on it. ``initdb`` and ``serve`` create."""
+    existing_ledger(obj.settings.db_url).dispose()
+
+
 class Commands(click.Group):
     """The command group; a database that cannot be reached or named is an error message,
     not a traceback (the URL is not repeated: it may hold a password)."""
@@ -349,6 +356,7 @@ def projections_rebuild(obj: Obj, batch: int) -> None:
 
     from .projections.rebuild import RebuildRunning, ensure_projections, rebuild
 
+    _require_ledger(obj)
     store = bootstrap.open_store(obj.settings.db_url)
     store.create_schema()
     ensure_projections(store)
@@ -487,6 +495,7 @@ def _against(obj: Obj, engine: Any, checkpoint: Any) -> Any:
 @click.pass_obj
 def ledger_key(obj: Obj) -> None:
     """Print the log's verifier key (give it to auditors and farmers)."""
+    _require_ledger(obj)
     click.echo(run_node(obj, lambda node: asyncio.sleep(0, node.rt.keys().vkey)))
 
 
@@ -494,6 +503,7 @@ def ledger_key(obj: Obj) -> None:
 @click.pass_obj
 def ledger_checkpoint(obj: Obj) -> None:
     """Print a fresh signed checkpoint of the whole ledger (keep it to verify against later)."""
+    _require_ledger(obj)
     click.echo(run_node(obj, lambda node: node.ledger.checkpoint()), nl=False)
 
 
@@ -522,6 +532,7 @@ def ledger_export(obj: Obj, after: int, output: Path) -> None:
         tmp.replace(output)  # a reader never sees half an export
         return count
 
+    _require_ledger(obj)
     count = run_node(obj, lambda node: node.rt.run(export, node))
     click.echo(f"exported {count} events to {output}", err=True)
 

@@ -180,6 +180,26 @@ def test_reading_commands_refuse_a_database_without_a_ledger(tmp_path: Path) -> 
         assert "holds no ledger" in cli(f"sqlite:///{empty}", tmp_path, *command, code=2)
 
 
+def test_commands_on_a_ledger_refuse_a_database_without_one(db_url: str, tmp_path: Path) -> None:
+    """A mistyped --db (an SQLite file that is not there, an empty MariaDB database) is
+    refused, not made into a new ledger with its own secret and log key."""
+    commands = (
+        ["ledger", "key"],
+        ["ledger", "checkpoint"],
+        ["ledger", "export", "--output", str(tmp_path / "export.jsonl")],
+        ["projections", "rebuild"],
+    )
+    says = "no database file" if db_url.startswith("sqlite") else "holds no ledger"
+    for command in commands:
+        output = cli(db_url, tmp_path, *command, code=2)
+        assert says in output and output.count("\n") == 1, (command, output)
+    assert list(tmp_path.iterdir()) == []  # no database, secret or log key
+    if not db_url.startswith("sqlite"):
+        engine = sa.create_engine(db_url)
+        assert sa.inspect(engine).get_table_names() == []
+        engine.dispose()
+
+
 def test_a_database_that_cannot_be_reached_or_named_is_a_message(
     db_url: str, tmp_path: Path
 ) -> None:
