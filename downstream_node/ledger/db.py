@@ -76,6 +76,18 @@ def existing_ledger(url: str) -> Engine:
     return engine
 
 
+def _require_driver(url: str | sa.URL) -> None:
+    """Raise ``ArgumentError`` unless the URL's driver is installed: a URL this node cannot
+    use (``postgresql://`` wants psycopg), as an unknown dialect already is, rather than the
+    ``ImportError`` create_engine would raise (a traceback on the command line). An unknown
+    dialect raises its own ``ArgumentError`` (``NoSuchModuleError``) here."""
+    dialect = sa.make_url(url).get_dialect()
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise sa.exc.ArgumentError(f"the database driver is not installed: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class DbTimeouts:
     """Seconds a connection may take to connect, and then to read or write on its socket
@@ -122,6 +134,7 @@ def make_engine(
     # trip (``execute_multi``). Every statement's values go through PyMySQL's escaping.
     connect_args["client_flag"] = CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS
     parsed, hosts = split_hosts(url)
+    _require_driver(parsed)
     extra: dict[str, Any] = {"pool_recycle": 3600, "connect_args": connect_args}
     if hosts:
         chooser = HostChooser(hosts, clock=clock or SystemClock())
@@ -407,6 +420,7 @@ def _sqlite_engine(url: str, pool_size: int = 8, busy: float = SQLITE_BUSY) -> E
     # the pragmas below, which an overflow connection would repeat on every checkout.
     memory = sa.make_url(url).database in (None, "", ":memory:")  # sqlite:// is in memory too
     pool = {} if memory else {"pool_size": pool_size, "max_overflow": pool_size}
+    _require_driver(url)
     engine = sa.create_engine(
         url, connect_args={"timeout": busy, "check_same_thread": False}, **pool
     )

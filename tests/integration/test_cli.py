@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
@@ -211,6 +213,24 @@ def test_a_database_that_cannot_be_reached_or_named_is_a_message(
     assert "the database failed" in output and "Traceback" not in output, output
     output = cli("bogus://user:hunter2@host/db", tmp_path, "ledger", "verify", code=1)
     assert "invalid database URL" in output and "hunter2" not in output
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql://x@127.0.0.1/x", "psycopg"),
+        ("mysql+mysqldb://x:hunter2@127.0.0.1/x", "MySQLdb"),
+    ],
+)
+def test_a_url_whose_driver_is_not_installed_is_a_message(
+    url: str, driver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a ModuleNotFoundError traceback: the invalid URL's one line, for any command."""
+    monkeypatch.setitem(sys.modules, driver, None)  # not installed, wherever the test runs
+    for command in (["ledger", "verify"], ["ledger", "key"], ["initdb"], ["audit", "uptime"]):
+        output = cli(url, tmp_path, *command, code=1)
+        assert output.startswith("Error: invalid database URL"), (command, output)
+        assert output.count("\n") == 1 and "hunter2" not in output, (command, output)
 
 
 def test_an_sqlite_url_in_uri_form_names_the_same_file(tmp_path: Path) -> None:
