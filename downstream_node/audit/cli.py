@@ -175,10 +175,10 @@ def audit_uptime(
             raise click.UsageError("--state resumes an audit of the database, not --from")
         _finish(_feed_audit(source, checkpoint_file, vkey, options), fmt, output)
         return
-    from .incremental import run_audit_with_state
+    from .incremental import resume_audit
 
-    result = _replayed(obj, options, state_dir, run_audit, run_audit_with_state)
-    _finish(result, fmt, output)
+    result, save = _replayed(obj, options, state_dir, run_audit, resume_audit)
+    _finish(result, fmt, output, save=save)
 
 
 def _files(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
@@ -231,10 +231,10 @@ def audit_redundancy(
     options = RedundancyOptions(
         since=since, until=until, at_position=at_position, files=files, series=fmt == "html"
     )
-    from .incremental import run_redundancy_with_state
+    from .incremental import resume_redundancy
 
-    result = _replayed(obj, options, state_dir, run_redundancy, run_redundancy_with_state)
-    _finish(result, fmt, output, render_redundancy)
+    result, save = _replayed(obj, options, state_dir, run_redundancy, resume_redundancy)
+    _finish(result, fmt, output, render_redundancy, save=save)
 
 
 def _replayed(
@@ -242,10 +242,11 @@ def _replayed(
     options: Any,
     state_dir: Path | None,
     run_full: Callable[..., Any],
-    run_with_state: Callable[..., Any],
-) -> Any:
-    """An audit of the database: ``run_full``, or ``run_with_state`` resuming from
-    ``state_dir``, with progress bars on a terminal; exit 2 on an ``AuditError``."""
+    resume: Callable[..., tuple[Any, Callable[[], None]]],
+) -> tuple[Any, Callable[[], None] | None]:
+    """An audit of the database: ``run_full``, or ``resume`` from ``state_dir``, with progress
+    bars on a terminal; exit 2 on an ``AuditError``. Returns the run and, resumed, what saves
+    its new state (``_finish`` calls it once the report is written)."""
     from tqdm import tqdm
 
     engine = existing_ledger(obj.settings.db_url)  # NoLedger: the command group's error
@@ -265,13 +266,14 @@ def _replayed(
                 "on_replay": replay_bar.update,
                 "on_position": totals,
             }
+            save = None
             if state_dir is not None:
-                result = run_with_state(engine, options, state_dir, **progress)
+                result, save = resume(engine, options, state_dir, **progress)
             else:
                 result = run_full(engine, options, **progress)
         ledger = result.report["ledger"]
         ledger["tree_root"] = tree_root(engine, ledger["position"])
-        return result
+        return result, save
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -293,16 +295,38 @@ def _feed_audit(source: str, checkpoint_file: Path, vkey: str, options: AuditOpt
 
 
 def _finish(
-    result: Any, fmt: str, output: Path | None, render_as: Callable[[dict, str], str] = render
+    result: Any,
+    fmt: str,
+    output: Path | None,
+    render_as: Callable[[dict, str], str] = render,
+    *,
+    save: Callable[[], None] | None = None,
 ) -> None:
-    """Write the report (``render_as``: the audit's own renderer); exit 1 after it when what
-    it covers does not verify."""
+    """Write the report (``render_as``: the audit's own renderer), then save the state
+    (``save``, with ``--state``); exit 1 after both when what it covers does not verify.
+
+    The state is saved only once the report is written: a state moved past a report nobody
+    got could not give it again (``--at-position`` before a state is refused)."""
     text = render_as(result.report, fmt)
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            kept = "; the state was not saved" if save is not None else ""
+            click.echo(
+                f"error: cannot write the report to {output} ({exc.strerror or exc}){kept}",
+                err=True,
+            )
+            sys.exit(2)
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+    if save is not None:
+        try:
+            save()
+        except AuditError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     if not result.ok:
         v = result.verified
         click.echo(

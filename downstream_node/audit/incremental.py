@@ -34,6 +34,9 @@ from .run import (
 from .state import StateError, load_state, load_uptime_fold, save_state, uptime_fold_state
 
 Progress = Callable[[int], None] | None
+Save = Callable[[], None]
+"""Saves a resumed run's new state (nothing when the chain did not verify); raises
+``StateError`` when it cannot be written."""
 
 
 def _resume_point(
@@ -102,6 +105,30 @@ def run_audit_with_state(
     on_position: Progress = None,
 ) -> AuditRun:
     """``run_audit`` resuming from, and saving to, ``directory/uptime.json``."""
+    run, save = resume_audit(
+        engine,
+        options,
+        directory,
+        on_verify=on_verify,
+        on_replay=on_replay,
+        on_position=on_position,
+    )
+    save()
+    return run
+
+
+def resume_audit(
+    engine: Engine,
+    options: AuditOptions,
+    directory: Path,
+    *,
+    on_verify: Progress = None,
+    on_replay: Progress = None,
+    on_position: Progress = None,
+) -> tuple[AuditRun, Save]:
+    """``run_audit`` resuming from ``directory/uptime.json``, and what saves the new state
+    there: the caller writes the report first, so a report that cannot be written does not
+    move the state past it."""
     if options.series:
         raise StateError(
             "--state cannot be used with --format html: its chart buckets depend on 'now'"
@@ -131,16 +158,19 @@ def run_audit_with_state(
     report = build_report(
         replay, now=now, now_source=now_source, position=position, verified=verified
     )
-    if verified.ok:  # only a verified history is vouched for by a saved state
-        save_state(
-            directory,
-            "uptime",
-            position=position,
-            chain_hash=verified.last_hash,
-            options=shape,
-            fold=uptime_fold_state(replay),
-        )
-    return AuditRun(report, verified)
+
+    def save() -> None:
+        if verified.ok:  # only a verified history is vouched for by a saved state
+            save_state(
+                directory,
+                "uptime",
+                position=position,
+                chain_hash=verified.last_hash,
+                options=shape,
+                fold=uptime_fold_state(replay),
+            )
+
+    return AuditRun(report, verified), save
 
 
 def redundancy_options(options: RedundancyOptions) -> dict[str, Any]:
@@ -161,6 +191,29 @@ def run_redundancy_with_state(
     on_position: Progress = None,
 ) -> RedundancyRun:
     """``run_redundancy`` resuming from, and saving to, ``directory/redundancy.json``."""
+    run, save = resume_redundancy(
+        engine,
+        options,
+        directory,
+        on_verify=on_verify,
+        on_replay=on_replay,
+        on_position=on_position,
+    )
+    save()
+    return run
+
+
+def resume_redundancy(
+    engine: Engine,
+    options: RedundancyOptions,
+    directory: Path,
+    *,
+    on_verify: Progress = None,
+    on_replay: Progress = None,
+    on_position: Progress = None,
+) -> tuple[RedundancyRun, Save]:
+    """``run_redundancy`` resuming from ``directory/redundancy.json``, and what saves the new
+    state there (after the report, as ``resume_audit``)."""
     if options.series:
         raise StateError(
             "--state cannot be used with --format html: its chart buckets depend on 'now'"
@@ -189,13 +242,16 @@ def run_redundancy_with_state(
     report = build_redundancy_report(
         fold, now=now, now_source=now_source, position=position, verified=verified
     )
-    if verified.ok:
-        save_state(
-            directory,
-            "redundancy",
-            position=position,
-            chain_hash=verified.last_hash,
-            options=shape,
-            fold=fold.state(),
-        )
-    return RedundancyRun(report, verified)
+
+    def save() -> None:
+        if verified.ok:
+            save_state(
+                directory,
+                "redundancy",
+                position=position,
+                chain_hash=verified.last_hash,
+                options=shape,
+                fold=fold.state(),
+            )
+
+    return RedundancyRun(report, verified), save

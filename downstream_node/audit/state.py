@@ -7,6 +7,7 @@ ledger or the run is refused (``StateError``, exit 2), never silently used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,7 +43,8 @@ def save_state(
     options: dict[str, Any],
     fold: dict[str, Any],
 ) -> Path:
-    """Write the state atomically (a crash leaves the previous one or the new one, whole)."""
+    """Write the state atomically (a crash leaves the previous one or the new one, whole);
+    a directory or file that cannot be written is a ``StateError`` (the old state is kept)."""
     body = {
         "format": STATE_FORMAT,
         "kind": kind,
@@ -52,15 +54,23 @@ def save_state(
         "options": options,
         "fold": fold,
     }
-    directory.mkdir(parents=True, exist_ok=True)
     path = state_path(directory, kind)
     tmp = path.with_name(path.name + ".tmp")
     text = json.dumps({**body, "checksum": _checksum(body)}, sort_keys=True)
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a half-written temporary file, if any
+            tmp.unlink()
+        raise StateError(
+            f"cannot save the state in {directory} ({exc.strerror or exc}); "
+            "the previous state, if any, is kept"
+        ) from None
     return path
 
 

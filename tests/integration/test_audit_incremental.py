@@ -155,3 +155,35 @@ async def test_state_with_html_is_refused_and_the_state_resumes_from_the_cli(
         assert cli(db_url, kind, "--state", state, "--format", "json", "--at-position", "5")[0] == 0
         assert cli(db_url, kind, "--state", state, "--format", "json") == full
         assert cli(db_url, kind, "--state", state, "--format", "json") == full  # nothing new
+
+
+@pytest.mark.parametrize("kind", ["uptime", "redundancy"])
+async def test_an_unwritable_report_or_state_is_a_one_line_error(
+    db_url: str, tmp_path: Path, kind: str
+) -> None:
+    """A path under a regular file cannot be created (even by root): each failure is one line
+    and exit 2; the report is written before the state, and a lost report keeps the old state."""
+    await ledger(db_url, tmp_path / "node", 9, steps=6)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    state = tmp_path / "state"
+    assert cli(db_url, kind, "--state", str(state), "--at-position", "5")[0] == 0
+    saved = (state / f"{kind}.json").read_bytes()
+    full = cli(db_url, kind, "--format", "json")[1]
+
+    def fails(*args: str, says: str) -> str:
+        result = CliRunner().invoke(main, ["--db", db_url, "audit", kind, *args])
+        assert result.exit_code == 2, (result.output, result.exception)
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert result.stderr.startswith(f"error: {says}"), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        return result.stdout
+
+    report = str(blocker / "report.json")
+    fails("--output", report, says=f"cannot write the report to {report}")
+    fails("--state", str(state), "--output", report, says="cannot write the report")
+    assert (state / f"{kind}.json").read_bytes() == saved  # not moved past a lost report
+    written = fails(
+        "--state", str(blocker / "state"), "--format", "json", says="cannot save the state in"
+    )
+    assert written == full  # the report came first
