@@ -86,6 +86,24 @@ def audit() -> None:
     """Auditors: recompute figures from the event history alone (read-only)."""
 
 
+def _params(path: Path | None) -> ScoringParams:
+    """The scoring parameters of a ``--params`` file (a JSON object), else the defaults."""
+    if path is None:
+        return ScoringParams()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path} ({exc.strerror or exc})", param_hint="--params"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise click.BadParameter(f"{path} is not JSON ({exc})", param_hint="--params") from None
+    try:
+        return ScoringParams.fromdict(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--params") from None
+
+
 @audit.command("uptime")
 @SINCE
 @UNTIL
@@ -151,14 +169,7 @@ def audit_uptime(
     verified position and hash. Exit status 1 (after writing the report) if it does not verify.
     """
 
-    try:
-        params = (
-            ScoringParams.fromdict(json.loads(params_file.read_text()))
-            if params_file
-            else ScoringParams()
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--params") from exc
+    params = _params(params_file)
     options = AuditOptions(
         since=since,
         until=until,

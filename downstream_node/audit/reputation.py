@@ -31,6 +31,14 @@ _NAMES = {
     "online_period": "online_period_s",
 }
 
+# The scores depend only on the ratios of weight, alpha0 and beta0, so a larger scale adds
+# nothing; this bound keeps alpha and beta finite over any number of audits (1e308 made
+# alpha + beta overflow: scores of 0.0, and Infinity written into the JSON report).
+MAX_SCALE = 1e12
+
+# What a --params document that is not an object holds, in JSON's words.
+_JSON_KINDS = {str: "a string", list: "an array", bool: "true or false", type(None): "null"}
+
 
 @dataclass(frozen=True)
 class ScoringParams:
@@ -52,6 +60,9 @@ class ScoringParams:
             raise ValueError("weight must be positive")
         if self.alpha0 < 0 or self.beta0 < 0 or self.alpha0 + self.beta0 <= 0:
             raise ValueError("alpha0 and beta0 must be non-negative, not both zero")
+        for name in ("weight", "alpha0", "beta0"):
+            if getattr(self, name) > MAX_SCALE:
+                raise ValueError(f"{name} must be at most {MAX_SCALE:g}")
         for name in ("audit_threshold", "online_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -62,8 +73,12 @@ class ScoringParams:
         return {_NAMES[f.name]: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def fromdict(cls, data: Mapping[str, Any]) -> ScoringParams:
+    def fromdict(cls, data: Any) -> ScoringParams:
         """Read the report's names; unknown names are refused (a typo must not pass)."""
+        if not isinstance(data, Mapping):
+            # Else a string was taken for its letters and an array or null failed obscurely.
+            kind = _JSON_KINDS.get(type(data), "a number")
+            raise ValueError(f"must be a JSON object (names and numbers), not {kind}")
         by_name = {v: k for k, v in _NAMES.items()}
         unknown = sorted(set(data) - set(by_name))
         if unknown:
@@ -73,14 +88,18 @@ class ScoringParams:
             field = by_name[name]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number")
+            # Before int(): int(Infinity) is an OverflowError, int(NaN) a ValueError.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite")
             if field in ("online_window", "online_period"):
                 if value != int(value):
                     raise ValueError(f"{name} must be whole seconds")
                 value = int(value)
-            elif not math.isfinite(value):
-                raise ValueError(f"{name} must be finite")
             else:
-                value = float(value)
+                try:
+                    value = float(value)
+                except OverflowError:  # an integer beyond any float: beyond every range here
+                    raise ValueError(f"{name} is out of range") from None
             values[field] = value
         return cls(**values)
 

@@ -208,6 +208,35 @@ async def test_options_token_window_params(ledger: tuple[str, list[str]], tmp_pa
     assert bad.exit_code == 2 and "unknown scoring parameters" in bad.output
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('{"online_period_s": Infinity}', "online_period_s must be finite"),
+        ('{"online_window_s": NaN}', "online_window_s must be finite"),
+        ('{"lambda": 1e400}', "lambda must be finite"),
+        ('{"weight": 1e308}', "weight must be at most 1e+12"),
+        ('{"alpha0": 1e308, "beta0": 1e308}', "alpha0 must be at most 1e+12"),
+        ('{"beta0": 1' + "0" * 400 + "}", "beta0 is out of range"),
+        ('"lambda"', "must be a JSON object (names and numbers), not a string"),
+        ("[1]", "must be a JSON object (names and numbers), not an array"),
+        ("null", "must be a JSON object (names and numbers), not null"),
+        ("0.9", "must be a JSON object (names and numbers), not a number"),
+        ("{", "is not JSON"),
+    ],
+)
+def test_a_bad_params_file_is_refused_with_a_clear_message(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    """Checked before the database is opened: exit 2 with what is wrong, no traceback."""
+    params = tmp_path / "params.json"
+    params.write_text(text)
+    db_url = f"sqlite:///{tmp_path / 'unused.db'}"
+    result = CliRunner().invoke(main, ["--db", db_url, "audit", "uptime", "--params", str(params)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert says in result.stderr, result.stderr
+
+
 async def test_a_broken_chain_is_reported_and_exits_1(
     ledger: tuple[str, list[str]], tmp_path: Path
 ) -> None:
