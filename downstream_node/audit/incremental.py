@@ -46,17 +46,24 @@ def _resume_point(
     if saved is None:
         return None
     at, expected = int(saved["position"]), str(saved["hash"])
-    if at > position:
+    # The hash first, even beyond the audited position: a ledger that ends before the saved
+    # position is not this state's ledger, and no --at-position could change that.
+    found = hash_at(engine, at)
+    if found != expected:
+        why = (
+            "another ledger, or a history rewritten under it"
+            if found is not None
+            else "another ledger, or one shorter than the saved state"
+        )
+        raise StateError(
+            f"the saved state in {directory} does not match this ledger: at position {at} it "
+            f"recorded hash {expected}, the ledger holds {found or 'no event'} ({why}); "
+            "remove it or use another --state directory"
+        )
+    if at > position:  # only an --at-position before the state's (the head is past it)
         raise StateError(
             f"the saved state in {directory} is at position {at}, beyond the audited position "
             f"{position}: it cannot be taken back; use another --state directory"
-        )
-    found = hash_at(engine, at)
-    if found != expected:
-        raise StateError(
-            f"the saved state in {directory} does not match this ledger: at position {at} it "
-            f"recorded hash {expected}, the ledger holds {found or 'no event'} (another ledger, "
-            "or a history rewritten under it); remove it or use another --state directory"
         )
     return at, expected
 

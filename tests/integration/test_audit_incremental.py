@@ -129,6 +129,13 @@ async def test_a_state_that_does_not_fit_is_refused(db_url: str, tmp_path: Path,
     other = f"sqlite:///{tmp_path / 'other.db'}"
     await ledger(other, tmp_path / "other", 4, steps=6)
     refused(db=other, says="does not match this ledger")
+    # A ledger that ends before the state's position holds no event there: the same, not a
+    # position to take the state back to (with or without --at-position).
+    short = f"sqlite:///{tmp_path / 'short.db'}"
+    assert await ledger(short, tmp_path / "short", 4, steps=0) < int(mid)
+    for args in ((), ("--at-position", "1")):
+        refused(*args, db=short, says=f"does not match this ledger: at position {mid} it recorded")
+        refused(*args, db=short, says="holds no event (another ledger, or one shorter than")
     # A history rewritten under it: the hash at the state's position changed.
     engine = make_engine(db_url)
     try:
