@@ -20,6 +20,15 @@ from .run import AuditError
 
 STATE_FORMAT = "downstream-audit-state/1"
 
+# The keys every state has, and what each must be; ``position`` is checked apart (a whole
+# number, not negative).
+_KEYS: dict[str, tuple[type, str]] = {
+    "hash": (str, "a string"),
+    "scoring_version": (str, "a string"),
+    "options": (dict, "an object"),
+    "fold": (dict, "an object"),
+}
+
 
 class StateError(AuditError):
     """A saved state that cannot be used for this ledger or these options."""
@@ -92,6 +101,14 @@ def load_state(directory: Path, kind: str, options: dict[str, Any]) -> dict[str,
             f"the saved state {path} is of format {data.get('format')!r}, kind "
             f"{data.get('kind')!r}; this auditor writes {STATE_FORMAT!r}, kind {kind!r}"
         )
+    # A valid checksum vouches only for the bytes: a tool that rewrote the file with its own
+    # checksum may have dropped or retyped a key, which would fail later as a KeyError.
+    position = data.get("position")
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise _corrupt(path, "'position' is missing or not a whole number")
+    for key, (kind, name) in _KEYS.items():
+        if not isinstance(data.get(key), kind):
+            raise _corrupt(path, f"{key!r} is missing or not {name}")
     if data["scoring_version"] != SCORING_VERSION:
         raise StateError(
             f"the saved state {path} was scored with {data['scoring_version']}, this auditor "
@@ -108,6 +125,10 @@ def load_state(directory: Path, kind: str, options: dict[str, Any]) -> dict[str,
             "use the same options or another --state directory"
         )
     return data
+
+
+def _corrupt(path: Path, what: str) -> StateError:
+    return StateError(f"the saved state {path} is corrupt ({what}); remove it")
 
 
 # -- the uptime replay's state ------------------------------------------------------------------

@@ -86,11 +86,13 @@ def cli(db_url: str, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def rewrite_state(path: Path, change: dict) -> None:
+def rewrite_state(path: Path, change: dict, drop: tuple[str, ...] = ()) -> None:
     """Edit a saved state and give it a valid checksum (what a careless tool might do)."""
     data = json.loads(path.read_text())
     del data["checksum"]
     data.update(change)
+    for key in drop:
+        del data[key]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     data["checksum"] = hashlib.sha256(text.encode()).hexdigest()
     path.write_text(json.dumps(data))
@@ -123,6 +125,22 @@ async def test_a_state_that_does_not_fit_is_refused(db_url: str, tmp_path: Path,
     refused(says="was scored with downstream-reputation/0")
     rewrite_state(path, {"format": "downstream-audit-state/0"})
     refused(says="this auditor writes 'downstream-audit-state/1'")
+    # Keys missing or of the wrong type, under a valid checksum: corrupt, not a traceback.
+    for key in ("scoring_version", "hash", "position", "options", "fold"):
+        rewrite_state(path, {}, drop=(key,))
+        refused(says=f"is corrupt ({key!r} is missing or not")
+    for key, value in [
+        ("position", "x"),
+        ("position", 3.5),
+        ("position", True),
+        ("position", -1),
+        ("hash", 7),
+        ("scoring_version", None),
+        ("options", []),
+        ("fold", "x"),
+    ]:
+        rewrite_state(path, {key: value})
+        refused(says=f"is corrupt ({key!r} is missing or not")
     # Behind the audited position: a state cannot be taken back.
     refused("--at-position", "1", says=f"is at position {mid}, beyond the audited position 1")
     # Another ledger: the chain hash at the state's position differs.
