@@ -184,7 +184,13 @@ def audit_uptime(
             raise click.UsageError("--from, --checkpoint and --key go together")
         if state_dir is not None:
             raise click.UsageError("--state resumes an audit of the database, not --from")
-        _finish(_feed_audit(source, checkpoint_file, vkey, options), fmt, output)
+        _finish(
+            _feed_audit(source, checkpoint_file, vkey, options),
+            fmt,
+            output,
+            # The feed carries no hash chain: it was hashed into the checkpoint's tree.
+            unverified="the feed does not verify against the checkpoint",
+        )
         return
     from .incremental import resume_audit
 
@@ -312,9 +318,11 @@ def _finish(
     render_as: Callable[[dict, str], str] = render,
     *,
     save: Callable[[], None] | None = None,
+    unverified: str = "the hash chain does not verify",
 ) -> None:
     """Write the report (``render_as``: the audit's own renderer), then save the state
-    (``save``, with ``--state``); exit 1 after both when what it covers does not verify.
+    (``save``, with ``--state``); exit 1 after both when what it covers does not verify
+    (``unverified``: what was checked, said so).
 
     The state is saved only once the report is written: a state moved past a report nobody
     got could not give it again (``--at-position`` before a state is refused)."""
@@ -340,8 +348,5 @@ def _finish(
             sys.exit(2)
     if not result.ok:
         v = result.verified
-        click.echo(
-            f"error: the hash chain does not verify at position {v.first_broken}: {v.reason}",
-            err=True,
-        )
+        click.echo(f"error: {unverified} at position {v.first_broken}: {v.reason}", err=True)
         sys.exit(1)

@@ -265,6 +265,8 @@ async def test_a_broken_chain_is_reported_and_exits_1(
     assert report["verified"]["last_position"] == target.position - 1
     table = audit(db_url, code=1)
     assert "VERIFICATION FAILED" in table
+    said = CliRunner().invoke(main, ["--db", db_url, "audit", "uptime"]).stderr
+    assert said.startswith(f"error: the hash chain does not verify at position {target.position}:")
     html_out = tmp_path / "broken.html"
     audit(db_url, "--format", "html", "--output", str(html_out), code=1)
     assert "VERIFICATION FAILED" in html_out.read_text()

@@ -151,6 +151,12 @@ def test_each_tampering_is_caught_against_the_kept_checkpoint(
     assert code == 1, (out, err)
     report = json.loads(out)
     assert not report["verified"]["ok"]
+    # What was checked is the checkpoint's tree: the feed carries no hash chain.
+    first = report["verified"]["first_broken"]
+    assert err.startswith(
+        f"error: the feed does not verify against the checkpoint at position {first}: "
+    ), err
+    assert "hash chain" not in err, err
     assert CAUGHT[kind].replace("is missing", "missing") in report["verified"]["reason"]
     # The export taken before still audits clean against the same checkpoint.
     code, out, _ = cli(db_url, tmp_path, *audit, "--from", str(export))
