@@ -226,7 +226,21 @@ async def random_history(node: Node, clock: FakeClock, rng: random.Random, steps
                 live[file_hash] = seed
         clock.advance(rng.choice((1, 7, 20, 30, 45, 61, 150)) + rng.random())
     # Whatever the draws (tokens are random, so farmers' choices differ run to run), the
-    # history holds a file removed and then added again, on other terms.
+    # history holds each way a replica ends: a hand-back, a lapse, a token deleted...
+    kinds = {e.event_type for e in reader.read_all(node.engine)}
+    alive = [t for t in tokens if t not in deleted]
+    if "ContractEnded" not in kinds:
+        for token in alive:
+            due = await node.due(token, FARMER)
+            if due["all_contracts"]:
+                await node.remove(token, due["all_contracts"][0]["hash"], FARMER)
+                break
+    if "ContractExpired" not in kinds:
+        clock.advance(3 * 3600)  # far past any challenge's due: every open contract lapses
+        await node.sweep_expired()
+    if "TokenDeleted" not in kinds and len(alive) > 1:
+        await node.delete_token(alive[-1])
+    # ...and a file removed and then added again, on other terms.
     file_hash = sorted(live)[0]
     await node.remove_file(file_hash)
     clock.advance(30)
