@@ -103,23 +103,10 @@ def uptime_options(options: AuditOptions) -> dict[str, Any]:
 
 
 def run_audit_with_state(
-    engine: Engine,
-    options: AuditOptions,
-    directory: Path,
-    *,
-    on_verify: Progress = None,
-    on_replay: Progress = None,
-    on_position: Progress = None,
+    engine: Engine, options: AuditOptions, directory: Path, **progress: Progress
 ) -> AuditRun:
     """``run_audit`` resuming from, and saving to, ``directory/uptime.json``."""
-    run, save = resume_audit(
-        engine,
-        options,
-        directory,
-        on_verify=on_verify,
-        on_replay=on_replay,
-        on_position=on_position,
-    )
+    run, save = resume_audit(engine, options, directory, **progress)
     save()
     return run
 
@@ -189,23 +176,10 @@ def redundancy_options(options: RedundancyOptions) -> dict[str, Any]:
 
 
 def run_redundancy_with_state(
-    engine: Engine,
-    options: RedundancyOptions,
-    directory: Path,
-    *,
-    on_verify: Progress = None,
-    on_replay: Progress = None,
-    on_position: Progress = None,
+    engine: Engine, options: RedundancyOptions, directory: Path, **progress: Progress
 ) -> RedundancyRun:
     """``run_redundancy`` resuming from, and saving to, ``directory/redundancy.json``."""
-    run, save = resume_redundancy(
-        engine,
-        options,
-        directory,
-        on_verify=on_verify,
-        on_replay=on_replay,
-        on_position=on_position,
-    )
+    run, save = resume_redundancy(engine, options, directory, **progress)
     save()
     return run
 
