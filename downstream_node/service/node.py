@@ -5,6 +5,7 @@ decision of the domain say which events to write, and appends them (service/*.py
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,11 @@ class Node:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> Node:
-        """Schema, projections and the ledger's secret (see ``lifecycle.start``)."""
-        await lifecycle.start(self.rt)
+        """Schema, projections and the ledger's secret (see ``lifecycle.start``). Its waits
+        for the database are not bound by ``db_wait``, a farmer's request's budget: a node
+        whose first appends on a slow database take longer starts all the same."""
+        with self.rt.wait_budget(math.inf):
+            await lifecycle.start(self.rt)
         return self
 
     async def close(self) -> None:

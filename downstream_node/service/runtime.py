@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,13 +114,15 @@ class Runtime:
         return await loop.run_in_executor(self.executor, lambda: context.run(fn, *args, **kwargs))
 
     @contextlib.contextmanager
-    def wait_budget(self) -> Iterator[None]:
-        """Within: the waits for the database together take at most ``settings.db_wait``
-        seconds (one request's; the HTTP middleware opens one per request)."""
-        if self.settings.db_wait is None:
+    def wait_budget(self, seconds: float | None = None) -> Iterator[None]:
+        """Within: the waits for the database together take at most ``seconds`` (default
+        ``settings.db_wait``: one request's; the HTTP middleware opens one per request).
+        ``math.inf``: no bound, for the node's own start, which a farmer does not wait for."""
+        seconds = self.settings.db_wait if seconds is None else seconds
+        if seconds is None:
             yield
             return
-        token = _BUDGET.set(WaitBudget(self.settings.db_wait))
+        token = _BUDGET.set(WaitBudget(seconds))
         try:
             yield
         finally:
@@ -135,6 +138,8 @@ class Runtime:
             return await awaitable
         budget = _BUDGET.get()
         left = limit if budget is None else budget.seconds - budget.spent
+        if left == math.inf:
+            return await awaitable
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:

@@ -117,6 +117,20 @@ async def test_an_unreachable_database_is_a_retryable_503(
     assert (await call(client, "GET", f"{API}/due/{me['token']}"))[0] == 200
 
 
+async def test_a_node_starts_whatever_its_request_budget(
+    db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """``db_wait`` bounds what a farmer's request waits for, not the node's own start (its
+    schema, secret and log key), which a slow database may take longer over; requests are
+    bounded all the same."""
+    node, _ = new_node(db_url, tmp_path, db_wait=1e-6)
+    client = await aiohttp_client(create_app(node))  # starts the node
+    status, body, _ = await call(client, "GET", f"{API}/new/{ADDRESS}")
+    assert (status, body["status"]) == (503, "error")
+    assert "did not answer within" in body["message"]
+    await client.close()
+
+
 async def test_a_request_waits_for_a_locked_ledger_at_most_its_budget(
     db_url: str, tmp_path: Path, aiohttp_client: Any
 ) -> None:
