@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..domain.canonical import json_kind
+
 # Bump when the formula or the meaning of a parameter changes: scores of different versions
 # are not comparable, and a report says which one produced it.
 SCORING_VERSION = "downstream-reputation/1"
@@ -35,9 +37,6 @@ _NAMES = {
 # nothing; this bound keeps alpha and beta finite over any number of audits (1e308 made
 # alpha + beta overflow: scores of 0.0, and Infinity written into the JSON report).
 MAX_SCALE = 1e12
-
-# What a --params document that is not an object holds, in JSON's words.
-_JSON_KINDS = {str: "a string", list: "an array", bool: "true or false", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,7 @@ class ScoringParams:
         """Read the report's names; unknown names are refused (a typo must not pass)."""
         if not isinstance(data, Mapping):
             # Else a string was taken for its letters and an array or null failed obscurely.
-            kind = _JSON_KINDS.get(type(data), "a number")
-            raise ValueError(f"must be a JSON object (names and numbers), not {kind}")
+            raise ValueError(f"must be a JSON object (names and numbers), not {json_kind(data)}")
         by_name = {v: k for k, v in _NAMES.items()}
         unknown = sorted(set(data) - set(by_name))
         if unknown:

@@ -15,6 +15,19 @@ from typing import Any, NoReturn
 FLOATS_REFUSED = "floats are not allowed in ledger events; use integers or strings"
 
 
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words, for a message refusing it."""
+    for kind, name in (
+        (dict, "an object"),
+        (list, "an array"),
+        (str, "a string"),
+        (bool, "a boolean"),  # before int: a bool is one
+    ):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else "a number"
+
+
 def _refuse_type(value: Any) -> NoReturn:
     raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
 

@@ -20,6 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError
 
 from ..domain import tokens as tk
+from ..domain.canonical import json_kind
 from ..domain.errors import Refused
 from ..service import Context, Node
 from . import schemas as sc
@@ -259,17 +260,8 @@ async def read_json_object(request: web.Request, *, lenient_gzip: bool = False) 
         reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise Refused("bad_request", f"the body is not valid JSON: {reason}") from None
     if not isinstance(data, dict):
-        raise Refused("bad_request", f"the body must be a JSON object, not {_json_kind(data)}")
+        raise Refused("bad_request", f"the body must be a JSON object, not {json_kind(data)}")
     return data
-
-
-def _json_kind(value: Any) -> str:
-    for kind, name in ((list, "an array"), (str, "a string"), (bool, "a boolean")):
-        if isinstance(value, kind):
-            return name
-    if value is None:
-        return "null"
-    return "a number"
 
 
 def _describe(messages: Any) -> str:
