@@ -625,7 +625,7 @@ def bench_growth(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     """One ledger grown through three sizes: storage, rebuild and audits at each; then an
     incremental audit of the last 10,000 events against the full one."""
     from downstream_node.audit import AuditOptions, run_audit
-    from downstream_node.audit.incremental import run_audit_with_state, run_redundancy_with_state
+    from downstream_node.audit.incremental import resume_audit, resume_redundancy, run_with_state
     from downstream_node.audit.redundancy_report import RedundancyOptions, run_redundancy
 
     url = dbs.fresh("growth")
@@ -682,12 +682,14 @@ def bench_growth(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
         (
             "audit_uptime",
             step["audit_uptime_s"],
-            lambda at: run_audit_with_state(engine, AuditOptions(at_position=at), state),
+            lambda at: run_with_state(resume_audit, engine, AuditOptions(at_position=at), state),
         ),
         (
             "audit_redundancy",
             step["audit_redundancy_s"],
-            lambda at: run_redundancy_with_state(engine, RedundancyOptions(at_position=at), state),
+            lambda at: run_with_state(
+                resume_redundancy, engine, RedundancyOptions(at_position=at), state
+            ),
         ),
     ):
         run(before)  # the state an auditor kept from yesterday's audit

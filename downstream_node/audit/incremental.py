@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -34,6 +34,7 @@ from .run import (
 from .state import StateError, load_state, load_uptime_fold, save_state, uptime_fold_state
 
 Progress = Callable[[int], None] | None
+R = TypeVar("R")
 Save = Callable[[], None]
 """Saves a resumed run's new state (nothing when the chain did not verify); raises
 ``StateError`` when it cannot be written."""
@@ -102,15 +103,6 @@ def uptime_options(options: AuditOptions) -> dict[str, Any]:
     }
 
 
-def run_audit_with_state(
-    engine: Engine, options: AuditOptions, directory: Path, **progress: Progress
-) -> AuditRun:
-    """``run_audit`` resuming from, and saving to, ``directory/uptime.json``."""
-    run, save = resume_audit(engine, options, directory, **progress)
-    save()
-    return run
-
-
 def resume_audit(
     engine: Engine,
     options: AuditOptions,
@@ -175,15 +167,6 @@ def redundancy_options(options: RedundancyOptions) -> dict[str, Any]:
     }
 
 
-def run_redundancy_with_state(
-    engine: Engine, options: RedundancyOptions, directory: Path, **progress: Progress
-) -> RedundancyRun:
-    """``run_redundancy`` resuming from, and saving to, ``directory/redundancy.json``."""
-    run, save = resume_redundancy(engine, options, directory, **progress)
-    save()
-    return run
-
-
 def resume_redundancy(
     engine: Engine,
     options: RedundancyOptions,
@@ -236,3 +219,17 @@ def resume_redundancy(
             )
 
     return RedundancyRun(report, verified), save
+
+
+def run_with_state(
+    resume: Callable[..., tuple[R, Save]],
+    engine: Engine,
+    options: Any,
+    directory: Path,
+    **progress: Progress,
+) -> R:
+    """A resumed audit (``resume_audit`` or ``resume_redundancy``) with its new state saved
+    at once: for callers with no report to write first (benchmarks, tests)."""
+    run, save = resume(engine, options, directory, **progress)
+    save()
+    return run

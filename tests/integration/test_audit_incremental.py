@@ -16,7 +16,7 @@ from test_audit import start_node
 from test_audit_redundancy import random_history
 
 from downstream_node.audit import AuditOptions, run_audit
-from downstream_node.audit.incremental import run_audit_with_state, run_redundancy_with_state
+from downstream_node.audit.incremental import resume_audit, resume_redundancy, run_with_state
 from downstream_node.audit.redundancy_report import RedundancyOptions, render, run_redundancy
 from downstream_node.audit.report import render_json
 from downstream_node.audit.reputation import ScoringParams
@@ -63,11 +63,21 @@ async def test_incremental_equals_full_for_both_audits(
                 r = RedundancyOptions(**{**redundancy.__dict__, "at_position": cut})
                 replayed: list[int] = []
                 verified: list[int] = []
-                got_u = run_audit_with_state(
-                    engine, u, state, on_replay=replayed.append, on_verify=verified.append
+                got_u = run_with_state(
+                    resume_audit,
+                    engine,
+                    u,
+                    state,
+                    on_replay=replayed.append,
+                    on_verify=verified.append,
                 ).report
-                got_r = run_redundancy_with_state(
-                    engine, r, state, on_replay=replayed.append, on_verify=verified.append
+                got_r = run_with_state(
+                    resume_redundancy,
+                    engine,
+                    r,
+                    state,
+                    on_replay=replayed.append,
+                    on_verify=verified.append,
                 ).report
                 # Only the events after the saved position were read, verified and folded.
                 assert sum(replayed) == sum(verified) == 2 * (cut - previous)
