@@ -30,10 +30,15 @@ from .store import (
 @dataclass(frozen=True)
 class Decision:
     """What a unit of work decided for one item: the request to append (``None``: nothing)
-    and the value its caller gets back with the append's result."""
+    and the value its caller gets back with the append's result.
+
+    ``settle``, if given, runs in the commit's thread once the batch is durable and turns
+    (value, result) into the value the caller gets: work that needs the append's positions
+    (a receipt's signature) done there rather than on the event loop."""
 
     request: AppendRequest | None
     value: Any
+    settle: Callable[[Any, AppendResult], Any] | None = None
 
 
 # Decides a batch of items under the ledger lock, reading in the unit of work: one Decision
@@ -155,7 +160,7 @@ class GroupCommitter:
             elif isinstance(appended, LedgerError):
                 outcomes.append(appended)
             elif isinstance(d, Decision):
-                outcomes.append((d.value, appended))
+                outcomes.append((_settled(d, appended), appended))
             else:
                 assert appended is not None
                 outcomes.append(appended)
@@ -176,6 +181,12 @@ def _decide_all(unit: UnitOfWork, jobs: list[Job]) -> list[Decided]:
         for i, d in zip(indexes, decider(unit, items), strict=True):
             decided[i] = d
     return decided
+
+
+def _settled(decision: Decision, appended: AppendResult | None) -> Any:
+    if decision.settle is None or appended is None:
+        return decision.value
+    return decision.settle(decision.value, appended)
 
 
 def _request(decided: Decided) -> AppendRequest | None:

@@ -20,7 +20,7 @@ from ..domain.clock import from_micros
 from ..domain.errors import ConcurrencyConflict, Refused
 from ..heartbeat.scheme import HeartbeatError
 from ..ledger.group_commit import Decision
-from ..ledger.store import AppendRequest, UnitOfWork
+from ..ledger.store import AppendRequest, AppendResult, UnitOfWork
 from ..projections.queries import Reader, TokenView
 from . import tokens
 from .context import OPERATOR, Context
@@ -130,7 +130,7 @@ class Answers:
         """One attempt: looked up, verified, decided and recorded in one unit of work
         (``parsed`` is the proof as verified, ``proof`` its dict as recorded)."""
         ask = AnswerAsk(token, token_hash, file_hash, parsed, proof, digest, self.rt.now(), ctx)
-        (verdict, recorded_at), result = await self.rt.waited(
+        (verdict, recorded_at, receipt), result = await self.rt.waited(
             self.rt.committer.decide(self._decide_answers, ask)
         )
         if verdict == EXPIRED:
@@ -140,18 +140,13 @@ class Answers:
         # deterministic, so its verdict is this one.
         if self.on_answer is not None and result is not None and not result.duplicate:
             self.on_answer(verdict)
-        # A verdict is one event. Its leaf hash comes with a fresh append (the store hashed
-        # it already); a recorded or duplicate verdict's is read from the tree.
+        if receipt is not None:  # a fresh verdict, signed in the commit's thread
+            return Verdict(verdict, receipt)
+        # A recorded or duplicate verdict's leaf is read from the tree.
         if result is not None:
             recorded_at = result.positions[-1]
-            if result.leaves and not result.duplicate:
-                # Signed here, on the event loop: one Ed25519 signature (about 30 us) costs
-                # far less than a worker thread's hop per answer did (a fifth of the
-                # per-contract route's CPU per answer, measured under 256 farmers).
-                return Verdict(verdict, self.rt.keys().receipt(recorded_at, result.leaves[-1]))
-        receipt = None
         if recorded_at is not None:
-            receipt = await self.rt.run(receipt_now, self.rt, recorded_at)  # reads its leaf
+            receipt = await self.rt.run(receipt_now, self.rt, recorded_at)
         return Verdict(verdict, receipt)
 
     def _decide_answers(
@@ -202,9 +197,10 @@ class Answers:
     ) -> Decision:
         """One looked-up answer's decision: the recorded verdict (and where it was
         recorded), the late answer's expiry (its value ``EXPIRED``), or the verified verdict
-        with its events. The value is (word, position of a recorded verdict or None)."""
+        with its events. The value is (word, position of a recorded verdict or None, receipt
+        of a fresh verdict or None)."""
         if recorded is not None:
-            return Decision(None, (recorded, recorded_at))
+            return Decision(None, (recorded, recorded_at, None))
         stream = ev.contract_stream(contract.contract_id)
         at, meta = from_micros(ask.now), ask.ctx.meta()
         guard = tokens.guard(owner)
@@ -212,11 +208,19 @@ class Answers:
         if refused:
             expiry = [e.to_new(at, meta) for e in refused]
             request = AppendRequest(stream, contract.version, expiry, None, guard)
-            return Decision(request, (EXPIRED, None))
+            return Decision(request, (EXPIRED, None, None))
         valid = self.rt.proofs().verify(ask.proof, contract.challenge, contract.state)
         events = [e.to_new(at, meta) for e in cn.decide_answer(contract, ask.recorded, valid)]
         request = AppendRequest(stream, contract.version, events, request_id, guard)
-        return Decision(request, ("pass" if valid else "fail", None))
+        return Decision(request, ("pass" if valid else "fail", None, None), self._receipted)
+
+    def _receipted(self, value: tuple[str, None, None], result: AppendResult) -> Any:
+        """A fresh verdict's receipt, signed in the commit's thread once it is durable: the
+        signature releases the interpreter lock, so the event loop goes on meanwhile (on
+        the loop, one signature per answer was the largest single cost of the route)."""
+        if not result.leaves or result.duplicate:
+            return value
+        return (value[0], None, self.rt.keys().receipt(result.positions[-1], result.leaves[-1]))
 
 
 def recorded_verdict(event_types: Iterable[str], contract: cn.ContractView) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -526,6 +527,46 @@ async def test_committer_decides_a_batch_in_one_call_beside_plain_appends(
     assert calls == [["x", "refuse", "read-only", "yy"]]  # one call, in the callers' order
     assert sorted(e.stream_id for e in store.read_all()) == ["plain", "x", "yy"]
     assert committer.appended == 3
+
+
+async def test_a_decision_is_settled_once_durable_in_the_commits_thread(
+    store: EventStore,
+) -> None:
+    """``settle`` (how a fresh verdict gets its receipt) sees the append's positions, runs in
+    the commit's thread after the commit, and never runs for an append that failed or for a
+    decision that appends nothing."""
+    settled: list[tuple[str, int, bool, str]] = []
+
+    def settle(value: str, result: AppendResult) -> str:
+        # The caller sees what ``settle`` returns; a read of the ledger here finds the event.
+        durable = any(e.position == result.positions[-1] for e in store.read_all())
+        settled.append((value, result.positions[-1], durable, threading.current_thread().name))
+        return f"{value}@{result.positions[-1]}"
+
+    def decider(unit: UnitOfWork, items: list[str]) -> list[Decision | BaseException]:
+        return [
+            Decision(None, item, settle)
+            if item == "read-only"
+            else Decision(AppendRequest(item, 0, [ev(1, bad=(item == "bad"))]), item, settle)
+            for item in items
+        ]
+
+    store.listeners.append(Exploding(when="bad"))
+    committer = GroupCommitter(store)
+    try:
+        results = await asyncio.gather(
+            *(committer.decide(decider, item) for item in ("a", "bad", "read-only", "b")),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.close()
+    a, bad, read_only, b = results
+    assert isinstance(bad, AppendFailed)
+    assert read_only == ("read-only", None)
+    assert a[0] == f"a@{a[1].positions[-1]}" and b[0] == f"b@{b[1].positions[-1]}"  # type: ignore[index]
+    assert sorted(value for value, *_ in settled) == ["a", "b"]
+    assert all(durable for _, _, durable, _ in settled)
+    assert {thread for *_, thread in settled} != {threading.main_thread().name}
 
 
 def test_a_unit_of_work_looks_each_request_id_up_once(
