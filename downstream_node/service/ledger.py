@@ -1,7 +1,7 @@
 """The transparency log's read side: signed checkpoints, the public feed, inclusion and
-consistency proofs, and receipts. Every database read runs in a worker thread, and so does
-every signature but a fresh verdict's receipt (``service/answers.py``); the feed and proofs
-cover only what the tree covers.
+consistency proofs, and receipts. Every database read and every signature runs in a worker
+thread (a fresh verdict's receipt in the group commit's, ``service/answers.py``); the feed
+and proofs cover only what the tree covers.
 """
 
 from __future__ import annotations
