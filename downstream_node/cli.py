@@ -71,9 +71,10 @@ def run_node(obj: Obj, work: Callable[[Node], Awaitable[T]]) -> T:
 
 
 def _require_ledger(obj: Obj) -> None:
-    """Raise ``NoLedger`` unless the database already holds a ledger: a command that only
-    reads or re-derives one would otherwise create a new ledger (schema, node secret, log
-    key) on a mistyped --db and succeed on it. ``initdb`` and ``serve`` create."""
+    """Raise ``NoLedger`` unless the database already holds a ledger: any command but
+    ``initdb`` and ``serve`` would otherwise create a new ledger (schema, node secret, log
+    key) on a mistyped --db and succeed on it (a token printed for a ledger no node
+    serves)."""
     existing_ledger(obj.settings.db_url).dispose()
 
 
@@ -185,6 +186,7 @@ def whitelist_import(obj: Obj, file: Path) -> None:
     except Refused as refused:
         click.echo(f"error: {refused.status}: {file}: {refused.message}", err=True)
         sys.exit(1)
+    _require_ledger(obj)
     count = run_node(obj, lambda node: node.whitelist(entries))
     unchanged = len({address for address, _ in entries}) - count
     click.echo(f"whitelisted {count} addresses ({unchanged} unchanged)")
@@ -266,6 +268,7 @@ def token() -> None:
 @click.pass_obj
 def token_create(obj: Obj, address: str) -> None:
     """Create a token for ADDRESS and print it (it is shown only this once)."""
+    _require_ledger(obj)
     created, _ = run_node(obj, lambda node: node.create_token(address))
     click.echo(created)
 
@@ -275,6 +278,7 @@ def token_create(obj: Obj, address: str) -> None:
 @click.pass_obj
 def token_delete(obj: Obj, token_value: str) -> None:
     """Delete TOKEN; its chunks return to the pool for other farmers."""
+    _require_ledger(obj)
     run_node(obj, lambda node: node.delete_token(token_value))
     click.echo("deleted")
 
@@ -294,6 +298,7 @@ def file_group() -> None:
 @click.pass_obj
 def file_add(obj: Obj, path: Path, redundancy: int | None, interval: int | None) -> None:
     """Monitor the file at PATH; prints its hash."""
+    _require_ledger(obj)
     click.echo(
         run_node(obj, lambda node: node.add_file(path, redundancy=redundancy, interval=interval))
     )
@@ -316,6 +321,7 @@ def file_add_seeded(
             for _ in range(count)
         ]
 
+    _require_ledger(obj)
     for file_hash in run_node(obj, work):
         click.echo(file_hash)
 
@@ -325,6 +331,7 @@ def file_add_seeded(
 @click.pass_obj
 def file_remove(obj: Obj, file_hash: str) -> None:
     """Stop monitoring HASH; its contracts end."""
+    _require_ledger(obj)
     run_node(obj, lambda node: node.remove_file(file_hash))
     click.echo("removed")
 

@@ -184,8 +184,20 @@ def test_reading_commands_refuse_a_database_without_a_ledger(tmp_path: Path) -> 
 
 def test_commands_on_a_ledger_refuse_a_database_without_one(db_url: str, tmp_path: Path) -> None:
     """A mistyped --db (an SQLite file that is not there, an empty MariaDB database) is
-    refused, not made into a new ledger with its own secret and log key."""
+    refused, not made into a new ledger with its own secret and log key: only ``initdb`` and
+    ``serve`` create one."""
+    inputs = tmp_path.parent / f"{tmp_path.name}-inputs"
+    inputs.mkdir()
+    whitelist, chunk = inputs / "whitelist.csv", inputs / "chunk.bin"
+    whitelist.write_text(f"address,balance\n{ADDRESS},25000\n")
+    chunk.write_bytes(b"x" * 4096)
     commands = (
+        ["whitelist", "import", str(whitelist)],
+        ["token", "create", ADDRESS],
+        ["token", "delete", "0" * 32],
+        ["file", "add", str(chunk)],
+        ["file", "add-seeded", "--size", "4096"],
+        ["file", "remove", "0" * 64],
         ["ledger", "key"],
         ["ledger", "checkpoint"],
         ["ledger", "export", "--output", str(tmp_path / "export.jsonl")],

@@ -144,6 +144,7 @@ async def test_the_real_client_farms_recovers_and_is_audited(
     two = Farmer(tmp_path / "farmer-two", secrets.token_bytes(32))
     whitelist = tmp_path / "whitelist.csv"
     whitelist.write_text(f"address,balance\n{one.address},10000\n{two.address},25000\n")
+    cli(db_url, tmp_path, "initdb")
     cli(db_url, tmp_path, "whitelist", "import", str(whitelist))
     served = await start_serve(
         db_url,
