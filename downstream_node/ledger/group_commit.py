@@ -160,7 +160,7 @@ class GroupCommitter:
             elif isinstance(appended, LedgerError):
                 outcomes.append(appended)
             elif isinstance(d, Decision):
-                outcomes.append((_settled(d, appended), appended))
+                outcomes.append(_settled(d, appended))
             else:
                 assert appended is not None
                 outcomes.append(appended)
@@ -183,10 +183,16 @@ def _decide_all(unit: UnitOfWork, jobs: list[Job]) -> list[Decided]:
     return decided
 
 
-def _settled(decision: Decision, appended: AppendResult | None) -> Any:
+def _settled(decision: Decision, appended: AppendResult | None) -> Outcome | BaseException:
+    """What the decision's caller gets: its value (settled, if it asks to be) and result."""
     if decision.settle is None or appended is None:
-        return decision.value
-    return decision.settle(decision.value, appended)
+        return decision.value, appended
+    try:
+        return decision.settle(decision.value, appended), appended
+    except Exception as exc:
+        # Its events are durable: that caller alone fails, as after a commit whose outcome
+        # it could not learn, and its retry (same request id) finds them.
+        return AppendFailed(exc, before_commit=False)
 
 
 def _request(decided: Decided) -> AppendRequest | None:

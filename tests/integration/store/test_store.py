@@ -534,10 +534,13 @@ async def test_a_decision_is_settled_once_durable_in_the_commits_thread(
 ) -> None:
     """``settle`` (how a fresh verdict gets its receipt) sees the append's positions, runs in
     the commit's thread after the commit, and never runs for an append that failed or for a
-    decision that appends nothing."""
+    decision that appends nothing; one that fails fails its own caller alone, as a commit
+    whose outcome is unknown (the events are durable)."""
     settled: list[tuple[str, int, bool, str]] = []
 
     def settle(value: str, result: AppendResult) -> str:
+        if value == "cannot-settle":
+            raise RuntimeError("the signer failed")
         # The caller sees what ``settle`` returns; a read of the ledger here finds the event.
         durable = any(e.position == result.positions[-1] for e in store.read_all())
         settled.append((value, result.positions[-1], durable, threading.current_thread().name))
@@ -555,13 +558,18 @@ async def test_a_decision_is_settled_once_durable_in_the_commits_thread(
     committer = GroupCommitter(store)
     try:
         results = await asyncio.gather(
-            *(committer.decide(decider, item) for item in ("a", "bad", "read-only", "b")),
+            *(
+                committer.decide(decider, item)
+                for item in ("a", "bad", "read-only", "b", "cannot-settle")
+            ),
             return_exceptions=True,
         )
     finally:
         await committer.close()
-    a, bad, read_only, b = results
-    assert isinstance(bad, AppendFailed)
+    a, bad, read_only, b, unsettled = results
+    assert isinstance(bad, AppendFailed) and bad.before_commit
+    assert isinstance(unsettled, AppendFailed) and not unsettled.before_commit
+    assert "cannot-settle" in {e.stream_id for e in store.read_all()}
     assert read_only == ("read-only", None)
     assert a[0] == f"a@{a[1].positions[-1]}" and b[0] == f"b@{b[1].positions[-1]}"  # type: ignore[index]
     assert sorted(value for value, *_ in settled) == ["a", "b"]
