@@ -11,6 +11,7 @@ import asyncio
 import csv
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -817,8 +818,24 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
     sys.exit(1)
 
 
+def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets NaN through (it compares false with every bound), and an infinite or
+    # huge duration overflows a datetime: a year is the most a run may be asked to last.
+    if value is not None and not (math.isfinite(value) and value <= 366 * 86400):
+        raise click.BadParameter(f"{value} is not a number of seconds up to a year")
+    return value
+
+
+def _http_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value.lower().startswith(("http://", "https://")):
+        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
 @main.command()
-@click.option("--url", required=True, help="The node, e.g. http://127.0.0.1:8000")
+@click.option(
+    "--url", required=True, callback=_http_url, help="The node, e.g. http://127.0.0.1:8000"
+)
 @click.option(
     "--address",
     default=None,
@@ -838,6 +855,7 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
     "--duration",
     type=click.FloatRange(0),
     default=None,
+    callback=_finite,
     help="Seconds to farm. Default: until Ctrl-C.",
 )
 @click.option(
@@ -850,7 +868,9 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
     "and contracts (state.json, mode 0600): a later run goes on with them.",
 )
 @click.option("--max-contracts", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--poll", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option(
+    "--poll", type=click.FloatRange(0.1), default=5.0, show_default=True, callback=_finite
+)
 @click.option("--wrong-proofs", is_flag=True, help="Send corrupted proofs (to test a node).")
 def farm(
     url: str,
@@ -870,16 +890,26 @@ def farm(
 
     if api == "2014-10" and address is None:
         raise click.UsageError("--address is required with --api 2014-10")
-    if api == "v1":
-        from .domain.signatures import address_for
-        from .farmer.v1 import load_key
+    from .farmer.client import describe_error
+    from .farmer.state import load_node
 
-        for i in range(farmers):
-            try:
-                key = load_key(directory / f"farmer-{i + 1}", address)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from None
-            click.echo(f"farmer-{i + 1} signs as {address_for(key)} (the node must whitelist it)")
+    for i in range(farmers):
+        home = directory / f"farmer-{i + 1}"
+        signs_as = address
+        try:
+            if api == "v1":
+                from .domain.signatures import address_for
+                from .farmer.v1 import load_key
+
+                signs_as = address_for(load_key(home, address))
+                click.echo(f"farmer-{i + 1} signs as {signs_as} (the node must whitelist it)")
+            # A state file that cannot be read is refused before any farmer starts: it may
+            # hold a token and a signing key that a new registration would lose.
+            load_node(home, url.rstrip("/"), signs_as or "", lambda _warning: None)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        except OSError as exc:
+            raise CannotRun(describe_error(exc)) from None
     swarm = Swarm()
 
     async def go() -> None:
@@ -909,7 +939,9 @@ def farm(
     asyncio.run(go())
     totals = swarm.totals()
     click.echo(json.dumps({"farmers": len(swarm.farmers), **totals.todict()}))
-    if not any(f.token for f in swarm.farmers):
+    # A farmer that stopped on an error (a refused registration, a state file it cannot
+    # keep) fails the run, so that a service manager restarts it or says so.
+    if any(f.ended for f in swarm.farmers) or not any(f.token for f in swarm.farmers):
         sys.exit(1)
 
 

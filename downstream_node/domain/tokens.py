@@ -83,6 +83,16 @@ def redact(token: str) -> str:
     return token[:4] + "…" if token else ""
 
 
+# Any run of 32 or more hex digits may hold a token (a mistyped or padded one included).
+HEX_RUN = re.compile(r"[0-9a-fA-F]{32,}")
+
+
+def redact_hex_runs(text: str) -> str:
+    """``text`` with every run that may hold a token cut short (``redact``): for messages
+    that quote what a server sent back, such as a page echoing the request's path."""
+    return HEX_RUN.sub(lambda m: redact(m.group(0)), text)
+
+
 @dataclass(frozen=True)
 class TokenPolicy:
     require_whitelist: bool = True

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from ..domain.clock import Clock
+from ..domain.tokens import redact_hex_runs
 
 PREFIX = "/api/downstream"
 MAX_RETRY_AFTER = 300.0  # seconds: a node's Retry-After beyond this is not waited out in full
@@ -107,8 +108,10 @@ class NodeClient:
             self._not_before = None
         kwargs: dict[str, Any] = {} if body is None else {"json": body}
         try:
+            # Never follow a redirect: the token is in the path, and a redirect may lead
+            # anywhere (the node's API does not redirect).
             async with self._http().request(
-                method, self.url + path, timeout=self._timeout, **kwargs
+                method, self.url + path, timeout=self._timeout, allow_redirects=False, **kwargs
             ) as response:
                 text = await response.text()
                 after = retry_after(response.headers.get("Retry-After"), self.clock.now())
@@ -121,8 +124,14 @@ class NodeClient:
             data = json.loads(text)
         except ValueError:
             data = None
+        # A page that is not the API's is quoted with any token in it cut short (a proxy's
+        # error page may echo the request's path, which holds the token).
+        if 300 <= response.status < 400:
+            where = redact_hex_runs(response.headers.get("Location", "")[:200])
+            raise FarmerError("redirect", f"redirected to {where!r}; not followed", response.status)
         if not isinstance(data, dict):
-            raise FarmerError("error", f"not a JSON object: {text[:200]!r}", response.status, after)
+            excerpt = redact_hex_runs(text[:200])
+            raise FarmerError("error", f"not a JSON object: {excerpt!r}", response.status, after)
         if response.status >= 400:
             raise FarmerError(
                 str(data.get("status", "error")),

@@ -20,10 +20,28 @@ from ..heartbeat import HeartbeatError, Merkle, Swizzle
 from . import receipts
 from .client import PREFIX, CannotStore, FarmerError, NodeClient, describe_error
 from .proofs import beat_for, corrupt_proof, prove_file
-from .state import STATE_FILE, Contract, load_node, save_node
+from .state import STATE_FILE, Contract, UnreadableState, load_node, save_node, write_private
 from .storage import intact, write_chunk
 
 EventHook = Callable[["Farmer", str, dict[str, Any]], None]
+
+# Answers to /new that say "not now" rather than "no": tried again after Retry-After. A
+# refusal (400, 403, 404, a 429 too_many_tokens of the per-IP limit) ends the farmer.
+TRY_AGAIN = {500, 502, 503, 504}
+
+
+def _try_again(exc: FarmerError) -> bool:
+    if exc.http_status == 429:
+        return exc.status != "too_many_tokens"
+    return exc.http_status in TRY_AGAIN
+
+
+class CannotKeepState(FarmerError):
+    """The farmer's directory cannot keep a token: the farmer ends rather than register
+    tokens it would lose."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("cannot_keep_state", reason, 0)
 
 
 @dataclass
@@ -66,6 +84,7 @@ class Farmer:
         self.heartbeat: dict[str, Any] | None = None
         self.contracts: dict[str, Contract] = {}
         self.unstorable: set[str] = set()  # chunks this run could not write: not taken again
+        self.ended: str | None = None  # why the farming ended before its time, if it did
         self.stats = FarmerStats()
         self._beat: Merkle | Swizzle | None = None
         self.client = NodeClient(self.url, clock=self.clock, session=session, timeout=timeout)
@@ -124,7 +143,6 @@ class Farmer:
             self.token,
             self.heartbeat,
             self.contracts,
-            self._warn,
         )
 
     def load_state(self) -> bool:
@@ -146,12 +164,36 @@ class Farmer:
 
     async def register(self) -> str:
         """Get a new token for the address, and the node's public heartbeat."""
-        data = await self.request("GET", f"{PREFIX}/new/{self.address}")
+        self.check_writable()
+        return self.registered(await self.request("GET", f"{PREFIX}/new/{self.address}"))
+
+    def registered(self, data: dict[str, Any]) -> str:
+        """Take up the token and heartbeat of a ``/new`` answer, saved at once."""
         self.token, self.heartbeat = data["token"], data["heartbeat"]
         self._beat = beat_for(data["heartbeat"])
-        self.save_state()
+        self.save_registered()
         self._emit("registered", token=redact(self.token))
         return self.token
+
+    def check_writable(self) -> None:
+        """Fail before asking for a token the state file could not keep: each token lost so
+        counts against the node's tokens per IP address until the operator deletes it."""
+        probe = self.directory / (STATE_FILE + ".probe")
+        try:
+            write_private(probe, "")
+            probe.unlink()
+        except OSError as exc:
+            reason = f"cannot write in {self.directory}: {describe_error(exc)}"
+            raise CannotKeepState(reason) from None
+
+    def save_registered(self) -> None:
+        try:
+            self.save_state()
+        except OSError as exc:
+            raise CannotKeepState(
+                f"the new token could not be saved ({describe_error(exc)}); the node keeps "
+                "it until the operator deletes it"
+            ) from None
 
     async def connect(self) -> str:
         """Go on with the token saved for this node and address, else register a new one."""
@@ -162,9 +204,7 @@ class Farmer:
                 if exc.status != "no_token":
                     raise
                 self._emit("error", error="the node no longer knows our saved token")
-                for file_hash in list(self.contracts):
-                    self._drop(file_hash, save=False)
-                self.token = None
+                self._forget_token()
             else:
                 assert self.token is not None
                 self._emit("resumed", token=redact(self.token), contracts=len(self.contracts))
@@ -385,6 +425,13 @@ class Farmer:
         self.stats.removed += 1
         self._emit("removed", file_hash=file_hash)
 
+    def _forget_token(self) -> None:
+        """The node no longer knows our token: its contracts are over too (the state file
+        keeps them until the new token is saved, should the registration fail)."""
+        for file_hash in list(self.contracts):
+            self._drop(file_hash, save=False)
+        self.token = None
+
     def _drop(self, file_hash: str, *, save: bool = True) -> None:
         contract = self.contracts.pop(file_hash, None)
         if contract is not None:
@@ -438,8 +485,10 @@ class Farmer:
         try:
             await self.connect()
             return True
+        except UnreadableState:
+            raise
         except FarmerError as exc:
-            if exc.http_status != 503:
+            if not _try_again(exc):
                 raise
             self.record_error(f"registration: {exc}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -469,10 +518,11 @@ class Farmer:
                 await asyncio.wait_for(stop.wait(), timeout=wait)
 
         # Registration is tried again after a 503 or a connection error, as every other
-        # request is (a refusal still ends the farming).
-        while self.token is None and going_on() and not await self._connect_or_wait():
-            await pause()
+        # request is (a refusal still ends the farming); so is a token the node forgot.
         while going_on():
+            if self.token is None and not await self._connect_or_wait():
+                await pause()
+                continue
             try:
                 if len(self.contracts) < max_contracts and self.clock.now() >= next_take:
                     await self.take_contracts(max_contracts)
@@ -482,7 +532,9 @@ class Farmer:
             except FarmerError as exc:
                 if exc.status == "no_token":
                     self._emit("error", error="the node no longer knows our token")
-                    break
+                    self._forget_token()
+                    next_take = self.clock.now()  # and takes contracts again at once
+                    continue
                 self.record_error(str(exc))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self.record_error(f"{type(exc).__name__}: {describe_error(exc)}")

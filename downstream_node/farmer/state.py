@@ -18,7 +18,18 @@ from .proofs import beat_for
 
 STATE_FILE = "state.json"
 
-Warn = Callable[[str], None]  # told about a state file that cannot be read (and is ignored)
+Warn = Callable[[str], None]  # told about a saved contract that cannot be read (and is skipped)
+
+
+class UnreadableState(OSError):
+    """The state file exists but cannot be read, or is not the farmer's: it may hold tokens
+    and v1 signing keys that cannot be made again, so nothing overwrites it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"cannot use {path}: {reason}; it may hold this farmer's token and signing key, "
+            "so it is left as it is: repair it, or move it aside to start afresh"
+        )
 
 
 @dataclass
@@ -48,15 +59,18 @@ class Saved:
     contracts: dict[str, Contract]
 
 
-def read_state(path: Path, warn: Warn) -> dict[str, Any]:
+def read_state(path: Path) -> dict[str, Any]:
+    """The state file's object, ``{}`` when there is none; ``UnreadableState`` when it
+    exists but cannot be read or parsed."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}  # nothing saved (a file where its directory should be holds none either)
     except (OSError, ValueError) as exc:
-        warn(f"ignoring unreadable {path}: {describe_error(exc)}")
-        return {}
-    return state if isinstance(state, dict) else {}
+        raise UnreadableState(path, describe_error(exc)) from None
+    if not isinstance(state, dict):
+        raise UnreadableState(path, "it holds no JSON object")
+    return state
 
 
 def save_node(
@@ -66,11 +80,10 @@ def save_node(
     token: str | None,
     heartbeat: dict[str, Any] | None,
     contracts: dict[str, Contract],
-    warn: Warn,
 ) -> None:
     """Write the token, the heartbeat and the contracts for ``url`` (other nodes are kept);
     without a token, forget ``url``."""
-    state = read_state(path, warn)
+    state = read_state(path)
     nodes = state.get("nodes")
     if not isinstance(nodes, dict):
         nodes = state["nodes"] = {}
@@ -89,16 +102,30 @@ def save_node(
 def load_node(directory: Path, url: str, address: str, warn: Warn) -> Saved | None:
     """The token saved for ``url`` and ``address`` with its contracts, or None.
 
-    As in the original client, a saved token for another address is not used.
+    As in the original client, a saved token for another address is not used. A saved
+    token that cannot be read is ``UnreadableState`` (registering anew would lose it to
+    the node's tokens-per-IP limit); a contract that cannot be read is skipped, with a
+    warning.
     """
+    path = directory / STATE_FILE
+    nodes = read_state(path).get("nodes", {})
+    saved = nodes.get(url) if isinstance(nodes, dict) else None
+    if saved is None:
+        return None
     try:
-        saved = read_state(directory / STATE_FILE, warn)["nodes"][url]
         if saved["address"] != address:
             return None
         token, heartbeat = str(saved["token"]), saved["heartbeat"]
         beat = beat_for(heartbeat)
-        contracts = {
-            h: Contract(
+        entries = saved.get("contracts", {})
+        if not isinstance(entries, dict):
+            raise TypeError("contracts is not an object")
+    except (KeyError, TypeError, ValueError, AttributeError, HeartbeatError) as exc:
+        raise UnreadableState(path, f"the token saved for {url}: {exc!r}") from None
+    contracts = {}
+    for h, c in entries.items():
+        try:
+            contracts[h] = Contract(
                 file_hash=h,
                 seed=c["seed"],
                 size=int(c["size"]),
@@ -108,10 +135,8 @@ def load_node(directory: Path, url: str, address: str, warn: Warn) -> Saved | No
                 expiration=c["expiration"],
                 path=directory / h,
             )
-            for h, c in saved.get("contracts", {}).items()
-        }
-    except (KeyError, TypeError, ValueError, AttributeError, HeartbeatError):
-        return None
+        except (KeyError, TypeError, ValueError) as exc:
+            warn(f"skipping the saved contract {h[:12]}, which cannot be read: {exc!r}")
     return Saved(token, heartbeat, beat, contracts)
 
 

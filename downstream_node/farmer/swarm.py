@@ -77,11 +77,14 @@ async def run_farmers(
                     stop=stop,
                 )
             except FarmerError as exc:
-                farmer.record_error(str(exc))
+                farmer.ended = str(exc)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                farmer.record_error(f"cannot reach {url}: {describe_error(exc)}")
+                farmer.ended = f"cannot reach {url}: {describe_error(exc)}"
             except OSError as exc:  # its directory or state file
-                farmer.record_error(f"{type(exc).__name__}: {describe_error(exc)}")
+                farmer.ended = f"{type(exc).__name__}: {describe_error(exc)}"
+            else:
+                return
+            farmer.record_error(farmer.ended)
 
         await asyncio.gather(*(one(f) for f in swarm.farmers))
     return swarm

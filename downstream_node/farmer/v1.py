@@ -9,6 +9,7 @@ hex; the file is mode 0600), made on first use; the operator whitelists its addr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import secrets
@@ -16,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..domain.signatures import address_for, sign_message
-from ..domain.tokens import redact
 from ..heartbeat import HeartbeatError
 from .client import PREFIX, CannotStore, FarmerError, describe_error
 from .loop import Farmer
-from .proofs import beat_for, corrupt_proof
+from .proofs import corrupt_proof
 from .state import STATE_FILE, Contract, read_state, write_private
 from .storage import write_chunk
 
@@ -33,7 +33,7 @@ def load_key(directory: Path, address: str | None) -> bytes:
     """The private key kept in ``directory``'s state file: the one for ``address``, else the
     first kept, else a new one (saved). ``address`` without a key kept for it is an error."""
     path = directory / STATE_FILE
-    state = read_state(path, lambda error: None)
+    state = read_state(path)  # UnreadableState: a key it holds must not be replaced
     keys = state.get("keys") if isinstance(state.get("keys"), dict) else {}
     if address is not None:
         if address not in keys:
@@ -73,14 +73,10 @@ class V1Farmer(Farmer):
             raise
 
     async def register(self) -> str:
+        self.check_writable()
         message = f"downstream-node reference farmer {self.address} {self.clock.now():%s}"
         signed = {"message": message, "signature": sign_message(self.key, message)}
-        data = await self.request("POST", f"{V1}/new/{self.address}", signed)
-        self.token, self.heartbeat = data["token"], data["heartbeat"]
-        self._beat = beat_for(data["heartbeat"])
-        self.save_state()
-        self._emit("registered", token=redact(self.token))
-        return self.token
+        return self.registered(await self.request("POST", f"{V1}/new/{self.address}", signed))
 
     async def due(self) -> dict[str, Any]:
         """The token check of ``connect`` (the v1 API has no ``/due``)."""
@@ -177,6 +173,12 @@ class V1Farmer(Farmer):
             report = await self.request("POST", f"{V1}/answer/{token}", {"proofs": proofs})
             for item in report["report"]:
                 verdicts[str(item["file_hash"])] = self._verdict(item)
+        for file_hash, verdict in verdicts.items():
+            if verdict == "fail" and file_hash in self.contracts:
+                # A damaged chunk (the node said so) is rewritten from its seed once per
+                # challenge, and the next round answers the still open challenge again.
+                with contextlib.suppress(CannotStore):
+                    await self.repair(file_hash)
         self.save_state()
         return verdicts
 

@@ -64,8 +64,6 @@ TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple[Network, ...])
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}\Z")
-# Any run of 32 or more hex digits may hold a token (a mistyped or padded one included).
-HEX_RUN = re.compile(r"[0-9a-fA-F]{32,}")
 DATABASE_RETRY_AFTER = "5"
 # How long a refused /new should wait: a slot frees only when a token is deleted.
 TOKENS_RETRY_AFTER = "60"
@@ -105,7 +103,9 @@ def redacted_path(request: web.Request) -> str:
         and not (token and token.lower() in file_hash.lower())
     ):
         keep = file_hash
-    return HEX_RUN.sub(lambda m: m.group(0) if m.group(0) == keep else tk.redact(m.group(0)), path)
+    return tk.HEX_RUN.sub(
+        lambda m: m.group(0) if m.group(0) == keep else tk.redact(m.group(0)), path
+    )
 
 
 def accepted_request_id(incoming: str) -> str:
@@ -114,7 +114,7 @@ def accepted_request_id(incoming: str) -> str:
     A request id is written to every log line and event of its request, so one holding a run
     of 32 or more hex digits (a token, or a token's hash) is never taken as sent: a client
     that puts its token there must not find it in the node's logs and ledger."""
-    if REQUEST_ID_RE.match(incoming) and not HEX_RUN.search(incoming):
+    if REQUEST_ID_RE.match(incoming) and not tk.HEX_RUN.search(incoming):
         return incoming
     # 32 hex digits of os.urandom, as uuid4().hex but without building a UUID per request.
     return secrets.token_hex(16)

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 from http_support import ADDRESS, CHUNK, INTERVAL, STRANGER, new_node, real_server, stock
 from reliability_support import free_port
 
+from downstream_node.cli import main
 from downstream_node.farmer import (
     STATE_FILE,
     Display,
@@ -61,7 +63,9 @@ def test_corrupt_proof_is_well_formed_but_wrong() -> None:
     assert secret.verify(bad, challenge, state) is False
 
 
-async def test_run_loop_takes_answers_and_stops_without_token(db_url: str, tmp_path: Path) -> None:
+async def test_run_loop_takes_answers_and_registers_anew_when_its_token_is_deleted(
+    db_url: str, tmp_path: Path
+) -> None:
     node, clock = new_node(db_url, tmp_path)
     async with real_server(create_app(node)) as server:
         files = await stock(node, files=2)
@@ -85,12 +89,23 @@ async def test_run_loop_takes_answers_and_stops_without_token(db_url: str, tmp_p
                     break
                 await asyncio.sleep(0.05)
             assert farmer.stats.passed == 4
-            assert farmer.token is not None
-            await node.delete_token(farmer.token)
-            stats = await asyncio.wait_for(task, 10)  # no_token ends the loop
-            assert stats.failed == 0 and stats.refused == 0
+            first = farmer.token
+            assert first is not None
+            # The operator deletes the token mid-run: the farmer registers anew and takes
+            # the chunks again, rather than ending (a service would stay down).
+            await node.delete_token(first)
+            for _ in range(200):
+                if farmer.token not in (None, first) and farmer.stats.taken == 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert farmer.token not in (None, first) and sorted(farmer.contracts) == sorted(files)
+            assert not task.done() and farmer.ended is None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert farmer.stats.failed == 0 and farmer.stats.refused == 0
         assert events[:3] == ["registered", "contract", "contract"]
-        assert events[-1] == "error"
+        assert events.count("registered") == 2 and "error" in events
 
 
 async def test_swarm_with_plain_display(db_url: str, tmp_path: Path) -> None:
@@ -501,12 +516,21 @@ async def test_farm_runs_reuse_their_saved_token(db_url: str, tmp_path: Path) ->
     assert token not in out.getvalue() and fresh.token not in out.getvalue()  # redacted
 
 
-@pytest.mark.parametrize("first", ["503", "unreachable"])
+NOT_NOW = {
+    "503": (503, '{"status": "busy", "message": "try again"}'),
+    "500": (500, '{"status": "internal_error", "message": "internal error"}'),
+    "502-page": (502, "<html><body>502 Bad Gateway</body></html>"),
+    "429": (429, '{"status": "too_many_requests", "message": "slow down"}'),
+}
+
+
+@pytest.mark.parametrize("first", [*NOT_NOW, "unreachable"])
 async def test_a_farmer_whose_first_registration_fails_registers_on_its_next_try(
     db_url: str, tmp_path: Path, first: str
 ) -> None:
-    """``/new`` answered 503 (with ``Retry-After``), or the node not answering at all: the
-    farm loop tries again in its next round instead of giving up for the whole run."""
+    """``/new`` answered 503 (with ``Retry-After``), a server error, a proxy's page or a
+    rate limit, or the node not answering at all: the farm loop tries again in its next
+    round instead of giving up for the whole run."""
     node, _ = new_node(db_url, tmp_path)
     app = create_app(node)
     news: list[int] = []
@@ -515,12 +539,9 @@ async def test_a_farmer_whose_first_registration_fails_registers_on_its_next_try
     async def busy_once(request: aiohttp.web.Request, handler):  # type: ignore[no-untyped-def]
         if "/new/" in request.path:
             news.append(1)
-            if len(news) == 1 and first == "503":
-                return aiohttp.web.json_response(
-                    {"status": "busy", "message": "try again"},
-                    status=503,
-                    headers={"Retry-After": "1"},
-                )
+            if len(news) == 1 and first in NOT_NOW:
+                status, body = NOT_NOW[first]
+                return aiohttp.web.Response(text=body, status=status, headers={"Retry-After": "1"})
         return await handler(request)
 
     app.middlewares.append(busy_once)
@@ -535,7 +556,7 @@ async def test_a_farmer_whose_first_registration_fails_registers_on_its_next_try
             errors.append(data["error"])
 
     try:
-        if first == "503":
+        if first in NOT_NOW:
             await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
         async with Farmer(
             f"http://127.0.0.1:{port}", ADDRESS, directory=tmp_path / "farm", on_event=seen
@@ -555,4 +576,121 @@ async def test_a_farmer_whose_first_registration_fails_registers_on_its_next_try
         await runner.cleanup()
     assert farmer.token is not None and farmer.stats.passed == 1, errors
     assert errors and errors[0].startswith("registration: ")
-    assert len(news) == (2 if first == "503" else 1)
+    assert len(news) == (2 if first in NOT_NOW else 1)
+
+
+async def test_a_state_file_it_cannot_read_is_left_alone_and_the_run_refused(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A damaged state file may hold the farmer's token: ``farm`` refuses to start rather
+    than register a new token (each lost one counts against the node's per-IP limit) and
+    write over it. One unreadable contract in it is skipped, the token kept."""
+    node, _ = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        await stock(node, files=2)
+        first = await start_farm(server.url, tmp_path, "--duration", "1.5", "--poll", "0.2")
+        _, err = await asyncio.wait_for(first.communicate(), 60)
+        assert first.returncode == 0, err.decode()
+        state = tmp_path / "farm" / "farmer-1" / STATE_FILE
+        saved = json.loads(state.read_text())
+        [entry] = saved["nodes"].values()
+        token, held = entry["token"], sorted(entry["contracts"])
+        assert len(held) == 2
+
+        state.write_text(state.read_text()[:-40])  # cut short
+        damaged = state.read_text()
+        refused = await start_farm(server.url, tmp_path, "--duration", "1")
+        _, err = await asyncio.wait_for(refused.communicate(), 60)
+        assert refused.returncode == 2 and "left as it is" in err.decode(), err.decode()
+        assert "Traceback" not in err.decode() and state.read_text() == damaged
+
+        del entry["contracts"][held[0]]["tag"]
+        state.write_text(json.dumps(saved))
+        again = await start_farm(server.url, tmp_path, "--duration", "1", "--poll", "0.2")
+        _, err = await asyncio.wait_for(again.communicate(), 60)
+        assert again.returncode == 0, err.decode()
+        assert f"skipping the saved contract {held[0][:12]}" in err.decode()
+        assert "resumed token" in err.decode() and token[:4] in err.decode()
+        assert json.loads(state.read_text())["nodes"][server.url]["token"] == token
+
+
+async def test_a_farmer_that_cannot_keep_a_token_asks_for_none(db_url: str, tmp_path: Path) -> None:
+    """A farmer directory that cannot be written: the farmer ends before ``/new`` (a token
+    it could not save would count against the node's per-IP limit), and the run fails."""
+    node, _ = new_node(db_url, tmp_path)
+    app = create_app(node)
+    news: list[str] = []
+
+    @aiohttp.web.middleware
+    async def count_new(request: aiohttp.web.Request, handler):  # type: ignore[no-untyped-def]
+        if "/new/" in request.path:
+            news.append(request.path)
+        return await handler(request)
+
+    app.middlewares.append(count_new)
+    async with real_server(app) as server:
+        await stock(node, files=1)
+        blocked = tmp_path / "blocked"
+        blocked.write_text("a file where the farmer's directory should be")
+        swarm = await run_farmers(server.url, ADDRESS, directory=blocked, duration=5)
+    [farmer] = swarm.farmers
+    assert news == [] and farmer.token is None
+    assert farmer.ended is not None and "cannot write in" in farmer.ended
+
+
+async def test_a_page_that_echoes_the_path_never_shows_the_token(tmp_path: Path) -> None:
+    """A proxy's error page quoting the request's path, and a redirect (never followed: the
+    token is in the path), reach the farmer's messages with the token cut short."""
+    token = "7ff6a6b35e27d1797a8dc90410a0a974"
+
+    async def echo(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        if request.path.startswith("/api/downstream/due/"):
+            raise aiohttp.web.HTTPFound(f"http://elsewhere.example{request.path}")
+        return aiohttp.web.Response(
+            text=f"The requested URL {request.path} was not found", status=404
+        )
+
+    app = aiohttp.web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    async with (
+        real_server(app) as server,
+        Farmer(server.url, ADDRESS, directory=tmp_path / "farm") as farmer,
+    ):
+        farmer.token = token
+        with pytest.raises(FarmerError) as page:
+            await farmer.request("GET", f"/api/downstream/chunk/{token}")
+        with pytest.raises(FarmerError) as redirect:
+            await farmer.due()
+    assert page.value.http_status == 404 and token not in str(page.value)
+    assert "/api/downstream/chunk/7ff6…" in str(page.value)
+    assert redirect.value.status == "redirect" and token not in str(redirect.value)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--duration", "nan"],
+        ["--duration", "inf"],
+        ["--duration", "1e12"],
+        ["--poll", "nan"],
+        ["--url", "127.0.0.1:8000"],
+    ],
+)
+def test_farm_options_that_make_no_sense_are_usage_errors(
+    tmp_path: Path, options: list[str]
+) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "farm",
+            "--url",
+            "http://127.0.0.1:9",
+            "--address",
+            ADDRESS,
+            "--dir",
+            str(tmp_path),
+            *options,
+        ],
+    )
+    assert result.exit_code == 2 and "Invalid value" in result.output, result.output
+    assert not isinstance(result.exception, (OverflowError, ValueError))

@@ -9,9 +9,11 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from http_support import CHUNK, INTERVAL, new_node, real_server
 
 from downstream_node.domain.signatures import address_for
+from downstream_node.farmer.state import UnreadableState
 from downstream_node.farmer.v1 import V1Farmer, load_key
 from downstream_node.http.app import create_app
 
@@ -31,9 +33,18 @@ async def test_the_reference_farmer_farms_through_v1(db_url: str, tmp_path: Path
             assert await farmer.poll_and_answer() == {}  # answered: nothing until due
             clock.advance(INTERVAL + 1)
             assert await farmer.poll_and_answer() == dict.fromkeys(held, "pass")
+            # A chunk damaged on disk: the node's fail makes the farmer rewrite it from its
+            # seed, and the next round passes the still open challenge.
+            clock.advance(INTERVAL)
+            damaged = sorted(held)[0]
+            path = home / damaged
+            path.write_bytes(b"\0" * path.stat().st_size)
+            verdicts = await farmer.poll_and_answer()
+            assert verdicts[damaged] == "fail" and path.read_bytes() != b"\0" * CHUNK
+            assert await farmer.poll_and_answer() == {damaged: "pass"}
             clock.advance(INTERVAL)
             assert await farmer.poll_and_answer(wrong=True) == dict.fromkeys(held, "fail")
-            assert farmer.stats.passed == 4 and farmer.stats.failed == 2
+            assert farmer.stats.passed == 6 and farmer.stats.failed == 3
 
         state = home / "state.json"
         assert stat.S_IMODE(state.stat().st_mode) == 0o600
@@ -65,3 +76,17 @@ def test_the_key_is_made_once_and_kept(tmp_path: Path) -> None:
         assert other in str(exc)
     else:
         raise AssertionError("an address without a key was accepted")
+
+
+def test_a_state_file_it_cannot_read_keeps_its_key(tmp_path: Path) -> None:
+    """A damaged state file is refused, never replaced by one holding a new key (the
+    whitelisted address would be lost for good)."""
+    key = load_key(tmp_path, None)
+    state = tmp_path / "state.json"
+    damaged = state.read_text()[:20]
+    state.write_text(damaged)
+    with pytest.raises(UnreadableState, match="left as it is"):
+        load_key(tmp_path, None)
+    assert state.read_text() == damaged
+    state.write_text(json.dumps({"keys": {address_for(key): key.hex()}}))
+    assert load_key(tmp_path, None) == key
