@@ -572,6 +572,14 @@ def receipts_verify(directory: Path, url: str, vkey: str) -> None:
     click.echo(json.dumps(report.todict()))
     for failure in report.failures:
         click.echo(f"error: {failure}", err=True)
+    if not report.receipts:
+        # Receipts are kept per node URL as the farmer spelled it (localhost is not
+        # 127.0.0.1): a check that found none says so rather than pass in silence.
+        click.echo(
+            f"warning: no receipts for {url} under {directory}; is it the URL the farmer "
+            "was given (--url), spelled the same way?",
+            err=True,
+        )
     sys.exit(1 if report.failed else 0)
 
 

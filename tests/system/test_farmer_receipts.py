@@ -54,6 +54,10 @@ def test_a_farmers_receipts_verify_and_a_forged_one_fails(db_url: str, tmp_path:
             0,
             {"receipts": 3, "verified": 3, "failed": 0},
         )
+        # The node's URL spelled another way than the farmer's: none found, and it says so.
+        other = url.replace("127.0.0.1", "localhost")
+        code, report, err = verify(farm, other, keys.vkey)
+        assert (code, report["receipts"]) == (0, 0) and "warning: no receipts for" in err
 
         # A receipt the node's key signed for a position where that leaf is not: it fails.
         entry = json.loads(lines[0])

@@ -13,6 +13,7 @@ import pytest
 from http_support import CHUNK, INTERVAL, new_node, real_server
 
 from downstream_node.domain.signatures import address_for
+from downstream_node.farmer import receipts
 from downstream_node.farmer.state import UnreadableState
 from downstream_node.farmer.v1 import V1Farmer, load_key
 from downstream_node.http.app import create_app
@@ -45,6 +46,10 @@ async def test_the_reference_farmer_farms_through_v1(db_url: str, tmp_path: Path
             clock.advance(INTERVAL)
             assert await farmer.poll_and_answer(wrong=True) == dict.fromkeys(held, "fail")
             assert farmer.stats.passed == 6 and farmer.stats.failed == 3
+            # Every verdict's receipt is kept, for ``receipts verify``.
+            kept = list(receipts.kept(home, server.url))
+            assert len(kept) == 9 and {r["verdict"] for r in kept} == {"pass", "fail"}
+            assert all(r["receipt"] for r in kept)
 
         state = home / "state.json"
         assert stat.S_IMODE(state.stat().st_mode) == 0o600
