@@ -8,6 +8,7 @@ instance) go through the same renderer, so a log never mixes formats.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -59,6 +60,33 @@ def _client_faults(record: logging.LogRecord) -> bool:
     return True
 
 
+class LossyStream:
+    """A log's stream that drops what it cannot write. A log reader that went away (a
+    closed pipe, ``serve 2>&1 | tee`` whose tee died) or a full disk must not fail the
+    request being logged: its events are recorded already, and the farmer must hear so."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.dropped = 0  # lines (writes) lost
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.dropped += 1
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 def configure_logging(
     fmt: str = "console",
     *,
@@ -75,7 +103,7 @@ def configure_logging(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}: one of {', '.join(FORMATS)}")
-    stream = stream or sys.stderr
+    stream = LossyStream(stream or sys.stderr)  # type: ignore[assignment]
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")

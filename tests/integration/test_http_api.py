@@ -427,6 +427,46 @@ def test_docs_page_escapes_everything() -> None:
     assert "&lt;script&gt;" in page and "<code>&lt;i&gt;</code>" in page
 
 
+class _GoneReader:
+    """A log pipe whose reader went away: every write fails."""
+
+    def write(self, _text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+async def test_a_log_that_cannot_be_written_fails_no_request(
+    served: tuple[TestClient, Node],
+) -> None:
+    """``serve 2>&1 | tee`` whose tee died: the requests still get their answers (a token
+    recorded must reach its farmer); only the log lines are lost."""
+    import logging
+
+    from downstream_node.http.logs import configure_logging
+
+    client, node = served
+    await node.whitelist([(ADDRESS, "10000")])
+    level = logging.getLogger().level
+    try:
+        configure_logging("json", stream=_GoneReader())  # type: ignore[arg-type]
+        status, _ = await get_json(client, "/health")
+        assert status == 200
+        status, body = await get_json(client, f"/api/downstream/new/{ADDRESS}")
+        assert status == 200 and body["token"]
+        logging.getLogger("aiohttp.server").error("a stdlib record, also lost")
+    finally:
+        structlog.reset_defaults()
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_downstream", False):
+                logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
+
+
 def test_log_formats_write_one_event_per_line() -> None:
     import io
     import logging
