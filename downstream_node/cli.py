@@ -590,6 +590,15 @@ main.add_command(audit_commands)
 # -- serve and farm -----------------------------------------------------------------------------
 
 
+def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets NaN through (it compares false with every bound), and an infinite or
+    # huge number of seconds overflows a datetime or a driver's timeout: a year is the most
+    # (MySQL's connect timeout takes no more).
+    if value is not None and not (math.isfinite(value) and value <= 365 * 86400):
+        raise click.BadParameter(f"{value} is not a number of seconds up to a year")
+    return value
+
+
 def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
     from .http.proxies import parse_trusted
 
@@ -650,6 +659,7 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--stop-timeout",
     type=click.FloatRange(0, min_open=True),
+    callback=_finite,
     default=30.0,
     show_default=True,
     help="Seconds the node gets to finish its requests and close after SIGTERM/Ctrl-C; then "
@@ -696,6 +706,7 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--db-connect-timeout",
     type=click.FloatRange(0, min_open=True),
+    callback=_finite,
     default=3.0,
     show_default=True,
     help="Seconds to connect to MySQL/MariaDB.",
@@ -703,6 +714,7 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--db-read-timeout",
     type=click.FloatRange(0, min_open=True),
+    callback=_finite,
     default=5.0,
     show_default=True,
     help="Seconds a MySQL/MariaDB connection waits to read (then it is dropped; a COMMIT cut "
@@ -711,6 +723,7 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--db-write-timeout",
     type=click.FloatRange(0, min_open=True),
+    callback=_finite,
     default=5.0,
     show_default=True,
     help="Seconds a MySQL/MariaDB connection waits to write.",
@@ -718,6 +731,7 @@ def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--db-wait",
     type=click.FloatRange(0, min_open=True),
+    callback=_finite,
     default=4.0,
     show_default=True,
     help="Seconds one request waits for the database in all before the farmer gets 503 with "
@@ -824,14 +838,6 @@ def _serve_failed(log_format: str, message: str, *, force: bool = False) -> NoRe
     if force:
         os._exit(1)
     sys.exit(1)
-
-
-def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    # FloatRange lets NaN through (it compares false with every bound), and an infinite or
-    # huge duration overflows a datetime: a year is the most a run may be asked to last.
-    if value is not None and not (math.isfinite(value) and value <= 366 * 86400):
-        raise click.BadParameter(f"{value} is not a number of seconds up to a year")
-    return value
 
 
 def _http_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -156,8 +157,18 @@ async def serve(
         _remove_signal_handlers(loop)
         raise
     try:
+        stocked: list[Demo] = []
+
+        async def stock_demo() -> None:
+            # Part of the node's start: outside a request's db_wait, and stopped by a stop.
+            with node.rt.wait_budget(math.inf):
+                stocked.append(await ensure_demo(node, demo_stock))
+
         try:
-            stocked = await ensure_demo(node, demo_stock) if demo else None
+            if demo and not await _unless_stopped(stock_demo(), stop):
+                sock.close()
+                log.info("stopping", while_starting=True)
+                return
             site = web.SockSite(runner, sock)
         except BaseException:
             sock.close()
@@ -168,7 +179,7 @@ async def serve(
         url = f"http://{shown}:{bound_port}"
         log.info("listening", url=url, db=_safe_url(settings.db_url), demo=demo)
         if on_ready is not None:
-            on_ready(url, stocked)
+            on_ready(url, stocked[0] if stocked else None)
         await stop.wait()
         log.info("stopping")
     finally:

@@ -256,3 +256,16 @@ def test_an_sqlite_url_in_uri_form_names_the_same_file(tmp_path: Path) -> None:
     cli(uri, tmp_path, "initdb")
     assert "identical_to_previous" in cli(uri, tmp_path, "projections", "rebuild")
     assert (tmp_path / "ledger.db.rebuild-lock").exists()
+
+
+@pytest.mark.parametrize(
+    "option", ["--db-read-timeout", "--db-write-timeout", "--db-wait", "--stop-timeout"]
+)
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300"])
+def test_serve_refuses_seconds_that_are_no_number_before_writing(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    db = tmp_path / "ledger.db"
+    output = cli(f"sqlite:///{db}", tmp_path, "serve", option, value, code=2)
+    assert "Invalid value" in output and "Traceback" not in output
+    assert list(tmp_path.iterdir()) == []  # no database, secret or log key

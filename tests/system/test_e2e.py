@@ -220,6 +220,24 @@ async def test_serve_demo_answers_health(tmp_path: Path) -> None:
     assert any("3 seeded chunks (1 added now)" in line for line in lines), lines
 
 
+async def test_the_demo_stock_is_part_of_the_start_outside_the_request_budget(
+    tmp_path: Path,
+) -> None:
+    """``--db-wait`` bounds a farmer's request, not the node's start: a fresh node with a
+    budget no database meets still stocks its demo and starts; its requests get 503."""
+    db = tmp_path / "demo.db"
+    process, lines = await _start_serve(db, "--db-wait", "0.000001")
+    try:
+        url = re.search(r"listening on (http://\S+)", lines[0])[1]  # type: ignore[index]
+        assert any("3 seeded chunks (3 added now)" in line for line in lines)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/api/downstream/new/1") as response:
+                assert response.status == 503
+    finally:
+        err = await _stop(process)
+    assert process.returncode == 0 and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("log_format", ["console", "json"])
 async def test_serve_on_a_port_in_use_writes_nothing(tmp_path: Path, log_format: str) -> None:
     """The port is bound before the node starts: a port in use is one line (in the log's own
