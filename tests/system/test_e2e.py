@@ -230,9 +230,11 @@ async def test_the_demo_stock_is_part_of_the_start_outside_the_request_budget(
     try:
         url = re.search(r"listening on (http://\S+)", lines[0])[1]  # type: ignore[index]
         assert any("3 seeded chunks (3 added now)" in line for line in lines)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(url + "/api/downstream/new/1") as response:
-                assert response.status == 503
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url + "/api/downstream/new/1") as response,
+        ):
+            assert response.status == 503
     finally:
         err = await _stop(process)
     assert process.returncode == 0 and "Traceback" not in err, err
