@@ -42,10 +42,14 @@ async def start(rt: Runtime) -> None:
     node_stream = await rt.run(rt.store.read_stream, ev.NODE_STREAM)
     if rt.scheme is None:
         rt.scheme = await _load_secret(rt, configured_fingerprint(node_stream))
-    # The secret is checked first, as before the log existed: its refusals come first.
+    # Every check before the first append: the secret's first (as before the log existed),
+    # then the log key's, so that a refused start (say, --new-secret without the log's key
+    # file beside the new secret) records nothing.
+    _refuse_another_secret(rt, rt.scheme.fingerprint(), configured_fingerprint(node_stream))
+    keys = rt.log_keys or await _load_log_keys(rt, configured_log_key(node_stream))
     await _record_heartbeat(rt, rt.scheme)
     if rt.log_keys is None:
-        bootstrap.attach_log(rt, await _load_log_keys(rt, configured_log_key(node_stream)))
+        bootstrap.attach_log(rt, keys)
     # The tree covers every event before this node's first append with it (the heartbeat
     # just recorded included): a store without the key may have appended meanwhile.
     await rt.run(rt.store.catch_up_tree)
@@ -76,6 +80,19 @@ async def _load_secret(rt: Runtime, configured: str | None) -> ProofScheme:
     return scheme
 
 
+def _refuse_another_secret(rt: Runtime, fingerprint: str, last: str | None) -> None:
+    """``secret_mismatch`` unless the ledger names no secret, this one, or a new one is
+    asked for (``--new-secret``)."""
+    if last is not None and last != fingerprint and not rt.settings.new_secret:
+        raise Refused(
+            "secret_mismatch",
+            f"the secret file {rt.settings.secret_path()} (fingerprint "
+            f"{fingerprint[:12]}) is not the one this ledger was configured with "
+            f"({last[:12]}): point --secret-file at that one (or use --new-secret "
+            "if it is lost; contracts made under it then end)",
+        )
+
+
 async def _record_heartbeat(rt: Runtime, scheme: ProofScheme) -> None:
     fingerprint = scheme.fingerprint()
     event = ev.HeartbeatConfigured(
@@ -87,19 +104,11 @@ async def _record_heartbeat(rt: Runtime, scheme: ProofScheme) -> None:
     async def attempt() -> None:
         history = await rt.run(rt.store.read_stream, ev.NODE_STREAM)
         last = configured_fingerprint(history)
-        if last is not None:
-            if last == fingerprint:
-                return
-            if not rt.settings.new_secret:
-                # Read at the version the append would need: also a node that started
-                # together with another holding a different secret stops here.
-                raise Refused(
-                    "secret_mismatch",
-                    f"the secret file {rt.settings.secret_path()} (fingerprint "
-                    f"{fingerprint[:12]}) is not the one this ledger was configured with "
-                    f"({last[:12]}): point --secret-file at that one (or use --new-secret "
-                    "if it is lost; contracts made under it then end)",
-                )
+        if last == fingerprint:
+            return
+        # Read at the version the append would need: also a node that started together
+        # with another holding a different secret stops here.
+        _refuse_another_secret(rt, fingerprint, last)
         version = history[-1].version if history else 0
         # At the version read: nodes starting together record it once.
         await rt.append(ev.NODE_STREAM, version, [event], OPERATOR)

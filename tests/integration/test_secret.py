@@ -67,8 +67,19 @@ async def test_a_new_secret_only_when_asked_and_the_old_contracts_end(
     contract = await node.chunk(token)
     assert await node.answer(token, file_hash, prove(public, contract)) == "pass"
     await node.close()
-    (tmp_path / "node-secret.json").unlink()  # lost
+    written = head(node)
 
+    # A new secret elsewhere, without the log's key file beside it: refused, and nothing
+    # recorded (the ledger would otherwise name a secret that no node can start with).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    node, _ = new_node(db_url, tmp_path, new_secret=True, secret_file=elsewhere / "new.json")
+    with pytest.raises(Refused) as refused:
+        await node.start()
+    assert refused.value.status == "log_key_missing" and head(node) == written
+    await node.close()
+
+    (tmp_path / "node-secret.json").unlink()  # lost
     node, clock = new_node(db_url, tmp_path, new_secret=True)
     await node.start()
     try:
