@@ -221,7 +221,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     except Exception as exc:
         if _database_unavailable(exc):
-            log.exception("database_unavailable", route=route_name(request))
+            # One line, not a traceback: an outage fails every request, and its log must not
+            # flood (the cause is the database's, and its message says which).
+            cause = getattr(exc, "orig", None) or exc
+            log.error("database_unavailable", route=route_name(request), error=repr(cause)[:500])
             return _unavailable("the database is unavailable; retry later")
         log.exception("unhandled_error", route=route_name(request))
         return error_response(
@@ -243,7 +246,17 @@ def _database_unavailable(exc: BaseException) -> bool:
         ),
     ):
         return True
-    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    # MySQL errors that no request causes: a database dropped or being restored (1049,
+    # 1146), privileges revoked (1044, 1045, 1142).
+    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+    return code in MYSQL_UNAVAILABLE
+
+
+MYSQL_UNAVAILABLE = {1044, 1045, 1049, 1142, 1146}
 
 
 def _unavailable(message: str) -> web.Response:

@@ -232,6 +232,26 @@ async def test_health_is_503_when_the_database_is_unreachable(
         await node.close()
 
 
+async def test_a_table_gone_from_under_the_node_is_503_in_one_log_line(
+    served: tuple[TestClient, Node],
+) -> None:
+    """A database being restored (its tables dropped, or not loaded yet) fails no request
+    as the node's own bug: 503 with Retry-After, and one log line per request, no
+    traceback (an outage fails every request)."""
+    client, node = served
+    await node.whitelist([(ADDRESS, "10000")])
+    generation = node.store.head().projection_generation
+    with node.store.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE proj{generation}_whitelist")
+    with capture_logs() as logs:
+        async with client.get(f"/api/downstream/new/{ADDRESS}") as response:
+            body = await response.json()
+            assert response.status == 503 and response.headers["Retry-After"]
+    assert body["status"] == "error" and "unavailable" in body["message"]
+    [line] = [e for e in logs if e["event"] == "database_unavailable"]
+    assert line["log_level"] == "error" and "exc_info" not in line and line["error"]
+
+
 async def test_metrics(served: tuple[TestClient, Node]) -> None:
     client, node = served
     _, created = await get_json(client, f"{API}/new/{ADDRESS}")
