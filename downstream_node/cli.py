@@ -518,7 +518,10 @@ def ledger_checkpoint(obj: Obj) -> None:
 @ledger.command("export")
 @click.option("--after", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
-    "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="FILE"
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    required=True,
+    help="FILE, or - for standard output",
 )
 @click.pass_obj
 def ledger_export(obj: Obj, after: int, output: Path) -> None:
@@ -531,17 +534,28 @@ def ledger_export(obj: Obj, after: int, output: Path) -> None:
         with read_transaction(node.engine) as conn:
             size = tree.tree_size(conn)  # what the tree covers, as the feed serves it
         forms = node.rt.keys().public_forms()
-        tmp = output.with_name(output.name + ".tmp")
-        count = 0
-        with tmp.open("wb") as out:
+
+        def write(out: Any) -> int:
+            count = 0
             for _, data, leaf in feed.public_lines(node.engine, forms, after, size):
                 out.write(feed.export_line(data, leaf))
                 count += 1
+            out.flush()
+            return count
+
+        if str(output) == "-":
+            return write(sys.stdout.buffer)
+        tmp = output.with_name(output.name + ".tmp")
+        with tmp.open("wb") as out:
+            count = write(out)
         tmp.replace(output)  # a reader never sees half an export
         return count
 
     _require_ledger(obj)
-    count = run_node(obj, lambda node: node.rt.run(export, node))
+    try:
+        count = run_node(obj, lambda node: node.rt.run(export, node))
+    except OSError as exc:
+        raise CannotRun(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"exported {count} events to {output}", err=True)
 
 

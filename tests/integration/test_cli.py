@@ -269,3 +269,27 @@ def test_serve_refuses_seconds_that_are_no_number_before_writing(
     output = cli(f"sqlite:///{db}", tmp_path, "serve", option, value, code=2)
     assert "Invalid value" in output and "Traceback" not in output
     assert list(tmp_path.iterdir()) == []  # no database, secret or log key
+
+
+def test_ledger_export_to_standard_output_or_nowhere(db_url: str, tmp_path: Path) -> None:
+    cli(db_url, tmp_path, "initdb")
+    exported = tmp_path / "export.jsonl"
+    cli(db_url, tmp_path, "ledger", "export", "--output", str(exported))
+    result = CliRunner().invoke(
+        main,
+        [
+            "--db",
+            db_url,
+            "--secret-file",
+            str(tmp_path / "secret.json"),
+            "ledger",
+            "export",
+            "--output",
+            "-",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == exported.read_bytes() and exported.read_bytes()
+    missing = tmp_path / "no-such-dir" / "export.jsonl"
+    output = cli(db_url, tmp_path, "ledger", "export", "--output", str(missing), code=2)
+    assert "cannot write" in output and "Traceback" not in output
