@@ -96,7 +96,7 @@ from downstream_node.ledger.store import AppendFailed, AppendRequest, EventStore
 from downstream_node.ledger.verify import verify_chain
 from downstream_node.projections.rebuild import rebuild
 from downstream_node.service import Node, bootstrap
-from downstream_node.service.logkeys import LogKeys
+from downstream_node.service.logkeys import LogKeys, keys_path
 from downstream_node.tlog.checkpoint import Checkpoint
 from downstream_node.tlog.merkle import CompactRange
 
@@ -742,6 +742,13 @@ def downstream_cli() -> list[str]:
     return [sys.executable, "-c", "from downstream_node.cli import main; main()"]
 
 
+def forget_secret(secret: Path) -> None:
+    """A fresh ledger's node gets a secret and log keys of its own: the keys of the last
+    run's ledger would refuse to sign another one."""
+    secret.unlink(missing_ok=True)
+    keys_path(secret).unlink(missing_ok=True)
+
+
 async def seed_http(url: str, secret: Path, sizes: Sizes, files: int) -> dict[str, Any]:
     """A node with ``farmers`` tokens each holding a contract on each of ``files`` files.
 
@@ -914,7 +921,7 @@ def _cpu_ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float | None:
 def bench_http(dbs: Databases, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     url = dbs.fresh("http")
     secret = tmp / f"http-{dbs.kind}-secret.json"
-    secret.unlink(missing_ok=True)
+    forget_secret(secret)
     started = time.perf_counter()
     per_contract_files = sizes.files * sizes.rounds
     files = per_contract_files + 2 * sizes.bulk_files + FLOOR_BATCH
@@ -1149,7 +1156,7 @@ def http_multi(urls: list[str], sizes: Sizes, tmp: Path, name: str) -> dict[str,
     """Verified answers/s through one ``serve`` per URL, each loaded by its own load
     generator (closed loop, all tokens, a third of the files each) at the same time."""
     secret = tmp / f"cluster-{name}-secret.json"
-    secret.unlink(missing_ok=True)
+    forget_secret(secret)
     per_server = max(1, sizes.files // 2)
     plan = asyncio.run(seed_http(urls[0], secret, sizes, per_server * len(urls)))
     plan_file = tmp / f"plan-cluster-{name}.json"

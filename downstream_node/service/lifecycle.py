@@ -5,6 +5,7 @@ and the health probe. A node starts only with the secret its ledger was configur
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -46,7 +47,7 @@ async def start(rt: Runtime) -> None:
     # then the log key's, so that a refused start (say, --new-secret without the log's key
     # file beside the new secret) records nothing.
     _refuse_another_secret(rt, rt.scheme.fingerprint(), configured_fingerprint(node_stream))
-    keys = rt.log_keys or await _load_log_keys(rt, configured_log_key(node_stream))
+    keys = rt.log_keys or await _load_log_keys(rt, node_stream)
     await _record_heartbeat(rt, rt.scheme)
     if rt.log_keys is None:
         bootstrap.attach_log(rt, keys)
@@ -54,6 +55,19 @@ async def start(rt: Runtime) -> None:
     # just recorded included): a store without the key may have appended meanwhile.
     await rt.run(rt.store.catch_up_tree)
     await _record_log_key(rt, rt.keys())
+    if keys.ledger is None:
+        await _bind_log_keys(rt)
+
+
+async def _bind_log_keys(rt: Runtime) -> None:
+    """Write into the key file which ledger its keys sign for (the hash of the ledger's
+    first event), now that the ledger names them: another, fresh database started with this
+    file is then refused. The file keeps its own name for the log (not ``--log-origin``)."""
+    first = (await rt.run(rt.store.read_stream, ev.NODE_STREAM))[0]
+    path = keys_path(rt.settings.secret_path())
+    kept = await rt.run(LogKeys.load, path)
+    if kept.ledger is None:
+        await rt.run(dataclasses.replace(kept, ledger=first.hash).save, path)
 
 
 async def _load_secret(rt: Runtime, configured: str | None) -> ProofScheme:
@@ -129,12 +143,14 @@ async def health(rt: Runtime) -> dict[str, Any]:
     return await asyncio.wait_for(rt.read(probe), HEALTH_TIMEOUT)
 
 
-async def _load_log_keys(rt: Runtime, configured: dict[str, Any] | None) -> LogKeys:
+async def _load_log_keys(rt: Runtime, node_stream: list[RecordedEvent]) -> LogKeys:
     """The log's keys from beside the secret, created with the ledger's first start.
 
     Refused like the secret: missing while the ledger names a key (a node started from
-    another directory), or holding another commitment key (its leaves would not match the
-    tree's); another signing key only with ``new_log_key`` (a rotation)."""
+    another directory), holding another commitment key (its leaves would not match the
+    tree's), or bound to another ledger (a fresh database started beside an existing
+    ledger's files); another signing key only with ``new_log_key`` (a rotation)."""
+    configured = configured_log_key(node_stream)
     settings = rt.settings
     path = keys_path(settings.secret_path())
     if configured is not None and not await rt.run(path.exists):
@@ -147,6 +163,14 @@ async def _load_log_keys(rt: Runtime, configured: dict[str, Any] | None) -> LogK
         keys, _ = await rt.run(LogKeys.load_or_create, path, settings.log_origin)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise Refused("bad_secret", f"cannot read the log key file {path}: {_reason(exc)}") from exc
+    ledger = node_stream[0].hash if node_stream else None
+    if keys.ledger is not None and keys.ledger != ledger:
+        raise Refused(
+            "log_key_mismatch",
+            f"the log key file {path} signs another ledger's checkpoints (the one whose "
+            f"first event's hash begins {keys.ledger[:12]}): a second history under one key "
+            "looks like a fork to auditors; give this database its own --secret-file",
+        )
     if configured is None:
         return keys
     if keys.commit_key_id() != configured["commit_key_id"]:

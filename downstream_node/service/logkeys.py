@@ -42,6 +42,10 @@ def _seed(signer: note.Signer) -> bytes:
 class LogKeys:
     signer: note.Signer
     commit_key: bytes
+    # The ledger these keys sign for: the hash of its first event, written into the file
+    # once the ledger names the keys. A fresh database met with keys bound to another ledger
+    # is refused: one key signing two histories is what a fork looks like to an auditor.
+    ledger: str | None = None
 
     @property
     def origin(self) -> str:
@@ -83,11 +87,14 @@ class LogKeys:
         return LogKeys(
             note.Signer(origin, Ed25519PrivateKey.from_private_bytes(_seed(self.signer))),
             self.commit_key,
+            self.ledger,
         )
 
     def rotated(self) -> LogKeys:
         """A new signing key under the same origin; the commitment key stays."""
-        return LogKeys(note.Signer(self.origin, Ed25519PrivateKey.generate()), self.commit_key)
+        return LogKeys(
+            note.Signer(self.origin, Ed25519PrivateKey.generate()), self.commit_key, self.ledger
+        )
 
     # -- the file -------------------------------------------------------------------------------
 
@@ -97,13 +104,13 @@ class LogKeys:
         tmp = path.with_name(path.name + f".{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump(
-                {
-                    "signing_key": self.signer.private_key_string(),
-                    "commit_key": self.commit_key.hex(),
-                },
-                out,
-            )
+            kept = {
+                "signing_key": self.signer.private_key_string(),
+                "commit_key": self.commit_key.hex(),
+            }
+            if self.ledger is not None:
+                kept["ledger"] = self.ledger
+            json.dump(kept, out)
             out.flush()
             os.fsync(out.fileno())
         if replace:
@@ -120,7 +127,10 @@ class LogKeys:
         commit_key = bytes.fromhex(data["commit_key"])
         if len(commit_key) < 16:
             raise ValueError("the commitment key is too short")
-        return cls(note.parse_signer(data["signing_key"]), commit_key)
+        ledger = data.get("ledger")
+        if ledger is not None and not isinstance(ledger, str):
+            raise ValueError("the ledger it is bound to is not a hash")
+        return cls(note.parse_signer(data["signing_key"]), commit_key, ledger)
 
     @classmethod
     def load_or_create(cls, path: Path, origin: str | None = None) -> tuple[LogKeys, bool]:

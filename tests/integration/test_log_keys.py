@@ -122,3 +122,39 @@ def test_ledger_key_under_another_origin(db_url: str, tmp_path: Path) -> None:
     cli("initdb")
     vkey = note.parse_verifier(cli("--log-origin", "foo", "ledger", "key").strip())
     assert vkey.name == "foo" and vkey.public_key == keys.verifier.public_key
+
+
+def test_keys_that_sign_one_ledger_refuse_a_fresh_one(db_url: str, tmp_path: Path) -> None:
+    """The database recreated empty (or a mistyped --db) beside an existing ledger's files:
+    the node refuses to sign a second history under the same key, which auditors would take
+    for a fork, and records nothing; its own ledger still starts with them."""
+    import sqlalchemy as sa
+
+    started(db_url, tmp_path)
+    path = keys_path(tmp_path / "node-secret.json")
+    bound = LogKeys.load(path).ledger
+    assert bound is not None
+    started(db_url, tmp_path)  # a restart: the same ledger
+    assert LogKeys.load(path).ledger == bound
+
+    engine = sa.create_engine(db_url)
+    dropped = sa.MetaData()
+    dropped.reflect(engine)
+    dropped.drop_all(engine)  # the database, recreated empty
+
+    async def fresh() -> None:
+        node, _ = new_node(db_url, tmp_path)
+        try:
+            with pytest.raises(Refused) as refused:
+                await node.start()
+            assert refused.value.status == "log_key_mismatch"
+            assert "another ledger" in refused.value.message
+            assert await node.rt.run(lambda: list(node.store.read_all())) == []  # nothing recorded
+        finally:
+            await node.close()
+
+    asyncio.run(fresh())
+    engine.dispose()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert started(db_url, tmp_path, secret_file=elsewhere / "node-secret.json")  # its own
