@@ -169,7 +169,8 @@ async def _load_log_keys(rt: Runtime, node_stream: list[RecordedEvent]) -> LogKe
             "log_key_mismatch",
             f"the log key file {path} signs another ledger's checkpoints (the one whose "
             f"first event's hash begins {keys.ledger[:12]}): a second history under one key "
-            "looks like a fork to auditors; give this database its own --secret-file",
+            "looks like a fork to auditors; give this database its own --secret-file (to "
+            "start a ledger over, move the old secret and its key file aside with it)",
         )
     if configured is None:
         return keys
