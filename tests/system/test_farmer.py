@@ -34,6 +34,7 @@ from downstream_node.farmer import (
 )
 from downstream_node.heartbeat import Merkle, MerkleProof, SeededChunk
 from downstream_node.http.app import create_app
+from downstream_node.service import Node
 
 
 def test_write_chunk_streams_checks_and_reuses(tmp_path: Path) -> None:
@@ -516,6 +517,27 @@ async def test_farm_runs_reuse_their_saved_token(db_url: str, tmp_path: Path) ->
     assert token not in out.getvalue() and fresh.token not in out.getvalue()  # redacted
 
 
+def counting_new(
+    node: Node, first: tuple[int, str] | None = None
+) -> tuple[aiohttp.web.Application, list[str]]:
+    """The node's app, and the paths of the ``/new`` requests it got; ``first``: the status
+    and body the first one is answered with instead (with ``Retry-After: 1``)."""
+    app = create_app(node)
+    news: list[str] = []
+
+    @aiohttp.web.middleware
+    async def count(request: aiohttp.web.Request, handler):  # type: ignore[no-untyped-def]
+        if "/new/" in request.path:
+            news.append(request.path)
+            if len(news) == 1 and first is not None:
+                status, body = first
+                return aiohttp.web.Response(text=body, status=status, headers={"Retry-After": "1"})
+        return await handler(request)
+
+    app.middlewares.append(count)
+    return app, news
+
+
 NOT_NOW = {
     "503": (503, '{"status": "busy", "message": "try again"}'),
     "500": (500, '{"status": "internal_error", "message": "internal error"}'),
@@ -532,19 +554,7 @@ async def test_a_farmer_whose_first_registration_fails_registers_on_its_next_try
     rate limit, or the node not answering at all: the farm loop tries again in its next
     round instead of giving up for the whole run."""
     node, _ = new_node(db_url, tmp_path)
-    app = create_app(node)
-    news: list[int] = []
-
-    @aiohttp.web.middleware
-    async def busy_once(request: aiohttp.web.Request, handler):  # type: ignore[no-untyped-def]
-        if "/new/" in request.path:
-            news.append(1)
-            if len(news) == 1 and first in NOT_NOW:
-                status, body = NOT_NOW[first]
-                return aiohttp.web.Response(text=body, status=status, headers={"Retry-After": "1"})
-        return await handler(request)
-
-    app.middlewares.append(busy_once)
+    app, news = counting_new(node, NOT_NOW.get(first))
     port = free_port()
     runner = aiohttp.web.AppRunner(app, access_log=None)
     await runner.setup()  # starts the node
@@ -618,16 +628,7 @@ async def test_a_farmer_that_cannot_keep_a_token_asks_for_none(db_url: str, tmp_
     """A farmer directory that cannot be written: the farmer ends before ``/new`` (a token
     it could not save would count against the node's per-IP limit), and the run fails."""
     node, _ = new_node(db_url, tmp_path)
-    app = create_app(node)
-    news: list[str] = []
-
-    @aiohttp.web.middleware
-    async def count_new(request: aiohttp.web.Request, handler):  # type: ignore[no-untyped-def]
-        if "/new/" in request.path:
-            news.append(request.path)
-        return await handler(request)
-
-    app.middlewares.append(count_new)
+    app, news = counting_new(node)
     async with real_server(app) as server:
         await stock(node, files=1)
         blocked = tmp_path / "blocked"
