@@ -916,7 +916,7 @@ def farm(
 
     from .farmer import Display, Swarm, run_farmers
 
-    if api == "2014-10" and address is None:
+    if api == "2014-10" and not address:
         raise click.UsageError("--address is required with --api 2014-10")
     from .farmer.client import describe_error
     from .farmer.state import load_node

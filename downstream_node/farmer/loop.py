@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Callable
+import fcntl
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -460,6 +462,40 @@ class Farmer:
         for the node's ``Retry-After``.
         """
         stop = stop or asyncio.Event()
+        with self._locked():
+            return await self._run(duration, max_contracts, poll_seconds, retake_seconds, stop)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the farmer directory's lock for the run: two farmers on one directory
+        would share a token and write over each other's state file, each losing the
+        contracts the other took."""
+        path = self.directory / (STATE_FILE + ".lock")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            reason = f"cannot write in {self.directory}: {describe_error(exc)}"
+            raise CannotKeepState(reason) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FarmerError(
+                    "in_use", f"another farmer is running in {self.directory}", 0
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # and the lock with it
+
+    async def _run(
+        self,
+        duration: float | None,
+        max_contracts: int,
+        poll_seconds: float,
+        retake_seconds: float,
+        stop: asyncio.Event,
+    ) -> FarmerStats:
         farming = asyncio.ensure_future(
             self._farm(duration, max_contracts, poll_seconds, retake_seconds, stop)
         )

@@ -675,6 +675,7 @@ async def test_a_page_that_echoes_the_path_never_shows_the_token(tmp_path: Path)
         ["--duration", "1e12"],
         ["--poll", "nan"],
         ["--url", "127.0.0.1:8000"],
+        ["--address", ""],
     ],
 )
 def test_farm_options_that_make_no_sense_are_usage_errors(
@@ -693,5 +694,31 @@ def test_farm_options_that_make_no_sense_are_usage_errors(
             *options,
         ],
     )
-    assert result.exit_code == 2 and "Invalid value" in result.output, result.output
+    assert result.exit_code == 2 and "Error: " in result.output, result.output
     assert not isinstance(result.exception, (OverflowError, ValueError))
+
+
+async def test_two_farmers_on_one_directory_do_not_share_it(db_url: str, tmp_path: Path) -> None:
+    """A second farmer started on a directory in use refuses to farm: they would share one
+    token and write over each other's state file, each losing the other's contracts."""
+    node, _ = new_node(db_url, tmp_path)
+    async with real_server(create_app(node)) as server:
+        await stock(node, files=2)
+        home = tmp_path / "farm"
+        async with Farmer(server.url, ADDRESS, directory=home) as first:
+            running = asyncio.create_task(first.run(duration=30, poll_seconds=0.05))
+            for _ in range(200):
+                if first.stats.taken:
+                    break
+                await asyncio.sleep(0.05)
+            async with Farmer(server.url, ADDRESS, directory=home) as second:
+                with pytest.raises(FarmerError) as refused:
+                    await second.run(duration=5, poll_seconds=0.05)
+            assert refused.value.status == "in_use" and second.token is None
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        # once the first has stopped, the directory is free again
+        async with Farmer(server.url, ADDRESS, directory=home) as third:
+            await third.run(duration=0.3, poll_seconds=0.05)
+            assert third.token == first.token
