@@ -463,7 +463,22 @@ class Farmer:
         """
         stop = stop or asyncio.Event()
         with self._locked():
-            return await self._run(duration, max_contracts, poll_seconds, retake_seconds, stop)
+            farming = asyncio.ensure_future(
+                self._farm(duration, max_contracts, poll_seconds, retake_seconds, stop)
+            )
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait(
+                    {farming, stopping}, timeout=duration, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stopping.cancel()
+                if not farming.done():
+                    farming.cancel()
+                    await asyncio.wait({farming})
+            if not farming.cancelled():
+                farming.result()  # what ended the farming early, if anything
+        return self.stats
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -487,31 +502,6 @@ class Farmer:
             yield
         finally:
             os.close(fd)  # and the lock with it
-
-    async def _run(
-        self,
-        duration: float | None,
-        max_contracts: int,
-        poll_seconds: float,
-        retake_seconds: float,
-        stop: asyncio.Event,
-    ) -> FarmerStats:
-        farming = asyncio.ensure_future(
-            self._farm(duration, max_contracts, poll_seconds, retake_seconds, stop)
-        )
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait(
-                {farming, stopping}, timeout=duration, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopping.cancel()
-            if not farming.done():
-                farming.cancel()
-                await asyncio.wait({farming})
-        if not farming.cancelled():
-            farming.result()  # what ended the farming early, if anything
-        return self.stats
 
     async def _connect_or_wait(self) -> bool:
         """``connect()``; ``False`` (recorded as an error) when the node answered 503 or could
