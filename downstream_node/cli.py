@@ -54,8 +54,13 @@ class Obj:
         )
 
 
-def run_node(obj: Obj, work: Callable[[Node], Awaitable[T]]) -> T:
-    """Open a node on the configured database, run ``work``, close it; refusals exit 1."""
+def run_node(obj: Obj, work: Callable[[Node], Awaitable[T]], *, create: bool = False) -> T:
+    """Open a node on the configured database, run ``work``, close it; refusals exit 1.
+
+    Only ``create`` (``initdb``) makes a ledger where there is none: any other command
+    refuses such a database (``_require_ledger``)."""
+    if not create:
+        _require_ledger(obj)
 
     async def main() -> T:
         node = await Node(obj.settings, clock=SystemClock()).start()
@@ -159,7 +164,7 @@ def main(
 @click.pass_obj
 def initdb(obj: Obj) -> None:
     """Create the ledger and projection tables and the node secret (idempotent)."""
-    run_node(obj, lambda node: asyncio.sleep(0))
+    run_node(obj, lambda node: asyncio.sleep(0), create=True)
     click.echo(f"initialised {obj.settings.db_url}")
 
 
@@ -187,7 +192,6 @@ def whitelist_import(obj: Obj, file: Path) -> None:
     except Refused as refused:
         click.echo(f"error: {refused.status}: {file}: {refused.message}", err=True)
         sys.exit(1)
-    _require_ledger(obj)
     count = run_node(obj, lambda node: node.whitelist(entries))
     unchanged = len({address for address, _ in entries}) - count
     click.echo(f"whitelisted {count} addresses ({unchanged} unchanged)")
@@ -269,7 +273,6 @@ def token() -> None:
 @click.pass_obj
 def token_create(obj: Obj, address: str) -> None:
     """Create a token for ADDRESS and print it (it is shown only this once)."""
-    _require_ledger(obj)
     created, _ = run_node(obj, lambda node: node.create_token(address))
     click.echo(created)
 
@@ -279,7 +282,6 @@ def token_create(obj: Obj, address: str) -> None:
 @click.pass_obj
 def token_delete(obj: Obj, token_value: str) -> None:
     """Delete TOKEN; its chunks return to the pool for other farmers."""
-    _require_ledger(obj)
     run_node(obj, lambda node: node.delete_token(token_value))
     click.echo("deleted")
 
@@ -299,7 +301,6 @@ def file_group() -> None:
 @click.pass_obj
 def file_add(obj: Obj, path: Path, redundancy: int | None, interval: int | None) -> None:
     """Monitor the file at PATH; prints its hash."""
-    _require_ledger(obj)
     click.echo(
         run_node(obj, lambda node: node.add_file(path, redundancy=redundancy, interval=interval))
     )
@@ -322,7 +323,6 @@ def file_add_seeded(
             for _ in range(count)
         ]
 
-    _require_ledger(obj)
     for file_hash in run_node(obj, work):
         click.echo(file_hash)
 
@@ -332,7 +332,6 @@ def file_add_seeded(
 @click.pass_obj
 def file_remove(obj: Obj, file_hash: str) -> None:
     """Stop monitoring HASH; its contracts end."""
-    _require_ledger(obj)
     run_node(obj, lambda node: node.remove_file(file_hash))
     click.echo("removed")
 
@@ -503,7 +502,6 @@ def _against(obj: Obj, engine: Any, checkpoint: Any) -> Any:
 @click.pass_obj
 def ledger_key(obj: Obj) -> None:
     """Print the log's verifier key (give it to auditors and farmers)."""
-    _require_ledger(obj)
     click.echo(run_node(obj, lambda node: asyncio.sleep(0, node.rt.keys().vkey)))
 
 
@@ -511,7 +509,6 @@ def ledger_key(obj: Obj) -> None:
 @click.pass_obj
 def ledger_checkpoint(obj: Obj) -> None:
     """Print a fresh signed checkpoint of the whole ledger (keep it to verify against later)."""
-    _require_ledger(obj)
     click.echo(run_node(obj, lambda node: node.ledger.checkpoint()), nl=False)
 
 
@@ -551,7 +548,6 @@ def ledger_export(obj: Obj, after: int, output: Path) -> None:
         tmp.replace(output)  # a reader never sees half an export
         return count
 
-    _require_ledger(obj)
     try:
         count = run_node(obj, lambda node: node.rt.run(export, node))
     except OSError as exc:
