@@ -32,6 +32,7 @@ from aiohttp import web
 
 from ..domain import tokens as tk
 from ..domain.errors import Refused
+from ..ledger.db import UNAVAILABLE_CODES, mysql_error_code
 from ..ledger.store import AppendFailed
 from ..service import Node
 from ..service.runtime import DatabaseTimeout
@@ -248,15 +249,7 @@ def _database_unavailable(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, sqlalchemy.exc.DBAPIError):
         return False
-    if exc.connection_invalidated:
-        return True
-    # MySQL errors that no request causes: a database dropped or being restored (1049,
-    # 1146), privileges revoked (1044, 1045, 1142).
-    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-    return code in MYSQL_UNAVAILABLE
-
-
-MYSQL_UNAVAILABLE = {1044, 1045, 1049, 1142, 1146}
+    return exc.connection_invalidated or mysql_error_code(exc) in UNAVAILABLE_CODES
 
 
 def _unavailable(message: str) -> web.Response:

@@ -178,6 +178,10 @@ CERTIFICATION_CONFLICT = 1213
 # not in the primary component, or not synced yet), for any table access, BEGIN and COMMIT.
 NODE_NOT_READY = 1047
 ABORTED_CODES = frozenset({CERTIFICATION_CONFLICT, NODE_NOT_READY})
+# The database's state, not the request's fault: dropped or being restored (ER_BAD_DB_ERROR
+# 1049, ER_NO_SUCH_TABLE 1146), or this user's privileges revoked (ER_DBACCESS_DENIED_ERROR
+# 1044, ER_ACCESS_DENIED_ERROR 1045, ER_TABLEACCESS_DENIED_ERROR 1142).
+UNAVAILABLE_CODES = frozenset({1044, 1045, 1049, 1142, 1146})
 
 
 def mysql_error_code(exc: BaseException | None) -> int | None:
