@@ -185,8 +185,10 @@ class Farmer:
             write_private(probe, "")
             probe.unlink()
         except OSError as exc:
-            reason = f"cannot write in {self.directory}: {describe_error(exc)}"
-            raise CannotKeepState(reason) from None
+            raise self._cannot_write(exc) from None
+
+    def _cannot_write(self, exc: OSError) -> CannotKeepState:
+        return CannotKeepState(f"cannot write in {self.directory}: {describe_error(exc)}")
 
     def save_registered(self) -> None:
         try:
@@ -377,14 +379,17 @@ class Farmer:
             self.stats.passed += 1
         else:
             self.stats.failed += 1
-        receipt = data.get("receipt")
+        await self.keep_receipt(file_hash, verdict, data.get("receipt"))
+        self._emit("answer", file_hash=file_hash, verdict=verdict)
+        return verdict
+
+    async def keep_receipt(self, file_hash: str, verdict: str, receipt: Any) -> None:
+        """Keep a verdict's receipt, if the node sent one, to show later (``receipts
+        verify``) that the node still holds this verdict."""
         if isinstance(receipt, str):
-            # Kept, to show later (receipts verify) that the node still holds this verdict.
             await asyncio.to_thread(
                 receipts.keep, self.directory, self.url, file_hash, verdict, receipt
             )
-        self._emit("answer", file_hash=file_hash, verdict=verdict)
-        return verdict
 
     async def poll_and_answer(self, *, wrong: bool | None = None) -> dict[str, str]:
         """Poll ``due``, forget contracts the node ended, answer every open challenge.
@@ -490,8 +495,7 @@ class Farmer:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            reason = f"cannot write in {self.directory}: {describe_error(exc)}"
-            raise CannotKeepState(reason) from None
+            raise self._cannot_write(exc) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,7 +18,6 @@ from typing import Any
 
 from ..domain.signatures import address_for, sign_message
 from ..heartbeat import HeartbeatError
-from . import receipts
 from .client import PREFIX, CannotStore, FarmerError, describe_error
 from .loop import Farmer
 from .proofs import corrupt_proof
@@ -175,12 +174,8 @@ class V1Farmer(Farmer):
             for item in report["report"]:
                 file_hash = str(item["file_hash"])
                 verdicts[file_hash] = verdict = self._verdict(item)
-                receipt = item.get("receipt")
-                if verdict in ("pass", "fail") and isinstance(receipt, str):
-                    # Kept as the 2014-10 farmer keeps them, for ``receipts verify``.
-                    await asyncio.to_thread(
-                        receipts.keep, self.directory, self.url, file_hash, verdict, receipt
-                    )
+                if verdict in ("pass", "fail"):
+                    await self.keep_receipt(file_hash, verdict, item.get("receipt"))
         for file_hash, verdict in verdicts.items():
             if verdict == "fail" and file_hash in self.contracts:
                 # A damaged chunk (the node said so) is rewritten from its seed once per
